@@ -1,0 +1,10 @@
+use clap::Parser;
+
+/// mailmap (mailcluster)
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {}
+
+fn main() {
+    let _cli = Cli::parse();
+}

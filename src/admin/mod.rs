@@ -1,0 +1,1 @@
+//! mailctl: administering every node's database at once (issue 7).

@@ -1,0 +1,1 @@
+//! mailauth: password schemes, Dovecot checkpassword, the nginx auth_http service.

@@ -1,0 +1,1 @@
+//! Shared command-line plumbing: --config/--db handling, exit-code mapping.

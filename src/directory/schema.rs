@@ -1,0 +1,1 @@
+//! DDL for `mailctl schema init` and the checks of `mailctl schema check`.

@@ -1,0 +1,1 @@
+//! Logging: syslog when called from Exim/Dovecot, stderr when run by hand.

@@ -1,0 +1,1 @@
+//! mailmap: the lookups Exim calls, and the socket daemon with its cache.

@@ -1,0 +1,1 @@
+//! mailsync: the Maildir replicator.

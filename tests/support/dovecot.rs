@@ -1,0 +1,1 @@
+//! dovecot test support.

@@ -1,0 +1,1 @@
+//! exim test support.

@@ -1,0 +1,1 @@
+//! sshd test support.
