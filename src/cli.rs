@@ -1,1 +1,72 @@
-//! Shared command-line plumbing: --config/--db handling, exit-code mapping.
+//! Shared command-line plumbing: `--config` / `--db` handling and exit-code mapping.
+//! Every binary flattens [`CommonArgs`] into its clap parser, calls [`CommonArgs::load`],
+//! and ends with [`exit`].
+
+use crate::config::{default_config_path, Config, DirectoryConfig, Role, CONFIG_ENV};
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+
+/// Options every binary accepts.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// Configuration file [default: $MAILCLUSTER_CONFIG, else /etc/mailcluster/mailcluster.toml,
+    /// /usr/local/etc/mailcluster/mailcluster.toml on FreeBSD]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Directory connection string, replacing the configured directories: sqlite:PATH,
+    /// postgresql://..., or libpq "host=/run/postgresql dbname=mail user=mail"
+    #[arg(long, value_name = "URL", global = true)]
+    pub db: Option<String>,
+}
+
+impl CommonArgs {
+    /// The configuration file to read: `--config`, else `$MAILCLUSTER_CONFIG`, else the
+    /// system path. Returns (path, explicitly given).
+    pub fn config_path(&self) -> (PathBuf, bool) {
+        if let Some(p) = &self.config {
+            return (p.clone(), true);
+        }
+        if let Some(p) = std::env::var_os(CONFIG_ENV) {
+            if !p.is_empty() {
+                return (PathBuf::from(p), true);
+            }
+        }
+        (default_config_path(), false)
+    }
+
+    /// Load the configuration. A missing system file is fine when `--db` is given (built-in
+    /// defaults are used); a missing file named explicitly is a configuration error.
+    pub fn load(&self) -> Result<Config> {
+        let (path, explicit) = self.config_path();
+        let mut config = if !explicit && self.db.is_some() && !path.exists() {
+            Config::default()
+        } else {
+            Config::load(&path)?
+        };
+        if let Some(url) = &self.db {
+            config.directories = vec![DirectoryConfig {
+                name: "cli".to_string(),
+                url: url.clone(),
+                role: Role::Storage,
+            }];
+        }
+        Ok(config)
+    }
+}
+
+/// Print an error the way a Unix tool does (`prog: message`) and return its exit code.
+pub fn report(prog: &str, err: &Error) -> i32 {
+    log::debug!("{prog}: {err}");
+    eprintln!("{prog}: {err}");
+    err.exit_code()
+}
+
+/// Exit the process with the code of `result` (Ok(code) or the error's code, reported).
+pub fn exit(prog: &str, result: Result<i32>) -> ! {
+    let code = match result {
+        Ok(code) => code,
+        Err(err) => report(prog, &err),
+    };
+    std::process::exit(code)
+}

@@ -174,15 +174,13 @@ impl Config {
         let doc: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
         match doc.get(name) {
             None => Ok(T::default()),
-            Some(value) => {
-                T::deserialize(value.clone()).map_err(|e| {
-                    Error::config(format!(
-                        "{}: in section [{name}]: {}",
-                        path.display(),
-                        e.message()
-                    ))
-                })
-            }
+            Some(value) => T::deserialize(value.clone()).map_err(|e| {
+                Error::config(format!(
+                    "{}: in section [{name}]: {}",
+                    path.display(),
+                    e.message()
+                ))
+            }),
         }
     }
 

@@ -11,7 +11,9 @@ pub struct PgDirectory {
 
 impl PgDirectory {
     pub fn connect(path: &str, _timeout: Duration) -> Result<Self> {
-        Ok(PgDirectory { _path: path.to_string() })
+        Ok(PgDirectory {
+            _path: path.to_string(),
+        })
     }
 }
 

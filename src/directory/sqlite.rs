@@ -11,7 +11,9 @@ pub struct SqliteDirectory {
 
 impl SqliteDirectory {
     pub fn open(path: &str, _timeout: Duration) -> Result<Self> {
-        Ok(SqliteDirectory { _path: path.to_string() })
+        Ok(SqliteDirectory {
+            _path: path.to_string(),
+        })
     }
 }
 
