@@ -1,1 +1,9 @@
-//! mailauth: password schemes, Dovecot checkpassword, the nginx auth_http service.
+//! mailauth: password schemes, Dovecot checkpassword, the auth daemon (nginx auth_http,
+//! Dovecot Lua/checkpassword JSON API), throttling and backend health checks.
+
+pub mod api;
+pub mod checkpassword;
+pub mod health;
+pub mod http;
+pub mod scheme;
+pub mod throttle;

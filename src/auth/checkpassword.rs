@@ -1,0 +1,1 @@
+//! Dovecot checkpassword (passdb + userdb), 2.3 dialect.

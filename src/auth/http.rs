@@ -1,0 +1,1 @@
+//! The auth daemon's HTTP/1.0 server: nginx auth_http (/auth), the JSON API, /metrics.

@@ -1,0 +1,1 @@
+//! Dovecot password schemes: verify and generate stored forms.

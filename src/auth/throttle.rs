@@ -1,0 +1,1 @@
+//! Failure throttling per (user, client IP) and per client IP.
