@@ -26,12 +26,13 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::names::{Domain, LocalPart};
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 use postgres_openssl::MakeTlsConnector;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::mem::ManuallyDrop;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Config};
+use tokio_postgres::{Client, Config, Statement};
 
 /// libpq's sslmode, including the verifying modes tokio-postgres does not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,10 +346,23 @@ pub struct PgDirectory {
     info: ConnInfo,
     tls: MakeTlsConnector,
     timeout: Duration,
-    rt: tokio::runtime::Runtime,
+    /// Dropped with `shutdown_background` (see `Drop`), so that dropping a directory inside
+    /// an async context does not panic.
+    rt: ManuallyDrop<tokio::runtime::Runtime>,
     client: Option<Client>,
     conn_task: Option<tokio::task::JoinHandle<()>>,
     has_password: Option<bool>,
+    /// Prepared statements of this connection, by SQL text (a few constants).
+    stmts: HashMap<String, Statement>,
+}
+
+impl Drop for PgDirectory {
+    fn drop(&mut self) {
+        self.disconnect();
+        // SAFETY: `rt` is never used again: this is the destructor.
+        let rt = unsafe { ManuallyDrop::take(&mut self.rt) };
+        rt.shutdown_background();
+    }
 }
 
 /// What a failed call means.
@@ -404,10 +418,11 @@ impl PgDirectory {
             info,
             tls,
             timeout,
-            rt,
+            rt: ManuallyDrop::new(rt),
             client: None,
             conn_task: None,
             has_password: None,
+            stmts: HashMap::new(),
         })
     }
 
@@ -416,9 +431,41 @@ impl PgDirectory {
         self.timeout
     }
 
+    /// Run a future on the private runtime. Inside another runtime's context (where tokio
+    /// forbids blocking) it runs on a short-lived helper thread instead of panicking.
+    fn block_on<F>(&self, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.rt.block_on(fut);
+        }
+        let rt: &tokio::runtime::Runtime = &self.rt;
+        std::thread::scope(|scope| match scope.spawn(move || rt.block_on(fut)).join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        })
+    }
+
+    /// Run `fut` on the private runtime, giving up at `deadline`.
+    fn bounded<F>(
+        &self,
+        deadline: Instant,
+        fut: F,
+    ) -> std::result::Result<F::Output, tokio::time::error::Elapsed>
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        // The timer is made inside the runtime (it needs its time driver).
+        self.block_on(async move { tokio::time::timeout_at(deadline, fut).await })
+    }
+
     fn disconnect(&mut self) {
         self.client = None;
         self.has_password = None;
+        self.stmts.clear();
         if let Some(task) = self.conn_task.take() {
             task.abort();
         }
@@ -435,6 +482,7 @@ impl PgDirectory {
 
     fn fail(&mut self, what: &str, e: tokio_postgres::Error) -> Error {
         let (kind, usable) = classify(&e);
+        self.stmts.clear();
         if !usable {
             self.disconnect();
         }
@@ -459,9 +507,7 @@ impl PgDirectory {
         self.disconnect();
         let config = self.info.config.clone();
         let tls = self.tls.clone();
-        let res = self
-            .rt
-            .block_on(async move { tokio::time::timeout_at(deadline, config.connect(tls)).await });
+        let res = self.bounded(deadline, async move { config.connect(tls).await });
         match res {
             Err(_) => Err(self.timed_out("connecting")),
             Ok(Err(e)) => Err(self.fail("cannot connect", e)),
@@ -536,24 +582,45 @@ fn row_vals(row: &tokio_postgres::Row) -> Vec<Val> {
     out
 }
 
+impl PgDirectory {
+    /// The prepared statement for `sql` (prepared once per connection).
+    fn statement(&mut self, sql: &str, deadline: Instant) -> Result<Statement> {
+        self.ensure(deadline)?;
+        if let Some(st) = self.stmts.get(sql) {
+            return Ok(st.clone());
+        }
+        let Some(client) = self.client.as_ref() else {
+            return Err(self.not_connected());
+        };
+        let res = self.bounded(deadline, client.prepare(sql));
+        match res {
+            Err(_) => Err(self.timed_out("preparing a query")),
+            Ok(Err(e)) => Err(self.fail("query failed", e)),
+            Ok(Ok(st)) => {
+                self.stmts.insert(sql.to_string(), st.clone());
+                Ok(st)
+            }
+        }
+    }
+
+    fn not_connected(&self) -> Error {
+        Error::temporary(format!("{}: not connected", self.info.describe))
+    }
+}
+
 impl Sql for PgDirectory {
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Val>>> {
         let deadline = self.deadline();
-        self.ensure(deadline)?;
+        let st = self.statement(sql, deadline)?;
         let Some(client) = self.client.as_ref() else {
-            return Err(Error::temporary(format!(
-                "{}: not connected",
-                self.info.describe
-            )));
+            return Err(self.not_connected());
         };
         let boxed = to_sql_params(params);
         let refs: Vec<&(dyn ToSql + Sync)> = boxed
             .iter()
             .map(|b| b.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        let res = self
-            .rt
-            .block_on(async { tokio::time::timeout_at(deadline, client.query(sql, &refs)).await });
+        let res = self.bounded(deadline, client.query(&st, &refs));
         match res {
             Err(_) => Err(self.timed_out("query")),
             Ok(Err(e)) => Err(self.fail("query failed", e)),
@@ -563,21 +630,16 @@ impl Sql for PgDirectory {
 
     fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
         let deadline = self.deadline();
-        self.ensure(deadline)?;
+        let st = self.statement(sql, deadline)?;
         let Some(client) = self.client.as_ref() else {
-            return Err(Error::temporary(format!(
-                "{}: not connected",
-                self.info.describe
-            )));
+            return Err(self.not_connected());
         };
         let boxed = to_sql_params(params);
         let refs: Vec<&(dyn ToSql + Sync)> = boxed
             .iter()
             .map(|b| b.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        let res = self.rt.block_on(async {
-            tokio::time::timeout_at(deadline, client.execute(sql, &refs)).await
-        });
+        let res = self.bounded(deadline, client.execute(&st, &refs));
         match res {
             Err(_) => Err(self.timed_out("statement")),
             Ok(Err(e)) => Err(self.fail("statement failed", e)),
