@@ -9,6 +9,7 @@ use crate::names::{Domain, LocalPart};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+mod pgtls;
 pub mod postgres;
 pub mod schema;
 mod sql;

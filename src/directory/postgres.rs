@@ -19,13 +19,12 @@
 //! `verify-full` (chain and host name verified). `sslrootcert=PATH` names the CA file
 //! (default: the system trust store); `sslcert`/`sslkey` a client certificate.
 
+use super::pgtls::{MakeTls, TlsFiles, Verify};
 use super::sql::{self, Param, Sql, Val};
 use super::{Directory, DomainRecord, MailboxRecord};
 use crate::config::Role;
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{Domain, LocalPart};
-use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
-use postgres_openssl::MakeTlsConnector;
 use std::collections::{BTreeSet, HashMap};
 use std::mem::ManuallyDrop;
 use std::time::Duration;
@@ -274,46 +273,33 @@ impl ConnInfo {
         self.tls_mode
     }
 
-    fn tls_connector(&self) -> Result<MakeTlsConnector> {
-        let ssl_err = |e: openssl::error::ErrorStack| {
-            Error::config(format!("{}: cannot set up TLS: {e}", self.describe))
+    fn tls_connector(&self) -> Result<MakeTls> {
+        let verify = match self.tls_mode {
+            TlsMode::Disable | TlsMode::Prefer | TlsMode::Require => Verify::None,
+            TlsMode::VerifyCa => Verify::Chain,
+            TlsMode::VerifyFull => Verify::Full,
         };
-        let mut builder = SslConnector::builder(SslMethod::tls()).map_err(ssl_err)?;
-        let verify = matches!(self.tls_mode, TlsMode::VerifyCa | TlsMode::VerifyFull);
-        if verify {
-            builder.set_verify(SslVerifyMode::PEER);
-            if let Some(ca) = &self.root_cert {
+        let files = TlsFiles {
+            root_cert: self.root_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        };
+        if verify != Verify::None {
+            if let Some(ca) = &files.root_cert {
                 if !std::path::Path::new(ca).is_file() {
                     return Err(Error::config(format!(
                         "{}: sslrootcert {ca}: no such file",
                         self.describe
                     )));
                 }
-                builder.set_ca_file(ca).map_err(|e| {
-                    Error::config(format!("{}: sslrootcert {ca}: {e}", self.describe))
-                })?;
             }
-        } else {
-            builder.set_verify(SslVerifyMode::NONE);
         }
-        if let Some(cert) = &self.client_cert {
-            builder
-                .set_certificate_chain_file(cert)
-                .map_err(|e| Error::config(format!("{}: sslcert {cert}: {e}", self.describe)))?;
-            let key = self.client_key.clone().unwrap_or_else(|| cert.clone());
-            builder
-                .set_private_key_file(&key, SslFiletype::PEM)
-                .map_err(|e| Error::config(format!("{}: sslkey {key}: {e}", self.describe)))?;
-        }
-        let mut connector = MakeTlsConnector::new(builder.build());
-        let check_host = self.tls_mode == TlsMode::VerifyFull;
-        connector.set_callback(move |cfg, _domain| {
-            if !check_host {
-                cfg.set_verify_hostname(false);
-            }
-            Ok(())
-        });
-        Ok(connector)
+        MakeTls::new(verify, &files).map_err(|e| {
+            Error::config(format!(
+                "{}: cannot set up TLS ({}): {}",
+                self.describe, e.what, e.error
+            ))
+        })
     }
 }
 
@@ -344,7 +330,7 @@ fn describe_config(c: &Config) -> String {
 /// failure; every wait is bounded by the timeout given to [`PgDirectory::connect`].
 pub struct PgDirectory {
     info: ConnInfo,
-    tls: MakeTlsConnector,
+    tls: MakeTls,
     timeout: Duration,
     /// Dropped with `shutdown_background` (see `Drop`), so that dropping a directory inside
     /// an async context does not panic.
