@@ -302,3 +302,19 @@ fn config_path_precedence() {
     assert_eq!(e.kind(), ErrorKind::Config);
     std::env::remove_var(mailcluster::config::CONFIG_ENV);
 }
+
+#[test]
+fn the_example_file_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mailcluster.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = Config::parse(&text, &path).unwrap();
+    assert_eq!(c.node.as_deref(), Some("storage-01.domain.ru"));
+    assert_eq!(c.directories.len(), 2);
+    assert!(c.secrets().is_empty());
+    let d = Config::default();
+    assert_eq!(c.mail.home, d.mail.home);
+    assert_eq!(c.mail.maildir, d.mail.maildir);
+    assert_eq!(c.mail.root, d.mail.root);
+    assert_eq!((c.mail.uid, c.mail.gid), (d.mail.uid, d.mail.gid));
+    assert_eq!(c.db_timeout(), d.db_timeout());
+}
