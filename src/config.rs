@@ -239,7 +239,13 @@ impl Config {
         match serde::Deserializer::deserialize_map(de, seed) {
             Ok(Some(v)) => Ok(v),
             Ok(None) => Ok(T::default()),
-            Err(e) => Err(toml_error(path, text, &e, &values).context(format_args!("[{name}]"))),
+            Err(e) => {
+                let e = toml_error(path, text, &e, &values);
+                // "FILE:LINE: message" → "FILE:LINE: [name]: message"
+                let m = e.message();
+                let at = m.find(": ").map(|i| i + 2).unwrap_or(0);
+                Err(Error::config(format!("{}[{name}] {}", &m[..at], &m[at..])))
+            }
         }
     }
 
