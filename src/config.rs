@@ -61,9 +61,11 @@ pub struct MailConfig {
     /// label), `{mdomain}` (the rest), `{mailbox}` (see [`crate::paths`]). Must be absolute,
     /// contain `{mailbox}` and stay under `root`.
     pub home: String,
-    /// The Maildir, relative to the home directory (same variables; empty = the home).
+    /// The Maildir, relative to the home directory (same variables; empty = the home), or an
+    /// absolute template under `root`.
     pub maildir: String,
-    /// The mail root (the directory holding one directory per domain), for mailsync.
+    /// The mail root (the directory holding one directory per domain), for mailsync. When
+    /// the file does not set it: the fixed leading part of `home`.
     pub root: PathBuf,
     /// The virtual mail user and group that own Maildirs (userdb uid/gid).
     pub uid: u32,
@@ -171,6 +173,14 @@ impl Config {
         let mut config: Config =
             toml::from_str(text).map_err(|e| toml_error(path, text, &e, &values))?;
         config.source = Some((path.to_path_buf(), text.to_string()));
+        // Without `[mail] root`, the root is the fixed part of the home template.
+        let root_given = doc
+            .get("mail")
+            .and_then(|m| m.as_table())
+            .is_some_and(|m| m.contains_key("root"));
+        if !root_given {
+            config.mail.root = crate::paths::implied_root(&config.mail.home);
+        }
         config
             .validate(text)
             .map_err(|e| Error::config(redact(e.message(), &values)))?;
@@ -302,7 +312,7 @@ impl Config {
     pub fn maildir(&self, mailbox: &LocalPart, domain: &Domain) -> Result<PathBuf> {
         let vars = crate::paths::Vars::new(mailbox, domain);
         let home = crate::paths::home(&self.mail.home, &self.mail.root, &vars)?;
-        crate::paths::maildir(&home, &self.mail.maildir, &vars)
+        crate::paths::maildir(&home, &self.mail.root, &self.mail.maildir, &vars)
     }
 
     /// The directory holding all of `domain`'s mailboxes (the unit mailsync replicates).

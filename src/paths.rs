@@ -9,6 +9,9 @@
 //! | `{mdomain}` | `company.ru` (the rest) | `org` |
 //! | `{mailbox}` | `ivanov` | `sales` |
 //!
+//! The Maildir template is relative to the home, or absolute (then it too must stay under
+//! the mail root).
+//!
 //! `{ldomain}` is always the first label and `{mdomain}` everything after it, whatever the
 //! number of labels: the seed's `ldomain.mdomain` split for a branch domain, and a
 //! predictable split for a second-level or `co_domain` domain. `{mailbox}` is the mailbox
@@ -178,17 +181,50 @@ pub fn home(home_template: &str, root: &Path, vars: &Vars<'_>) -> Result<PathBuf
     Ok(path)
 }
 
-/// The Maildir: `maildir_template` (relative; empty means the home itself) under `home`.
-pub fn maildir(home: &Path, maildir_template: &str, vars: &Vars<'_>) -> Result<PathBuf> {
-    let rel = PathBuf::from(expand(maildir_template, vars)?);
-    if !is_clean_relative(&rel) {
+/// The Maildir: `maildir_template` relative to `home` (empty means the home itself), or,
+/// when it starts with `/`, an absolute template that must stay under `root`.
+pub fn maildir(
+    home: &Path,
+    root: &Path,
+    maildir_template: &str,
+    vars: &Vars<'_>,
+) -> Result<PathBuf> {
+    let expanded = PathBuf::from(expand(maildir_template, vars)?);
+    if maildir_template.starts_with('/') {
+        if !is_clean_absolute(&expanded) || !expanded.starts_with(root) || expanded == root {
+            return Err(Error::config(format!(
+                "maildir template {maildir_template:?} gives {}, which is not a directory \
+                 under the mail root {}: fix [mail] maildir or [mail] root",
+                expanded.display(),
+                root.display()
+            )));
+        }
+        return Ok(expanded);
+    }
+    if !is_clean_relative(&expanded) {
         return Err(Error::config(format!(
             "maildir template {maildir_template:?} gives {}, which is not a plain relative path \
              under the home directory: fix [mail] maildir",
-            rel.display()
+            expanded.display()
         )));
     }
-    Ok(home.join(rel))
+    Ok(home.join(expanded))
+}
+
+/// The mail root implied by a home template: its leading components without variables
+/// (`/usr/mail/{domain}/{mailbox}` → `/usr/mail`). Used when `[mail] root` is not set.
+pub fn implied_root(home_template: &str) -> PathBuf {
+    let fixed: Vec<&str> = home_template
+        .split('/')
+        .take_while(|c| !c.contains(['{', '}']))
+        .collect();
+    // The last fixed component is a directory only if a variable follows it.
+    let joined = fixed.join("/");
+    if joined.is_empty() {
+        PathBuf::from("/")
+    } else {
+        PathBuf::from(joined)
+    }
 }
 
 /// The directory that holds all of a domain's mailboxes: the home template cut before the
@@ -223,9 +259,9 @@ pub fn validate(
     maildir_template: &str,
     root: &Path,
 ) -> std::result::Result<(), String> {
-    if !is_clean_absolute(root) {
+    if !is_clean_absolute(root) || root == Path::new("/") {
         return Err(format!(
-            "[mail] root = {}: expected an absolute path without '.', '..' or '//'",
+            "[mail] root = {}: expected an absolute path other than / without '.', '..' or '//'",
             root.display()
         ));
     }
@@ -257,7 +293,7 @@ pub fn validate(
     };
     let vars = Vars::new(&m, &d);
     let h = home(home_template, root, &vars).map_err(|e| e.message().to_string())?;
-    maildir(&h, maildir_template, &vars).map_err(|e| e.message().to_string())?;
+    maildir(&h, root, maildir_template, &vars).map_err(|e| e.message().to_string())?;
     domain_dir(home_template, root, &d).map_err(|e| e.message().to_string())?;
     Ok(())
 }
@@ -285,10 +321,23 @@ mod tests {
         let h = home("/usr/mail/{domain}/{mailbox}", root, &v).unwrap();
         assert_eq!(h, Path::new("/usr/mail/branch.company.ru/ivanov"));
         assert_eq!(
-            maildir(&h, "Maildir", &v).unwrap(),
+            maildir(&h, root, "Maildir", &v).unwrap(),
             Path::new("/usr/mail/branch.company.ru/ivanov/Maildir")
         );
-        assert_eq!(maildir(&h, "", &v).unwrap(), h);
+        assert_eq!(maildir(&h, root, "", &v).unwrap(), h);
+        assert_eq!(
+            maildir(&h, root, "/usr/mail/maildirs/{domain}/{mailbox}", &v).unwrap(),
+            Path::new("/usr/mail/maildirs/branch.company.ru/ivanov")
+        );
+        assert!(maildir(&h, root, "/var/{mailbox}", &v).is_err());
+        assert_eq!(
+            implied_root("/usr/mail/{domain}/{mailbox}"),
+            Path::new("/usr/mail")
+        );
+        assert_eq!(
+            implied_root("/tmp/t/mail/{ldomain}.{mdomain}/{mailbox}"),
+            Path::new("/tmp/t/mail")
+        );
         let h = home("/usr/mail/{mdomain}/{ldomain}/{mailbox}", root, &v).unwrap();
         assert_eq!(h, Path::new("/usr/mail/company.ru/branch/ivanov"));
         assert_eq!(
@@ -315,6 +364,7 @@ mod tests {
             ("/usr/mail/{domain}", "Maildir"),
             ("/usr/mail/{domain}/{mailbox}", "../x"),
             ("/usr/mail/{domain}/{mailbox}", "/abs"),
+            ("/usr/mail/{domain}/{mailbox}", "/usr/mail/../x/{mailbox}"),
             ("/usr/mail/{domain}/{user}", "Maildir"),
             ("/usr/mail/{domain/{mailbox}", "Maildir"),
             ("/usr/mail/}{domain}/{mailbox}", "Maildir"),

@@ -84,6 +84,20 @@ fn a_good_file_loads_in_order_with_defaults() {
         Path::new("/srv/mail/branch.domain.ru")
     );
 
+    // Without [mail] root, the root is the fixed part of the home template.
+    let path = write(
+        dir.path(),
+        "h.toml",
+        "[mail]\nhome = \"/tmp/t/mail/{domain}/{mailbox}\"\nmaildir = \"/tmp/t/mail/md/{domain}/{mailbox}\"\n",
+        0o644,
+    );
+    let h = Config::load(&path).unwrap();
+    assert_eq!(h.mail.root, Path::new("/tmp/t/mail"));
+    assert_eq!(
+        h.maildir(&m, &d).unwrap(),
+        Path::new("/tmp/t/mail/md/branch.domain.ru/ivanov")
+    );
+
     // Built-in defaults: the seed's layout.
     let c = Config::default();
     assert_eq!(
