@@ -296,6 +296,9 @@ impl Config {
     /// primary or a backup). A short host name against FQDNs in `maps` would otherwise make
     /// every domain look foreign and reject all mail. An empty routing table passes (nothing
     /// to compare with). Directory failures keep their kind (temporary stays temporary).
+    ///
+    /// Call it where this node's name decides an answer (local-domain checks and sync on a
+    /// storage); an SMTP node's or the proxy's name never appears in `maps`.
     pub fn check_node(&self, directory: &mut dyn Directory) -> Result<()> {
         let node = self.node_name()?;
         let known = directory.node_names()?;
