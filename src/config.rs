@@ -331,7 +331,9 @@ impl Config {
             .collect()
     }
 
-    /// Open the first reachable directory, trying `[[directory]]` entries in file order.
+    /// The configured directories as one [`Directory`] that reads the first reachable one,
+    /// trying `[[directory]]` entries in file order (see [`FirstReachable`]). Connections are
+    /// made on first use, so this fails only when no directory is configured.
     pub fn open_directory(&self) -> Result<Box<dyn Directory>> {
         self.open_directory_where(|_| true)
     }
@@ -360,32 +362,10 @@ impl Config {
                 self.file_display()
             )));
         }
-        let timeout = self.db_timeout();
-        let mut failures = Vec::new();
-        let mut all_config = true;
-        for d in &candidates {
-            match crate::directory::open(&d.url, timeout) {
-                Ok(dir) => {
-                    if !failures.is_empty() {
-                        log::warn!("using directory {}: {}", d.name, failures.join("; "));
-                    }
-                    return Ok(dir);
-                }
-                Err(e) => {
-                    log::warn!("directory {} ({}): {e}", d.name, redact_url(&d.url));
-                    if e.kind() != ErrorKind::Config {
-                        all_config = false;
-                    }
-                    failures.push(format!("{} ({}): {}", d.name, redact_url(&d.url), e));
-                }
-            }
-        }
-        let message = format!("no directory reachable: {}", failures.join("; "));
-        Err(if all_config {
-            Error::config(message)
-        } else {
-            Error::temporary(message)
-        })
+        Ok(Box::new(FirstReachable::new(
+            candidates.into_iter().cloned().collect(),
+            self.db_timeout(),
+        )))
     }
 
     /// Check what serde cannot: names, templates, bounds. `text` gives line numbers.
@@ -467,6 +447,127 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Several node databases read as one: every call goes to the database that answered last
+/// (at first the first in file order); when it fails with a temporary or configuration
+/// error (down, hung past the timeout, unreadable), the call is retried on the next one, in
+/// order, and that one is kept. "Not found" is an answer, never a reason to ask elsewhere.
+/// When every database fails, the error is temporary (configuration when each failure was a
+/// configuration error) and names each database tried, with passwords hidden.
+pub struct FirstReachable {
+    entries: Vec<(DirectoryConfig, Option<Box<dyn Directory>>)>,
+    current: usize,
+    timeout: Duration,
+}
+
+impl FirstReachable {
+    /// Directories to read, in order of preference; none is contacted yet.
+    pub fn new(directories: Vec<DirectoryConfig>, timeout: Duration) -> FirstReachable {
+        FirstReachable {
+            entries: directories.into_iter().map(|d| (d, None)).collect(),
+            current: 0,
+            timeout,
+        }
+    }
+
+    /// The name of the directory that answered last (or will be tried first).
+    pub fn current_name(&self) -> Option<&str> {
+        self.entries.get(self.current).map(|(d, _)| d.name.as_str())
+    }
+
+    fn call<T>(&mut self, mut f: impl FnMut(&mut dyn Directory) -> Result<T>) -> Result<T> {
+        let n = self.entries.len();
+        let mut failures = Vec::new();
+        let mut all_config = true;
+        for k in 0..n {
+            let i = (self.current + k) % n;
+            let (config, slot) = &mut self.entries[i];
+            let result = match slot {
+                Some(dir) => f(dir.as_mut()),
+                None => match crate::directory::open(&config.url, self.timeout) {
+                    Ok(dir) => f(slot.insert(dir).as_mut()),
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Err(e) if e.is_temporary() || e.kind() == ErrorKind::Config => {
+                    // Drop the connection: the next use reconnects.
+                    *slot = None;
+                    if e.kind() != ErrorKind::Config {
+                        all_config = false;
+                    }
+                    let what = format!("{} ({}): {}", config.name, redact_url(&config.url), e);
+                    if n > 1 {
+                        log::warn!("directory {what}");
+                    }
+                    failures.push(what);
+                }
+                other => {
+                    if k > 0 {
+                        log::warn!(
+                            "reading directory {} instead: {}",
+                            config.name,
+                            failures.join("; ")
+                        );
+                    }
+                    self.current = i;
+                    return other;
+                }
+            }
+        }
+        let message = if n == 1 {
+            format!("directory {}", failures.join(""))
+        } else {
+            format!("no directory reachable: {}", failures.join("; "))
+        };
+        Err(if all_config {
+            Error::config(message)
+        } else {
+            Error::temporary(message)
+        })
+    }
+}
+
+impl Directory for FirstReachable {
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.entries.iter().map(|(d, _)| d.name.as_str()).collect();
+        match self.entries.get(self.current) {
+            Some((d, Some(dir))) if self.entries.len() == 1 => {
+                format!("{} ({})", d.name, dir.describe())
+            }
+            _ if self.entries.len() == 1 => {
+                format!("{} ({})", names[0], { redact_url(&self.entries[0].0.url) })
+            }
+            _ => format!(
+                "{} (first reachable of {})",
+                self.current_name().unwrap_or("-"),
+                names.join(", ")
+            ),
+        }
+    }
+    fn is_local_domain(&mut self, domain: &Domain, node: &str) -> Result<bool> {
+        self.call(|d| d.is_local_domain(domain, node))
+    }
+    fn route(&mut self, domain: &Domain) -> Result<Option<crate::directory::DomainRecord>> {
+        self.call(|d| d.route(domain))
+    }
+    fn mailbox(
+        &mut self,
+        mailbox: &LocalPart,
+        domain: &Domain,
+    ) -> Result<Option<crate::directory::MailboxRecord>> {
+        self.call(|d| d.mailbox(mailbox, domain))
+    }
+    fn domains(&mut self, primary: Option<&str>) -> Result<Vec<crate::directory::DomainRecord>> {
+        self.call(|d| d.domains(primary))
+    }
+    fn mailboxes(&mut self) -> Result<Vec<crate::directory::MailboxRecord>> {
+        self.call(|d| d.mailboxes())
+    }
+    fn node_names(&mut self) -> Result<BTreeSet<String>> {
+        self.call(|d| d.node_names())
     }
 }
 
