@@ -1,6 +1,6 @@
 //! Shared command-line plumbing: `--config` / `--db` handling and exit-code mapping.
-//! Every binary flattens [`CommonArgs`] into its clap parser, calls [`CommonArgs::load`],
-//! and ends with [`exit`].
+//! Every binary parses with [`parse`] (usage errors exit 64), flattens [`CommonArgs`] into
+//! its clap parser, calls [`CommonArgs::load`], and ends with [`exit`].
 
 use crate::config::{default_config_path, Config, DirectoryConfig, Role, CONFIG_ENV};
 use crate::directory::Directory;
@@ -66,6 +66,30 @@ impl CommonArgs {
         let config = self.load()?;
         let directory = config.open_directory()?;
         Ok((config, directory))
+    }
+}
+
+/// Parse the command line like `P::parse()`, but with the toolkit's exit codes: `--help`
+/// and `--version` exit 0, a usage error exits 64 (EX_USAGE; clap's own code is 2).
+pub fn parse<P: clap::Parser>() -> P {
+    match P::try_parse() {
+        Ok(p) => p,
+        Err(e) => {
+            let code = usage_exit_code(&e);
+            let _ = e.print();
+            std::process::exit(code)
+        }
+    }
+}
+
+/// The exit code for a clap error: 0 for `--help` / `--version`, else 64.
+pub fn usage_exit_code(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind as K;
+    match e.kind() {
+        K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand => {
+            crate::error::exit::OK
+        }
+        _ => crate::error::exit::USAGE,
     }
 }
 

@@ -44,6 +44,17 @@ fn common_options_are_global() {
 }
 
 #[test]
+fn usage_errors_exit_64_and_help_0() {
+    use mailcluster::cli::usage_exit_code;
+    let e = Cli::try_parse_from(["x", "--bogus"]).err().unwrap();
+    assert_eq!(usage_exit_code(&e), 64);
+    let e = Cli::try_parse_from(["x", "route"]).err().unwrap();
+    assert_eq!(usage_exit_code(&e), 64);
+    let e = Cli::try_parse_from(["x", "--help"]).err().unwrap();
+    assert_eq!(usage_exit_code(&e), 0);
+}
+
+#[test]
 fn report_maps_kinds_to_exit_codes() {
     assert_eq!(report("test", &Error::not_found("no such domain")), 1);
     assert_eq!(report("test", &Error::bad_input("bad")), 64);
