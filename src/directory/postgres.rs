@@ -687,9 +687,20 @@ impl Sql for PgDirectory {
         if let Some(h) = self.has_password {
             return Ok(h);
         }
-        let h = self
-            .columns("mail")?
-            .is_some_and(|c| c.iter().any(|(n, _)| n.eq_ignore_ascii_case("password")));
+        // The catalog directly (information_schema.columns is a slow view); `mail` is
+        // resolved through the search_path like the queries' own `mail`.
+        let rows = self.query(
+            "SELECT count(*) FROM pg_catalog.pg_attribute \
+             WHERE attrelid = to_regclass('mail') AND attname = 'password' \
+               AND NOT attisdropped AND attnum > 0",
+            &[],
+        )?;
+        let h = rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(Val::int)
+            .unwrap_or(0)
+            > 0;
         // Cached for this connection (a reconnect looks again).
         self.has_password = Some(h);
         Ok(h)
