@@ -191,6 +191,63 @@ fn reads_on_postgres_tcp_url() {
 }
 
 #[test]
+fn postgres_connection_string_forms() {
+    let pg = pg::shared();
+    let db = fixtures::pg_seed("conn_forms");
+    let sock = pg.socket_dir().display().to_string();
+    let enc = sock.replace('/', "%2F");
+    let port = pg.port();
+    for url in [
+        format!("postgresql://mail@{enc}:{port}/{}", db.name),
+        format!(
+            "postgresql:///{}?host={sock}&port={port}&user=mail",
+            db.name
+        ),
+        format!(
+            "postgres://mail:{}@localhost:{port}/{}?sslmode=require",
+            pg::PASSWORD,
+            db.name
+        ),
+        format!(
+            "host = '{sock}' port = {port} user = mail dbname = {}",
+            db.name
+        ),
+        format!(
+            "host=127.0.0.1 port={port} user=mail password='{}' dbname={} sslmode=disable",
+            pg::PASSWORD,
+            db.name
+        ),
+    ] {
+        let mut dir = directory::open(&url, T).unwrap();
+        assert!(
+            dir.is_local_domain(&d("msk.domain.ru"), S1)
+                .unwrap_or_else(|e| panic!("{url}: {e}")),
+            "{url}"
+        );
+        assert!(!dir.describe().contains(pg::PASSWORD));
+    }
+    // Wrong password: a configuration error, not "not found", without the password.
+    let url = format!("postgresql://mail:wrong-pw@127.0.0.1:{port}/{}", db.name);
+    let e = directory::open(&url, T)
+        .and_then(|mut x| x.route(&d("msk.domain.ru")))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(!e.to_string().contains("wrong-pw"), "{e}");
+    // A database that does not exist: configuration.
+    let e = directory::open(&pg.url("no_such_db"), T)
+        .and_then(|mut x| x.route(&d("msk.domain.ru")))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    // A database without the tables: configuration, pointing at schema check.
+    let empty = pg.create_db("conn_empty");
+    let e = directory::open(&empty.url, T)
+        .and_then(|mut x| x.route(&d("msk.domain.ru")))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("schema check"), "{e}");
+}
+
+#[test]
 fn reads_on_postgres_smtp_role() {
     let db = fixtures::pg_seed_smtp("reads_smtp");
     let mut dir = directory::open(&db.url, T).unwrap();
@@ -219,6 +276,23 @@ fn sqlite_missing_file_is_a_config_error_and_is_not_created() {
     assert!(e.to_string().contains("absent.sqlite"), "{e}");
     assert!(e.to_string().contains("mailctl schema init"), "{e}");
     assert!(!path.exists());
+    // An existing file without the tables: configuration, pointing at schema check.
+    let empty = tmp.path().join("empty.sqlite");
+    rusqlite::Connection::open(&empty)
+        .unwrap()
+        .execute_batch("CREATE TABLE other (x INTEGER);")
+        .unwrap();
+    let mut dir = directory::open(&format!("sqlite:{}", empty.display()), T).unwrap();
+    let e = dir.route(&d("msk.domain.ru")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("schema check"), "{e}");
+    // Not a database at all.
+    let junk = tmp.path().join("junk.sqlite");
+    std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+    let e = directory::open(&format!("sqlite:{}", junk.display()), T)
+        .and_then(|mut x| x.route(&d("msk.domain.ru")))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
 }
 
 fn check_writes(url: &str, with_password: bool) {

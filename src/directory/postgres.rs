@@ -374,6 +374,7 @@ fn classify(e: &tokio_postgres::Error) -> (ErrorKind, bool) {
     let text = e.to_string();
     let kind = if text.contains("password missing")
         || text.contains("certificate")
+        || text.contains("does not support TLS")
         || text.contains("invalid configuration")
     {
         ErrorKind::Config
