@@ -786,5 +786,26 @@ mod tests {
         let e = ConnInfo::parse("host=h user=u password='topsecret").unwrap_err();
         assert!(!e.to_string().contains("topsecret"));
         assert!(ConnInfo::parse("dbname=mail user=mail").is_err());
+        // Hostile strings never panic.
+        for s in [
+            "",
+            "=",
+            "==",
+            "a=b=c",
+            "host='",
+            "host=\\",
+            "host='\\",
+            "postgresql://",
+            "postgresql://%",
+            "postgresql://h/db?%",
+            "postgresql://h/db?sslmode=%zz&sslrootcert=%e2%82",
+            "postgresql://h/db?&&=&",
+            "host=дом user=я",
+            "host=h user=u\0",
+            "\0=\0",
+        ] {
+            let _ = ConnInfo::parse(s);
+        }
+        assert_eq!(percent_decode("%2Fa%2f%zz%"), "/a/%zz%");
     }
 }
