@@ -777,3 +777,71 @@ fn postgres_directory_inside_an_async_context() {
         drop(dir);
     });
 }
+
+/// The seed's own Exim queries (LOCAL_DOMAINS on a storage, ROUTE_LIST on an SMTP node),
+/// run verbatim by psql on the same database, agree with the Directory where the seed's
+/// data is clean (lower-case names; the seed compares stored names case-sensitively and
+/// ignores mdomain.active and co_domains in LOCAL_DOMAINS).
+#[test]
+fn agrees_with_the_seeds_own_queries() {
+    let pg = pg::shared();
+    let db = fixtures::pg_seed("seed_queries");
+    let mut dir = directory::open(&db.url, T).unwrap();
+    let local_domains = |domain: &str, node: &str| {
+        pg.psql(
+            &db.name,
+            &format!(
+                "SELECT ldomain.domain || '.' || mdomain.domain AS domainname FROM ldomain, \
+                 mdomain,maps WHERE ldomain.domain || '.' || mdomain.domain = LOWER('{domain}') \
+                 AND ldomain.active = 'true' AND maps.storage1 = '{node}' AND \
+                 maps.ldomain_id = ldomain.id;"
+            ),
+        )
+        .trim()
+        .to_string()
+    };
+    let route_list = |domain: &str| {
+        pg.psql(
+            &db.name,
+            &format!(
+                "SELECT COALESCE(storage1,'') || ' : ' || COALESCE(storage2,'') FROM ( SELECT \
+                 storage1,storage2 FROM maps INNER JOIN ldomain ON ( maps.ldomain_id = \
+                 ldomain.id ) INNER JOIN mdomain ON ( maps.mdomain_id = mdomain.id ) WHERE \
+                 ldomain.domain || '.' || mdomain.domain = '{domain}' UNION ALL SELECT \
+                 storage1,storage2 FROM co_maps INNER JOIN co_domain ON ( co_maps.domain_id = \
+                 co_domain.id) WHERE co_domain.domain = '{domain}') AS foo;"
+            ),
+        )
+        .trim()
+        .to_string()
+    };
+    for domain in [
+        "msk.domain.ru",
+        "spb.domain.ru",
+        "kzn.domain.ru",
+        "ekb.domain.ru",
+        "old.domain.ru",
+    ] {
+        for node in [S1, S2] {
+            let seed = local_domains(domain, node) == domain;
+            assert_eq!(
+                dir.is_local_domain(&d(domain), node).unwrap(),
+                seed,
+                "{domain} {node}"
+            );
+        }
+    }
+    for domain in [
+        "msk.domain.ru",
+        "spb.domain.ru",
+        "ekb.domain.ru",
+        "example.org",
+        "old.domain.ru",
+    ] {
+        let r = dir.route(&d(domain)).unwrap().unwrap();
+        let ours = format!("{} : {}", r.primary, r.backup.unwrap_or_default());
+        assert_eq!(route_list(domain), ours.trim_end(), "{domain}");
+    }
+    assert_eq!(route_list("nowhere.domain.ru"), "");
+    assert!(dir.route(&d("nowhere.domain.ru")).unwrap().is_none());
+}
