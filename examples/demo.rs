@@ -235,7 +235,10 @@ fn run(story: &mut Story) -> Result<()> {
     );
 
     // 4. Mailboxes, as Dovecot's passdb/userdb on a storage sees them.
-    story.chapter(4, "Mailboxes on storage-01 (Dovecot: passdb and userdb)");
+    story.chapter(
+        4,
+        "Mailboxes in storage-01's database (Dovecot: passdb and userdb)",
+    );
     let storage = &mut dirs[0].1;
     for (addr, password, active) in MAILBOXES {
         let a = Address::parse(addr, Strictness::Admin)?;
@@ -299,7 +302,7 @@ fn run(story: &mut Story) -> Result<()> {
     }
 
     // 6. The node name check.
-    story.chapter(6, "This node's name must appear in maps");
+    story.chapter(6, "Configuration checks: the node name, secrets");
     config.check_node(dirs[0].1.as_mut())?;
     story.check(
         true,
@@ -318,6 +321,29 @@ fn run(story: &mut Story) -> Result<()> {
         }
         other => story.check(false, format!("short node name: {other:?}")),
     }
+
+    // A password in a file everyone can read is refused (and never shown).
+    let secret_path = base.join("with-password.toml");
+    let secret_text = format!(
+        "node = \"{STORAGE1}\"\n\n[[directory]]\nname = \"smtp-01\"\n\
+         url = \"postgresql://mail:S3cret-Pw@smtp-01.domain.ru/mail\"\nrole = \"smtp\"\n"
+    );
+    write_mode(&secret_path, &secret_text, 0o644)?;
+    match Config::load(&secret_path) {
+        Err(e) if e.kind() == ErrorKind::Config && !e.to_string().contains("S3cret-Pw") => {
+            story.check(
+                true,
+                "a file with a database password, mode 644, is refused:".to_string(),
+            );
+            println!("     {e}");
+        }
+        other => story.check(false, format!("world-readable secret: {:?}", other.err())),
+    }
+    write_mode(&secret_path, &secret_text, 0o640)?;
+    story.check(
+        Config::load(&secret_path).is_ok(),
+        "the same file with mode 640 is accepted".to_string(),
+    );
 
     // 7. What each storage replicates.
     story.chapter(
@@ -409,6 +435,13 @@ fn populate(w: &mut dyn DirectoryWriter) -> Result<()> {
         w.add_mailbox(&a.local, &a.domain, Some(&md5_hex(password)), *active)?;
     }
     Ok(())
+}
+
+fn write_mode(path: &Path, text: &str, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
 }
 
 fn rel(p: &Path, base: &Path) -> String {
