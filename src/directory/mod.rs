@@ -11,6 +11,8 @@ use std::time::Duration;
 
 pub mod postgres;
 pub mod schema;
+#[allow(dead_code)] // parts used by the writer (next commit)
+mod sql;
 pub mod sqlite;
 
 /// Where a domain's row lives in the seed's schema.

@@ -40,3 +40,15 @@ impl Directory for PgDirectory {
         Err(Error::internal("not implemented yet"))
     }
 }
+
+pub(crate) fn init_schema(_url: &str, _ddl: &str, _timeout: Duration) -> Result<()> {
+    Err(Error::internal("not implemented yet"))
+}
+
+pub(crate) fn check_schema(
+    _url: &str,
+    _role: crate::config::Role,
+    _timeout: Duration,
+) -> Result<super::schema::CheckReport> {
+    Err(Error::internal("not implemented yet"))
+}
