@@ -332,3 +332,57 @@ fn unavailable_directory_is_a_temporary_failure() {
     drop(s);
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[test]
+fn dovecot_proxy_front_end_routes_to_the_primary() {
+    let s = site();
+    let root = make_root("proxy");
+    let (uid, gid) = dovecot::user_ids("mail");
+    let db = format!("sqlite:{}", s.root.join("db").join("mail.sqlite").display());
+    let config = root.join("mailcluster.toml");
+    // The front end is no node's primary: every user goes to the storage (here: the shared
+    // storage instance, standing in for both nodes).
+    std::fs::write(
+        &config,
+        format!(
+            "node = \"mail.domain.ru\"\n[[directory]]\nname = \"local\"\nurl = \"{db}\"\n\
+             [mail]\nuid = {uid}\ngid = {gid}\n[ports]\nimap = {}\n\
+             [auth]\nproxy_mode = true\n[auth.hosts]\n\"{}\" = \"127.0.0.1\"\n\"{}\" = \"127.0.0.1\"\n",
+            s.dovecot.imap_port,
+            fixtures::S1,
+            fixtures::S2
+        ),
+    )
+    .expect("write config");
+    let paths = Paths {
+        mailauth: PathBuf::from(BIN),
+        config,
+        passwd_file: root.join("unused"),
+        mail_root: root.join("mail"),
+    };
+    let proxy = Dovecot::start(
+        &root,
+        &dovecot::snippet("proxy/10-mailcluster-proxy.conf", &paths),
+    );
+    let (code, out) = proxy.auth_test("popova@ekb.domain.ru", "popova-pw");
+    assert_eq!(code, 0, "{out}\n{}", proxy.log());
+    for field in [
+        "proxy",
+        "host=127.0.0.1",
+        &format!("port={}", s.dovecot.imap_port),
+    ] {
+        assert!(out.contains(field), "{field}: {out}");
+    }
+    let (code, out) = proxy.auth_test("popova@ekb.domain.ru", "wrong");
+    assert_eq!(code, 77, "{out}");
+    // A real IMAP login through the proxy reaches the storage's Maildir.
+    let (ok, exists) =
+        dovecot::imap_login_select(proxy.imap_port, "ivanov@msk.domain.ru", "ivanov-pw");
+    assert!(ok, "{}\n{}", proxy.log(), s.dovecot.log());
+    assert!(exists.is_some());
+    let (ok, _) = dovecot::imap_login_select(proxy.imap_port, "ivanov@msk.domain.ru", "nope");
+    assert!(!ok);
+    assert_no_passwords_in(&proxy.log());
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -5,7 +5,7 @@
 //! verify the password; for a lookup (`AUTHORIZED=1`: userdb lookup, LMTP, doveadm) we only
 //! look the user up and set `AUTHORIZED=2`. On success we `exec` the reply program (the
 //! last argument) with `USER` (canonical), `HOME` and `EXTRA` naming `userdb_uid`,
-//! `userdb_gid`, `userdb_mail` (and `proxy host nopassword` in proxy mode).
+//! `userdb_gid`, `userdb_mail` (and `proxy host port nopassword` in proxy mode).
 //!
 //! Exit codes (Dovecot 2.3.14+): 1 = failed login (wrong password, unknown or disabled user,
 //! unusable fd-3 data during authentication); 3 = unknown user in a lookup; 111 = temporary
@@ -198,8 +198,9 @@ pub fn reply_env(info: &UserInfo, mode: Mode) -> Vec<(String, String)> {
         if let Some(p) = &info.proxy {
             env.push(("proxy".into(), "y".into()));
             env.push(("host".into(), p.host.clone()));
+            env.push(("port".into(), p.port.to_string()));
             env.push(("nopassword".into(), "y".into()));
-            extra.extend(["proxy", "host", "nopassword"]);
+            extra.extend(["proxy", "host", "port", "nopassword"]);
         }
     }
     env.push(("EXTRA".to_string(), extra.join(" ")));
