@@ -369,9 +369,10 @@ fn proxy_mode_answers_the_primary_node() {
     assert_eq!(env["proxy"], "y");
     assert_eq!(env["host"], "127.0.0.9");
     assert_eq!(env["nopassword"], "y");
+    assert_eq!(env["port"], "143");
     assert_eq!(
         env["EXTRA"],
-        "userdb_uid userdb_gid userdb_mail proxy host nopassword"
+        "userdb_uid userdb_gid userdb_mail proxy host port nopassword"
     );
     // The password is still checked.
     let out = checkpassword(
