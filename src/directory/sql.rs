@@ -70,6 +70,8 @@ pub(crate) trait Sql {
     fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64>;
     /// Run several statements without parameters.
     fn batch(&mut self, sql: &str) -> Result<()>;
+    /// Roll back an open transaction (best effort; never waits for a lost connection).
+    fn rollback(&mut self);
     /// Columns (name, type) of a table, None when the table does not exist.
     fn columns(&mut self, table: &str) -> Result<Option<Vec<(String, String)>>>;
     /// Does `mail` have a `password` column? (cached per connection by the backend)

@@ -154,6 +154,10 @@ impl Sql for SqliteDirectory {
             .map_err(|e| map_err(&self.path, e))
     }
 
+    fn rollback(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
     fn columns(&mut self, table: &str) -> Result<Option<Vec<(String, String)>>> {
         let rows = self.query(
             "SELECT name, type FROM pragma_table_info($1)",

@@ -546,3 +546,31 @@ fn make_certs(root: &Path, data: &Path) {
     chown_postgres(&crt_path);
     chown_postgres(&key_path);
 }
+
+/// A self-signed CA certificate (PEM) unrelated to any cluster's: verification against it
+/// fails.
+pub fn unrelated_ca_pem() -> Vec<u8> {
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::extension::BasicConstraints;
+    use openssl::x509::{X509NameBuilder, X509};
+    let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
+    let mut b = X509NameBuilder::new().expect("name");
+    b.append_entry_by_text("CN", "unrelated CA").expect("cn");
+    let name = b.build();
+    let mut ca = X509::builder().expect("x509");
+    ca.set_version(2).expect("v3");
+    ca.set_subject_name(&name).expect("subject");
+    ca.set_issuer_name(&name).expect("issuer");
+    ca.set_pubkey(&key).expect("pubkey");
+    ca.set_not_before(&Asn1Time::days_from_now(0).expect("time"))
+        .expect("nb");
+    ca.set_not_after(&Asn1Time::days_from_now(30).expect("time"))
+        .expect("na");
+    ca.append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
+        .expect("ext");
+    ca.sign(&key, MessageDigest::sha256()).expect("sign");
+    ca.build().to_pem().expect("pem")
+}
