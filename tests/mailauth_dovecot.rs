@@ -7,14 +7,17 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 use support::dovecot::{self, Dovecot, Paths};
 use support::fixtures;
+use support::pg::{self, Db, Pg};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailauth");
 
 struct Site {
     root: PathBuf,
     config: PathBuf,
+    db: Db,
     dovecot: Dovecot,
 }
 
@@ -28,41 +31,41 @@ fn make_root(tag: &str) -> PathBuf {
     root
 }
 
-fn set_password(db_url: &str, mailbox: &str, stored: &str) {
-    let conn =
-        rusqlite::Connection::open(db_url.strip_prefix("sqlite:").expect("sqlite")).expect("open");
-    let n = conn
-        .execute(
-            "UPDATE mail SET password = ?1 WHERE mailbox = ?2",
-            rusqlite::params![stored, mailbox],
-        )
-        .expect("update");
-    assert_eq!(n, 1);
+fn set_password(pg: &Pg, db: &Db, mailbox: &str, stored: &str) {
+    assert!(!stored.contains('\''));
+    let out = pg.psql(
+        &db.name,
+        &format!(
+            "UPDATE mail SET password = '{stored}' WHERE mailbox = '{mailbox}' RETURNING mailbox"
+        ),
+    );
+    assert_eq!(out.trim(), mailbox);
 }
 
-/// Build a storage-node site: directory, mailauth config, passwd-file, Dovecot with the
-/// storage snippets.
-fn build_site(tag: &str) -> Site {
+/// Build a storage-node site over a seed-shaped PostgreSQL database on `pg`: mailauth
+/// config, passwd-file, Dovecot with the storage snippets.
+fn build_site(tag: &str, pg: &Pg, db_timeout: f64) -> Site {
     let root = make_root(tag);
-    let dbdir = root.join("db");
-    std::fs::create_dir_all(&dbdir).expect("mkdir db");
-    let db = fixtures::sqlite_seed(&dbdir);
+    let db = fixtures::load_pg(pg, &format!("auth_{tag}"));
     // Stored forms made by the real doveadm, as an admin would.
     set_password(
+        pg,
         &db,
         "popova",
         &dovecot::doveadm_pw("SHA512-CRYPT", "popova-pw"),
     );
-    set_password(&db, "info", &dovecot::doveadm_pw("BLF-CRYPT", "info-pw"));
     set_password(
+        pg,
+        &db,
+        "info",
+        &dovecot::doveadm_pw("BLF-CRYPT", "info-pw"),
+    );
+    set_password(
+        pg,
         &db,
         "sidorov",
         &dovecot::doveadm_pw("ARGON2ID", "sidorov-pw"),
     );
-    // The auth process (user dovecot) opens the database.
-    for p in [dbdir.clone(), dbdir.join("mail.sqlite")] {
-        dovecot::chown_to(&p, "dovecot");
-    }
     let mail = root.join("mail");
     std::fs::create_dir_all(&mail).expect("mkdir mail");
     dovecot::chown_to(&mail, "mail");
@@ -71,9 +74,10 @@ fn build_site(tag: &str) -> Site {
     std::fs::write(
         &config,
         format!(
-            "node = \"{}\"\n[[directory]]\nname = \"local\"\nurl = \"{db}\"\n\n\
+            "node = \"{}\"\ndb_timeout = {db_timeout}\n[[directory]]\nname = \"local\"\nurl = \"{}\"\n\n\
              [mail]\nhome = \"{}/{{domain}}/{{mailbox}}\"\nuid = {uid}\ngid = {gid}\n",
             fixtures::S1,
+            db.url,
             mail.display()
         ),
     )
@@ -109,6 +113,7 @@ fn build_site(tag: &str) -> Site {
     Site {
         root,
         config,
+        db,
         dovecot: d,
     }
 }
@@ -130,7 +135,7 @@ fn site() -> &'static Site {
         unsafe {
             libc::atexit(cleanup);
         }
-        build_site("main")
+        build_site("main", pg::shared(), 5.0)
     })
 }
 
@@ -308,15 +313,10 @@ fn imap_login_as_the_seed_user() {
     let _ = &s.config;
 }
 
-#[test]
-fn unavailable_directory_is_a_temporary_failure() {
-    let s = build_site("down");
-    let d = &s.dovecot;
-    let (code, _) = d.auth_test("ivanov@msk.domain.ru", "ivanov-pw");
-    assert_eq!(code, 0);
-    // The database disappears (e.g. an unmounted volume): temporary failure, nobody logs in.
-    let db = s.root.join("db").join("mail.sqlite");
-    std::fs::rename(&db, s.root.join("db").join("moved")).expect("mv");
+/// Login attempts while the database is stopped or hung: temporary failure within the
+/// bound, nobody logs in, and lookups never say "unknown user".
+fn assert_temporary(d: &Dovecot, bound: Duration) {
+    let t = Instant::now();
     let (code, out) = d.auth_test("ivanov@msk.domain.ru", "ivanov-pw");
     assert_eq!(code, 77, "{out}");
     assert!(out.contains("code=temp_fail"), "{out}");
@@ -327,9 +327,33 @@ fn unavailable_directory_is_a_temporary_failure() {
     );
     let (ok, _) = dovecot::imap_login_select(d.imap_port, "ivanov@msk.domain.ru", "ivanov-pw");
     assert!(!ok);
+    assert!(t.elapsed() < bound, "took {:?}", t.elapsed());
+}
+
+#[test]
+fn database_stopped_or_hung_is_a_temporary_failure() {
+    let pg = Pg::start_private();
+    let s = build_site("down", &pg, 1.0);
+    let d = &s.dovecot;
+    assert_eq!(d.auth_test("ivanov@msk.domain.ru", "ivanov-pw").0, 0);
+    pg.stop();
+    assert_temporary(d, Duration::from_secs(10));
+    pg.start();
+    assert_eq!(
+        d.auth_test("ivanov@msk.domain.ru", "ivanov-pw").0,
+        0,
+        "{}",
+        d.log()
+    );
+    pg.hang();
+    // Three requests, each bounded by db_timeout = 1 s (plus Dovecot's 0.5 s failure flush).
+    assert_temporary(d, Duration::from_secs(8));
+    pg.resume();
+    assert_eq!(d.auth_test("ivanov@msk.domain.ru", "ivanov-pw").0, 0);
     assert_no_passwords_in(&d.log());
     let root = s.root.clone();
     drop(s);
+    drop(pg);
     let _ = std::fs::remove_dir_all(root);
 }
 
@@ -338,7 +362,7 @@ fn dovecot_proxy_front_end_routes_to_the_primary() {
     let s = site();
     let root = make_root("proxy");
     let (uid, gid) = dovecot::user_ids("mail");
-    let db = format!("sqlite:{}", s.root.join("db").join("mail.sqlite").display());
+    let db = s.db.url.clone();
     let config = root.join("mailcluster.toml");
     // The front end is no node's primary: every user goes to the storage (here: the shared
     // storage instance, standing in for both nodes).
