@@ -354,7 +354,7 @@ fn proxy_mode_answers_the_primary_node() {
     let conf = e.config(
         "p.toml",
         &format!(
-            "[auth]\nproxy_mode = true\n[auth.hosts]\n\"{}\" = \"127.0.0.9\"\n",
+            "[auth]\nproxy_mode = true\n[auth.nodes]\n\"{}\" = \"127.0.0.9\"\n",
             fixtures::S2
         ),
     );

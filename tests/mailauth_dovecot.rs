@@ -371,7 +371,7 @@ fn dovecot_proxy_front_end_routes_to_the_primary() {
         format!(
             "node = \"mail.domain.ru\"\n[[directory]]\nname = \"local\"\nurl = \"{db}\"\n\
              [mail]\nuid = {uid}\ngid = {gid}\n[ports]\nimap = {}\n\
-             [auth]\nproxy_mode = true\n[auth.hosts]\n\"{}\" = \"127.0.0.1\"\n\"{}\" = \"127.0.0.1\"\n",
+             [auth]\nproxy_mode = true\n[auth.nodes]\n\"{}\" = \"127.0.0.1\"\n\"{}\" = \"127.0.0.1\"\n",
             s.dovecot.imap_port,
             fixtures::S1,
             fixtures::S2

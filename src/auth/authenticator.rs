@@ -39,7 +39,7 @@ pub struct AuthSettings {
     pub proxy_mode: bool,
     /// Node name → IP address, for proxy mode (`Auth-Server` style: an IP, not a name).
     /// A node missing here is resolved through the system resolver.
-    pub hosts: BTreeMap<String, String>,
+    pub nodes: BTreeMap<String, String>,
     /// Directory connections kept open by the daemon (default 4).
     pub pool_size: usize,
 }
@@ -51,7 +51,7 @@ impl Default for AuthSettings {
             socket: None,
             socket_timeout: 3.0,
             proxy_mode: false,
-            hosts: BTreeMap::new(),
+            nodes: BTreeMap::new(),
             pool_size: 4,
         }
     }
@@ -373,9 +373,9 @@ impl Authenticator {
         Ok(Some(ProxyTarget { host, port }))
     }
 
-    /// A node's IP address: `[auth.hosts]`, else the system resolver.
+    /// A node's IP address: `[auth.nodes]`, else the system resolver.
     pub fn node_address(&self, node: &str) -> Result<String> {
-        if let Some(ip) = self.settings.hosts.get(node) {
+        if let Some(ip) = self.settings.nodes.get(node) {
             return Ok(ip.clone());
         }
         if node.parse::<std::net::IpAddr>().is_ok() {
@@ -388,7 +388,7 @@ impl Authenticator {
                 .map(|a| a.ip().to_string())
                 .ok_or_else(|| Error::temporary(format!("node {node} has no address"))),
             Err(e) => Err(Error::temporary(format!(
-                "cannot resolve node {node}: {e} (add it to [auth.hosts])"
+                "cannot resolve node {node}: {e} (add it to [auth.nodes])"
             ))),
         }
     }
