@@ -65,6 +65,10 @@ struct HashArgs {
     /// variable MAILAUTH_STORED instead of hashing (exit 0 = match, 1 = mismatch).
     #[arg(long)]
     verify: bool,
+    /// Benchmark: hash the password with the scheme, then verify it N times and print
+    /// `SCHEME<TAB>stored length<TAB>microseconds per verify`.
+    #[arg(long, value_name = "N")]
+    bench: Option<u32>,
 }
 
 #[derive(Args)]
@@ -242,6 +246,20 @@ fn run_hash(args: &HashArgs) -> Result<i32> {
             Ok(false) => Err(Error::denied("password mismatch")),
             Err(e) => Err(Error::denied(e.to_string())),
         };
+    }
+    if let Some(n) = args.bench {
+        let stored = scheme::generate(&password, s).map_err(|e| Error::internal(e.to_string()))?;
+        let n = n.max(1);
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            if scheme::verify(&password, &stored, s) != Ok(true) {
+                return Err(Error::internal("benchmark: verify failed"));
+            }
+        }
+        let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+        password.fill(0);
+        println!("{s}\t{}\t{us:.1}", stored.len());
+        return Ok(0);
     }
     let stored = scheme::generate(&password, s);
     password.fill(0);
