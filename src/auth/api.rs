@@ -247,3 +247,13 @@ pub fn handle(auth: &Authenticator, path: &str, body: &[u8]) -> ApiResponse {
         _ => failure(404, "no such endpoint"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The daemon shares one Authenticator between its worker threads.
+    #[test]
+    fn authenticator_is_shareable() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Authenticator>();
+    }
+}
