@@ -34,6 +34,12 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Print DOMAIN if it is active and this node (or --node) is its backup, not its primary.
+    BackupDomain {
+        domain: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Print the host list "primary : backup" of an active domain (ldomain or co_domain).
     Route { domain: String },
     /// Print the mailbox address if the recipient's mailbox and domain are active.
@@ -146,6 +152,7 @@ fn print(answer: Option<String>) -> Result<i32> {
 fn run(cli: Cli) -> Result<i32> {
     let query = match cli.command {
         Command::LocalDomain { domain, node } => Query::LocalDomain { domain, node },
+        Command::BackupDomain { domain, node } => Query::BackupDomain { domain, node },
         Command::Route { domain } => Query::Route { domain },
         Command::Recipient { address } => Query::Recipient { address },
         Command::RcptRoute { address } => Query::RcptRoute { address },

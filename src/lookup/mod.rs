@@ -36,6 +36,8 @@ pub struct MapConfig {
     pub listen: Option<String>,
     /// Mode of the socket file, octal string (default "0660").
     pub socket_mode: String,
+    /// Group of the socket file (name or number), e.g. Exim's group `Debian-exim` / `mail`.
+    pub socket_group: Option<String>,
     /// Seconds a found answer is served from the cache without asking the database.
     pub positive_ttl: f64,
     /// Seconds a not-found answer is served from the cache.
@@ -65,6 +67,7 @@ impl Default for MapConfig {
             socket: None,
             listen: None,
             socket_mode: "0660".to_string(),
+            socket_group: None,
             positive_ttl: 60.0,
             negative_ttl: 10.0,
             stale_max: 3600.0,
@@ -127,6 +130,12 @@ pub enum Query {
         domain: String,
         node: Option<String>,
     },
+    /// Active domain whose BACKUP is this node (or `node`) and whose primary is another
+    /// node: answer = the domain (storage Exim's `domainlist backup_domains`).
+    BackupDomain {
+        domain: String,
+        node: Option<String>,
+    },
     /// Host list `primary : backup` of an active domain.
     Route { domain: String },
     /// Active mailbox in an active domain: answer = the mailbox address.
@@ -150,6 +159,7 @@ impl Query {
     pub fn verb(&self) -> &'static str {
         match self {
             Query::LocalDomain { .. } => "local-domain",
+            Query::BackupDomain { .. } => "backup-domain",
             Query::Route { .. } => "route",
             Query::Recipient { .. } => "recipient",
             Query::RcptRoute { .. } => "rcpt-route",
@@ -164,6 +174,10 @@ impl Query {
         let a = arg.to_string();
         Some(match verb {
             "local-domain" => Query::LocalDomain {
+                domain: a,
+                node: None,
+            },
+            "backup-domain" => Query::BackupDomain {
                 domain: a,
                 node: None,
             },
@@ -248,6 +262,14 @@ impl Resolver {
                     return Ok(None);
                 };
                 Ok((rec.primary == node).then(|| rec.domain.to_string()))
+            }
+            Query::BackupDomain { domain, node } => {
+                let node = self.node(node)?;
+                let Some(rec) = active_domain(dir, domain)? else {
+                    return Ok(None);
+                };
+                let is_backup = rec.primary != node && rec.backup.as_deref() == Some(node.as_str());
+                Ok(is_backup.then(|| rec.domain.to_string()))
             }
             Query::Route { domain } => {
                 let Some(rec) = active_domain(dir, domain)? else {
@@ -508,6 +530,7 @@ mod tests {
     fn verbs_round_trip() {
         for v in [
             "local-domain",
+            "backup-domain",
             "route",
             "recipient",
             "rcpt-route",

@@ -5,7 +5,7 @@
 //! answer:   OK SP VALUE LF | NOTFOUND LF | TEMPFAIL [SP REASON] LF | ERROR SP REASON LF
 //! ```
 //! then the server closes the connection. Verbs: `local-domain`, `route`, `recipient`,
-//! `rcpt-route`, `backup-route`, `home`, `maildir` (as the subcommands), `ping`.
+//! `rcpt-route`, `backup-domain`, `backup-route`, `home`, `maildir` (as the subcommands), `ping`.
 //! The argument is the rest of the line (it may contain spaces: it is then simply not a valid
 //! name, so NOTFOUND). A request with more than one line, bytes that are not UTF-8, or longer
 //! than the bound is answered NOTFOUND (no valid name looks like that). An unknown verb is

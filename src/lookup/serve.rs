@@ -357,6 +357,11 @@ impl Server {
                 let l = UnixListener::bind(path)
                     .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
                 let mode = settings.map.socket_mode()?;
+                if let Some(group) = &settings.map.socket_group {
+                    let gid = group_id(group)?;
+                    std::os::unix::fs::chown(path, None, Some(gid))
+                        .map_err(|e| Error::io(format!("chgrp {group} {}", path.display()), e))?;
+                }
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
                 Listener::Unix(l, path.clone())
@@ -479,6 +484,34 @@ fn describe(e: &Endpoint) -> String {
         Endpoint::Unix(p) => p.display().to_string(),
         Endpoint::Tcp(a) => a.to_string(),
     }
+}
+
+/// A group name or number.
+fn group_id(group: &str) -> Result<u32> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Ok(n);
+    }
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| Error::config(format!("[map] socket_group {group:?}: invalid name")))?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes into grp/buf (sizes given) and sets result to &grp or null.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return Err(Error::config(format!(
+            "[map] socket_group {group:?}: no such group"
+        )));
+    }
+    Ok(grp.gr_gid)
 }
 
 /// Refuse to steal the socket of a running server; remove a stale one.
