@@ -47,6 +47,9 @@ pub struct MapConfig {
     /// After a database failure, seconds before the next connection attempt (answers come
     /// from the cache, or TEMPFAIL, meanwhile).
     pub retry_interval: f64,
+    /// Seconds without any database round trip after which the daemon probes the
+    /// database (so an outage is noticed while answers come from the cache).
+    pub health_interval: f64,
     /// Cache size bound (entries).
     pub max_entries: usize,
     /// Simultaneous clients; more are answered TEMPFAIL at once.
@@ -72,6 +75,7 @@ impl Default for MapConfig {
             negative_ttl: 10.0,
             stale_max: 3600.0,
             retry_interval: 2.0,
+            health_interval: 5.0,
             max_entries: 200_000,
             max_clients: 64,
             client_timeout: 5.0,
@@ -105,6 +109,9 @@ impl MapConfig {
     }
     pub fn retry_interval(&self) -> Duration {
         secs(self.retry_interval, 2.0)
+    }
+    pub fn health_interval(&self) -> Duration {
+        secs(self.health_interval, 5.0).max(Duration::from_millis(200))
     }
     pub fn client_timeout(&self) -> Duration {
         secs(self.client_timeout, 5.0).max(Duration::from_millis(100))

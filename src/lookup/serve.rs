@@ -118,6 +118,8 @@ struct Shared {
     cache: Mutex<Cache>,
     db: Mutex<Db>,
     health: Mutex<(DbHealth, Option<Instant>)>,
+    /// Last successful database round trip.
+    last_contact: Mutex<Option<Instant>>,
     clients: AtomicUsize,
     stop: AtomicBool,
     loader: Loader,
@@ -151,6 +153,36 @@ impl Shared {
         *h = (new, retry_after);
     }
 
+    fn is_down(&self) -> bool {
+        lock(&self.health).0 == DbHealth::Down
+    }
+
+    /// Probe the directory when nothing asked it for `interval`, so that an outage is
+    /// noticed (and cached "not found" answers distrusted) even while answers come from
+    /// the cache.
+    fn probe_if_idle(&self, interval: Duration) {
+        let idle = lock(&self.last_contact).map_or(true, |t| t.elapsed() >= interval);
+        if !idle || self.down_now(Instant::now()) {
+            return;
+        }
+        let settings = self.settings();
+        let probe = Query::Route {
+            domain: "mailmap-health-probe.invalid".to_string(),
+        };
+        let result = {
+            let mut db = lock(&self.db);
+            self.query_db(&mut db, &settings, &probe)
+        };
+        match result {
+            Ok(_) => self.set_health(true, None, ""),
+            Err(e) if e.is_temporary() => {
+                let retry = Instant::now() + settings.map.retry_interval();
+                self.set_health(false, Some(retry), e.message());
+            }
+            Err(e) => log::error!("health probe: {e}"),
+        }
+    }
+
     fn down_now(&self, now: Instant) -> bool {
         let h = lock(&self.health);
         h.0 == DbHealth::Down && h.1.is_some_and(|t| now < t)
@@ -160,7 +192,10 @@ impl Shared {
     fn answer(&self, query: &Query) -> Response {
         let now = Instant::now();
         if let Some(a) = lock(&self.cache).fresh(query, now) {
-            return to_response(a);
+            // A cached "not found" is not trusted while the directory is known to be down.
+            if a.is_some() || !self.is_down() {
+                return to_response(a);
+            }
         }
         if self.down_now(now) {
             return self.outage(query, "directory unreachable");
@@ -170,7 +205,9 @@ impl Shared {
             let mut db = lock(&self.db);
             // Another thread may have answered while we waited.
             if let Some(a) = lock(&self.cache).fresh(query, Instant::now()) {
-                return to_response(a);
+                if a.is_some() || !self.is_down() {
+                    return to_response(a);
+                }
             }
             self.query_db(&mut db, &settings, query)
         };
@@ -209,6 +246,10 @@ impl Shared {
                 continue;
             };
             match s.resolver.resolve(dir.as_mut(), query) {
+                Ok(a) => {
+                    *lock(&self.last_contact) = Some(Instant::now());
+                    return Ok(a);
+                }
                 Err(e) if e.is_temporary() => {
                     log::debug!("{}: {e}", dir.describe());
                     db.next = (*idx + 1) % s.config.directories.len().max(1);
@@ -379,6 +420,7 @@ impl Server {
                 next: 0,
             }),
             health: Mutex::new((DbHealth::Unknown, None)),
+            last_contact: Mutex::new(None),
             clients: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             loader,
@@ -431,6 +473,18 @@ impl Server {
     /// Accept connections until stopped; then remove the socket.
     pub fn run(self) -> Result<()> {
         log::info!("serving on {}", describe(&self.endpoint()));
+        let prober = Arc::clone(&self.shared);
+        std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                let tick = Duration::from_millis(200);
+                while !prober.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(tick);
+                    let interval = prober.settings().map.health_interval();
+                    prober.probe_if_idle(interval);
+                }
+            })
+            .map_err(|e| Error::io("starting the probe thread", e))?;
         loop {
             let conn = match &self.listener {
                 Listener::Unix(l, _) => l.accept().map(|(s, _)| Conn::Unix(s)),

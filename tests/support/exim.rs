@@ -135,7 +135,7 @@ impl Exim {
 
     /// `exim -bt ADDRESS`: exit 0 routed, 1 deferred, 2 undeliverable.
     pub fn bt(&self, address: &str) -> Run {
-        self.run(&["-bt", address], "")
+        self.run(&["-bt", "--", address], "")
     }
 
     /// `exim -bV` (parses the configuration).
@@ -207,11 +207,17 @@ pub const S1_IP: &str = "192.0.2.11";
 pub const S2_IP: &str = "192.0.2.12";
 
 /// Write a mailmap configuration (readable by Exim's uid) and return its path.
-pub fn mailmap_config(dir: &Path, name: &str, node: &str, db_url: &str, extra_map: &str) -> PathBuf {
+pub fn mailmap_config(
+    dir: &Path,
+    name: &str,
+    node: &str,
+    db_url: &str,
+    extra_map: &str,
+) -> PathBuf {
     let path = dir.join(name);
     let text = format!(
         r#"node = "{node}"
-db_timeout = 2
+db_timeout = 10
 
 [[directory]]
 name = "test"
