@@ -595,6 +595,7 @@ fn handle(shared: &Shared, mut conn: Conn, timeout: Duration, max_request: usize
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 512];
     let mut complete = true;
+    let mut discarded = 0usize;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || conn.set_timeouts(left).is_err() {
@@ -603,10 +604,19 @@ fn handle(shared: &Shared, mut conn: Conn, timeout: Duration, max_request: usize
         match conn.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > max_request {
-                    complete = false;
-                    break;
+                if complete {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > max_request {
+                        // Too long for any valid request: drop it, but read on (bounded)
+                        // so that the client gets its answer instead of a broken pipe.
+                        complete = false;
+                        buf.clear();
+                    }
+                } else {
+                    discarded += n;
+                    if discarded > 65536 {
+                        break;
+                    }
                 }
                 if chunk[..n].contains(&b'\n') {
                     break;

@@ -315,8 +315,9 @@ pub fn ask_socket(socket: &Path, request: &[u8]) -> Option<String> {
     use std::io::Read;
     let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(request).ok()?;
-    s.shutdown(std::net::Shutdown::Write).ok()?;
+    // The server may answer (and close) before reading everything (busy): read anyway.
+    let _ = s.write_all(request);
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out.trim_end_matches('\n').to_string())
