@@ -343,7 +343,8 @@ fn describe_config(c: &Config) -> String {
 /// failure; every wait is bounded by the timeout given to [`PgDirectory::connect`].
 pub struct PgDirectory {
     info: ConnInfo,
-    tls: MakeTlsConnector,
+    /// None when TLS cannot be used (unix socket only, or sslmode=disable).
+    tls: Option<MakeTlsConnector>,
     timeout: Duration,
     rt: tokio::runtime::Runtime,
     client: Option<Client>,
@@ -388,7 +389,20 @@ impl PgDirectory {
     /// Errors here are configuration errors (a malformed string, an unreadable CA file).
     pub fn connect(url: &str, timeout: Duration) -> Result<Self> {
         let info = ConnInfo::parse(url)?;
-        let tls = info.tls_connector()?;
+        // TLS is never used over a unix socket or with sslmode=disable: skip the connector
+        // then (building it loads the system CA store, ~50 ms per process — too much for
+        // helpers that Exim starts once per address).
+        let tcp = info
+            .config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, Host::Tcp(_)))
+            || !info.config.get_hostaddrs().is_empty();
+        let tls = if tcp && info.tls_mode != TlsMode::Disable {
+            Some(info.tls_connector()?)
+        } else {
+            None
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -458,19 +472,23 @@ impl PgDirectory {
         }
         self.disconnect();
         let config = self.info.config.clone();
-        let tls = self.tls.clone();
-        let res = self
-            .rt
-            .block_on(async move { tokio::time::timeout_at(deadline, config.connect(tls)).await });
+        let rt = &self.rt;
+        let res = match self.tls.clone() {
+            Some(tls) => rt
+                .block_on(
+                    async move { tokio::time::timeout_at(deadline, config.connect(tls)).await },
+                )
+                .map(|r| r.map(|(client, connection)| (client, spawn_connection(rt, connection)))),
+            None => rt
+                .block_on(async move {
+                    tokio::time::timeout_at(deadline, config.connect(tokio_postgres::NoTls)).await
+                })
+                .map(|r| r.map(|(client, connection)| (client, spawn_connection(rt, connection)))),
+        };
         match res {
             Err(_) => Err(self.timed_out("connecting")),
             Ok(Err(e)) => Err(self.fail("cannot connect", e)),
-            Ok(Ok((client, connection))) => {
-                let task = self.rt.spawn(async move {
-                    if let Err(e) = connection.await {
-                        log::debug!("postgres connection closed: {e}");
-                    }
-                });
+            Ok(Ok((client, task))) => {
                 self.client = Some(client);
                 self.conn_task = Some(task);
                 Ok(())
@@ -486,6 +504,22 @@ impl PgDirectory {
     pub fn ping(&mut self) -> Result<()> {
         self.query("SELECT 1", &[]).map(|_| ())
     }
+}
+
+/// Drive a connection on the private runtime until it closes.
+fn spawn_connection<S, T>(
+    rt: &tokio::runtime::Runtime,
+    connection: tokio_postgres::Connection<S, T>,
+) -> tokio::task::JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    rt.spawn(async move {
+        if let Err(e) = connection.await {
+            log::debug!("postgres connection closed: {e}");
+        }
+    })
 }
 
 fn to_sql_params<'a>(params: &'a [Param<'a>]) -> Vec<Box<dyn ToSql + Sync + Send + 'a>> {
