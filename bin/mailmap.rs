@@ -163,8 +163,8 @@ fn run(cli: Cli) -> Result<i32> {
             let config = cli.common.load()?;
             let map: MapConfig = config.section("map")?;
             let resolver = Resolver::from_config(&config, &map)?;
-            let list =
-                lookup::with_directory(&config, |dir| resolver.domains(dir, node.as_deref()))?;
+            let mut dir = config.open_directory()?;
+            let list = resolver.domains(dir.as_mut(), node.as_deref())?;
             let mut out = std::io::stdout().lock();
             for d in &list {
                 writeln!(out, "{d}").map_err(|e| Error::io("writing the list", e))?;

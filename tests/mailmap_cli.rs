@@ -192,7 +192,7 @@ fn exit_codes_for_usage_config_and_outage() {
         .port();
     exim::write_public(
         &down,
-        &format!("node = \"{S1}\"\ndb_timeout = 2\n[[directory]]\nname=\"x\"\nurl=\"postgresql://mail:mailpw@127.0.0.1:{port}/mail?sslmode=disable\"\n"),
+        &format!("node = \"{S1}\"\ndb_timeout = 2\n[[directory]]\nname=\"x\"\nurl=\"host=127.0.0.1 port={port} user=mail dbname=mail sslmode=disable\"\n"),
     );
     for args in [
         &["route", "msk.domain.ru"][..],

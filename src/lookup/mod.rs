@@ -16,7 +16,7 @@
 //! - The legacy pseudo-mailbox `dir` is never a recipient.
 
 use crate::config::Config;
-use crate::directory::{self, Directory, DomainRecord, DomainSource};
+use crate::directory::{Directory, DomainRecord, DomainSource};
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{parse_node_name, Address, Domain, LocalPart, Strictness};
 use std::collections::BTreeMap;
@@ -202,26 +202,12 @@ impl Query {
     }
 }
 
-/// What the resolver needs from the configuration.
+/// Answers queries: the configuration (node name, path templates) plus `[map.hosts]`.
 #[derive(Debug, Clone)]
 pub struct Resolver {
-    /// This node's name (for local-domain / backup-route without an explicit node).
-    pub node: Option<String>,
-    /// Home template (`{domain}`, `{ldomain}`, `{mdomain}`, `{mailbox}`).
-    pub home: String,
-    /// Maildir relative to home (or absolute template).
-    pub maildir: String,
+    config: Config,
     /// Node name → host in route lists.
-    pub hosts: BTreeMap<String, String>,
-}
-
-/// This node's name: `node` from the configuration, else the host name.
-pub fn node_name(config: &Config) -> Option<String> {
-    if let Some(n) = &config.node {
-        return parse_node_name(n, Strictness::Lookup).ok();
-    }
-    let host = hostname::get().ok()?;
-    parse_node_name(host.to_str()?, Strictness::Lookup).ok()
+    hosts: BTreeMap<String, String>,
 }
 
 impl Resolver {
@@ -236,20 +222,32 @@ impl Resolver {
             hosts.insert(node, h);
         }
         Ok(Resolver {
-            node: node_name(config),
-            home: config.mail.home.clone(),
-            maildir: config.mail.maildir.clone(),
+            config: config.clone(),
             hosts,
         })
     }
 
-    fn node<'a>(&'a self, explicit: &'a Option<String>) -> Result<String> {
-        match explicit.as_deref().or(self.node.as_deref()) {
+    /// `--node` if given, else this node's name from the configuration (or the host name).
+    fn node(&self, explicit: &Option<String>) -> Result<String> {
+        match explicit {
             Some(n) => parse_node_name(n, Strictness::Admin),
-            None => Err(Error::config(
-                "this node's name is unknown: set `node` in the configuration or pass --node",
-            )),
+            None => self.config.node_name(),
         }
+    }
+
+    /// Before answering "not ours": the node name must appear in maps/co_maps, or a
+    /// misspelt name (a short host name against FQDNs) would make every domain foreign and
+    /// a storage would relay its own mail away. An empty routing table passes.
+    fn check_node(&self, dir: &mut dyn Directory, node: &str) -> Result<()> {
+        let known = dir.node_names()?;
+        if known.is_empty() || known.contains(node) {
+            return Ok(());
+        }
+        Err(Error::config(format!(
+            "this node's name {node:?} appears nowhere in maps/co_maps (known: {}); set node = \"...\" \
+             in the configuration or pass --node",
+            known.iter().cloned().collect::<Vec<_>>().join(", ")
+        )))
     }
 
     /// Answer one query. Ok(None) = not found. Errors are temporary or configuration errors,
@@ -265,18 +263,25 @@ impl Resolver {
         match query {
             Query::LocalDomain { domain, node } => {
                 let node = self.node(node)?;
-                let Some(rec) = active_domain(dir, domain)? else {
-                    return Ok(None);
-                };
-                Ok((rec.primary == node).then(|| rec.domain.to_string()))
+                let answer = active_domain(dir, domain)?
+                    .filter(|rec| rec.primary == node)
+                    .map(|rec| rec.domain.to_string());
+                if answer.is_none() {
+                    self.check_node(dir, &node)?;
+                }
+                Ok(answer)
             }
             Query::BackupDomain { domain, node } => {
                 let node = self.node(node)?;
-                let Some(rec) = active_domain(dir, domain)? else {
-                    return Ok(None);
-                };
-                let is_backup = rec.primary != node && rec.backup.as_deref() == Some(node.as_str());
-                Ok(is_backup.then(|| rec.domain.to_string()))
+                let answer = active_domain(dir, domain)?
+                    .filter(|rec| {
+                        rec.primary != node && rec.backup.as_deref() == Some(node.as_str())
+                    })
+                    .map(|rec| rec.domain.to_string());
+                if answer.is_none() {
+                    self.check_node(dir, &node)?;
+                }
+                Ok(answer)
             }
             Query::Route { domain } => {
                 let Some(rec) = active_domain(dir, domain)? else {
@@ -363,24 +368,18 @@ impl Resolver {
         let Some(rec) = dir.route(&addr.domain)? else {
             return Ok(None);
         };
-        let mailbox = addr.local.mailbox().to_string();
         if rec.source == DomainSource::Ldomain {
-            let lp = LocalPart::parse_mailbox(&mailbox, Strictness::Lookup)?;
+            let lp = LocalPart::parse_mailbox(addr.local.mailbox(), Strictness::Lookup)?;
             if dir.mailbox(&lp, &addr.domain)?.is_none() {
                 return Ok(None);
             }
         }
-        let home = expand_template(&self.home, &addr.domain, &mailbox);
-        let maildir = if self.maildir.starts_with('/') {
-            expand_template(&self.maildir, &addr.domain, &mailbox)
-        } else {
-            format!(
-                "{}/{}",
-                home.trim_end_matches('/'),
-                expand_template(&self.maildir, &addr.domain, &mailbox)
-            )
-        };
-        Ok(Some((home, maildir)))
+        let home = self.config.home(&addr.local, &addr.domain)?;
+        let maildir = self.config.maildir(&addr.local, &addr.domain)?;
+        Ok(Some((
+            home.to_string_lossy().into_owned(),
+            maildir.to_string_lossy().into_owned(),
+        )))
     }
 }
 
@@ -395,16 +394,6 @@ fn parse_host(input: &str) -> Option<String> {
         });
     }
     parse_node_name(input, Strictness::Lookup).ok()
-}
-
-/// Expand `{domain}`, `{ldomain}`, `{mdomain}`, `{mailbox}` (values are validated names).
-pub fn expand_template(template: &str, domain: &Domain, mailbox: &str) -> String {
-    let (l, m) = domain.split_first().unwrap_or((domain.as_str(), ""));
-    template
-        .replace("{domain}", domain.as_str())
-        .replace("{ldomain}", l)
-        .replace("{mdomain}", m)
-        .replace("{mailbox}", mailbox)
 }
 
 fn active_domain(dir: &mut dyn Directory, domain: &str) -> Result<Option<DomainRecord>> {
@@ -440,87 +429,15 @@ fn recipient(dir: &mut dyn Directory, address: &str) -> Result<Option<(String, D
     }
 }
 
-/// Open the first reachable configured directory.
-pub fn open_directory(config: &Config) -> Result<Box<dyn Directory>> {
-    open_directory_from(config, 0).map(|(d, _)| d)
-}
-
-/// Open the first reachable directory at index `start` or later (wrapping around).
-/// Returns it with its index.
-pub fn open_directory_from(config: &Config, start: usize) -> Result<(Box<dyn Directory>, usize)> {
-    let n = config.directories.len();
-    if n == 0 {
-        return Err(Error::config(
-            "no directory configured: add a [[directory]] section or pass --db URL",
-        ));
-    }
-    let mut last = None;
-    for i in 0..n {
-        let idx = (start + i) % n;
-        let d = &config.directories[idx];
-        match directory::open(&d.url, config.db_timeout()) {
-            Ok(dir) => return Ok((dir, idx)),
-            Err(e) if e.kind() == ErrorKind::Config => return Err(e),
-            Err(e) => {
-                log::debug!("directory {}: {e}", d.name);
-                last = Some(e);
-            }
-        }
-    }
-    let e = last.unwrap_or_else(|| Error::temporary("no directory reachable"));
-    Err(Error::temporary(format!("no directory reachable: {e}")))
-}
-
-/// One-shot lookup for the command line: try each configured directory until one answers
-/// without a temporary failure.
+/// One-shot lookup for the command line, on the first reachable configured directory.
 pub fn lookup_once(config: &Config, resolver: &Resolver, query: &Query) -> Result<Option<String>> {
-    with_directory(config, |dir| resolver.resolve(dir, query))
-}
-
-/// Run `f` on the first directory that answers without a temporary failure.
-pub fn with_directory<T>(
-    config: &Config,
-    mut f: impl FnMut(&mut dyn Directory) -> Result<T>,
-) -> Result<T> {
-    let n = config.directories.len();
-    let mut last: Option<Error> = None;
-    let mut start = 0;
-    while start < n.max(1) {
-        let (mut dir, idx) = match open_directory_from(config, start) {
-            Ok(x) => x,
-            Err(e) => return Err(last.unwrap_or(e)),
-        };
-        if idx < start {
-            break; // wrapped around
-        }
-        match f(dir.as_mut()) {
-            Err(e) if e.is_temporary() => {
-                log::debug!("{}: {e}", dir.describe());
-                last = Some(e);
-                start = idx + 1;
-            }
-            other => return other,
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::temporary("no directory reachable")))
+    let mut dir = config.open_directory()?;
+    resolver.resolve(dir.as_mut(), query)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn templates() {
-        let d = Domain::parse("Branch.Domain.ru", Strictness::Lookup).unwrap();
-        assert_eq!(
-            expand_template("/usr/mail/{domain}/{mailbox}", &d, "ivanov"),
-            "/usr/mail/branch.domain.ru/ivanov"
-        );
-        assert_eq!(
-            expand_template("/m/{mdomain}/{ldomain}/{mailbox}", &d, "a"),
-            "/m/domain.ru/branch/a"
-        );
-    }
 
     #[test]
     fn hosts_are_validated() {

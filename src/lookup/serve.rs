@@ -14,7 +14,7 @@
 use super::cache::{Cache, Policy};
 pub use super::protocol::Response;
 use super::protocol::{parse_request, Request};
-use super::{open_directory_from, MapConfig, Query, Resolver};
+use super::{MapConfig, Query, Resolver};
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::{Error, ErrorKind, Result};
@@ -108,9 +108,7 @@ enum DbHealth {
 }
 
 struct Db {
-    conn: Option<(Box<dyn Directory>, usize)>,
-    /// Next directory index to try.
-    next: usize,
+    conn: Option<Box<dyn Directory>>,
 }
 
 struct Shared {
@@ -230,36 +228,19 @@ impl Shared {
     }
 
     fn query_db(&self, db: &mut Db, s: &Settings, query: &Query) -> Result<Option<String>> {
-        let mut last = None;
-        // The current connection, then one fresh attempt over the configured directories.
-        for _ in 0..2 {
-            if db.conn.is_none() {
-                match open_directory_from(&s.config, db.next) {
-                    Ok((d, idx)) => {
-                        log::debug!("connected to {}", d.describe());
-                        db.conn = Some((d, idx));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let Some((dir, idx)) = db.conn.as_mut() else {
-                continue;
-            };
-            match s.resolver.resolve(dir.as_mut(), query) {
-                Ok(a) => {
-                    *lock(&self.last_contact) = Some(Instant::now());
-                    return Ok(a);
-                }
-                Err(e) if e.is_temporary() => {
-                    log::debug!("{}: {e}", dir.describe());
-                    db.next = (*idx + 1) % s.config.directories.len().max(1);
-                    db.conn = None;
-                    last = Some(e);
-                }
-                other => return other,
-            }
+        // One directory object for the daemon's life (until SIGHUP): it reads the first
+        // reachable configured directory and reconnects by itself after a failure.
+        if db.conn.is_none() {
+            db.conn = Some(s.config.open_directory()?);
         }
-        Err(last.unwrap_or_else(|| Error::temporary("directory unreachable")))
+        let Some(dir) = db.conn.as_mut() else {
+            return Err(Error::internal("no directory"));
+        };
+        let result = s.resolver.resolve(dir.as_mut(), query);
+        if result.is_ok() {
+            *lock(&self.last_contact) = Some(Instant::now());
+        }
+        result
     }
 
     fn outage(&self, query: &Query, why: &str) -> Response {
@@ -276,10 +257,7 @@ impl Shared {
                 cache.set_policy(s.policy());
                 cache.clear();
                 drop(cache);
-                let mut db = lock(&self.db);
-                db.conn = None;
-                db.next = 0;
-                drop(db);
+                lock(&self.db).conn = None;
                 *lock(&self.health) = (DbHealth::Unknown, None);
                 match self.settings.write() {
                     Ok(mut w) => *w = Arc::new(s),
@@ -415,10 +393,7 @@ impl Server {
         let shared = Arc::new(Shared {
             settings: RwLock::new(Arc::new(settings)),
             cache: Mutex::new(Cache::new(policy)),
-            db: Mutex::new(Db {
-                conn: None,
-                next: 0,
-            }),
+            db: Mutex::new(Db { conn: None }),
             health: Mutex::new((DbHealth::Unknown, None)),
             last_contact: Mutex::new(None),
             clients: AtomicUsize::new(0),
