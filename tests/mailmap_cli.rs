@@ -96,6 +96,17 @@ fn local_and_backup_domains() {
     not_found(&["backup-domain", "msk.domain.ru"]); // we are its primary
     not_found(&["backup-domain", "--node", S2, "ekb.domain.ru"]); // no backup
     not_found(&["backup-domain", "--node", S2, "shop.closed.ru"]); // disabled
+
+    // a node name that maps/co_maps do not know (short host name): configuration error,
+    // never "not ours" (a storage would relay its own domains away)
+    for verb in ["local-domain", "backup-domain"] {
+        let o = mailmap(&[verb, "--node", "storage-01", "msk.domain.ru"]);
+        assert_eq!(
+            (o.code, o.stdout.as_str(), o.stderr.as_str()),
+            (78, "", ""),
+            "{verb}"
+        );
+    }
 }
 
 #[test]
