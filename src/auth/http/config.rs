@@ -1,0 +1,94 @@
+//! The HTTP service's settings: keys of `[auth]` it reads, and its own sub-tables
+//! `[auth.http]`, `[auth.throttle]`, `[auth.health]`, `[auth.nodes]`. Other keys of `[auth]`
+//! belong to other parts of mailauth and are ignored here.
+
+use crate::auth::health::HealthConfig;
+use crate::auth::throttle::ThrottleConfig;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `[auth]` as the HTTP service sees it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct AuthSection {
+    /// Scheme of stored hashes without a `{SCHEME}` prefix (the seed: bare MD5 hex).
+    pub default_scheme: Option<String>,
+    /// Let nginx proxy SMTP without authentication (`Auth-Method: none`), routed by the
+    /// recipient's domain. Off by default: the proxy must never become an open relay.
+    pub smtp_allow_none: bool,
+    pub http: HttpConfig,
+    pub throttle: ThrottleConfig,
+    pub health: HealthConfig,
+    /// Node name → IP address, overriding name resolution (`storage-01 = "10.0.0.1"`).
+    pub nodes: BTreeMap<String, String>,
+}
+
+impl AuthSection {
+    pub fn default_scheme(&self) -> &str {
+        self.default_scheme.as_deref().unwrap_or("PLAIN-MD5")
+    }
+}
+
+/// `[auth.http]`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Addresses used when `--listen` is not given.
+    pub listen: Vec<String>,
+    /// Request threads (each may hold a directory connection).
+    pub workers: usize,
+    /// Accepted connections waiting for a thread; beyond, a temporary failure is answered.
+    pub queue: usize,
+    /// Seconds for reading a request and answering it (directory waits are bounded by
+    /// `db_timeout`).
+    pub timeout: f64,
+    /// Largest request head (request line + headers), bytes.
+    pub max_head: usize,
+    pub max_headers: usize,
+    /// Largest request body (JSON API), bytes.
+    pub max_body: usize,
+    /// Shared secret nginx sends (`auth_http_header X-Auth-Key "..."`); when set, requests
+    /// without it are refused.
+    pub secret: Option<String>,
+    /// The header carrying the secret.
+    pub secret_header: String,
+    /// Seconds a resolved node address is cached.
+    pub resolve_ttl: f64,
+    /// One log line per request.
+    pub log_requests: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: Vec::new(),
+            workers: 32,
+            queue: 1024,
+            timeout: 10.0,
+            max_head: 16 * 1024,
+            max_headers: 64,
+            max_body: 64 * 1024,
+            secret: None,
+            secret_header: "X-Auth-Key".to_string(),
+            resolve_ttl: 60.0,
+            log_requests: true,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn timeout(&self) -> Duration {
+        if self.timeout.is_finite() && self.timeout > 0.0 {
+            Duration::from_secs_f64(self.timeout.min(600.0))
+        } else {
+            Duration::from_secs(10)
+        }
+    }
+    pub fn resolve_ttl(&self) -> Duration {
+        if self.resolve_ttl.is_finite() && self.resolve_ttl >= 0.0 {
+            Duration::from_secs_f64(self.resolve_ttl.min(86400.0))
+        } else {
+            Duration::from_secs(60)
+        }
+    }
+}
