@@ -1,0 +1,390 @@
+//! `mailauth serve` as nginx's auth_http service, tested through a real nginx mail proxy in
+//! front of real Dovecot storages (127.0.0.2 = storage-01, 127.0.0.3 = storage-02,
+//! 127.0.0.4 = storage-03) and a real PostgreSQL directory.
+mod support;
+
+use std::time::Duration;
+use support::nginx::{
+    header, http_raw, imap_login, parse_headers, pop3_login, MailauthServe, Nginx, NginxOptions,
+};
+
+/// Minimal Dovecot storage instances (static passdb/userdb: nginx has already checked the
+/// password through mailauth; what these prove is *which* storage a login landed on).
+mod storage {
+    use std::net::TcpListener;
+    use std::os::unix::process::CommandExt;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    pub struct Storage {
+        child: Child,
+        dir: tempfile::TempDir,
+        pub name: String,
+        pub ip: String,
+        stopped: bool,
+    }
+
+    /// Ports (imap, pop3) free on every one of `ips`.
+    pub fn common_ports(ips: &[&str]) -> (u16, u16) {
+        let pick = || loop {
+            let Ok(l) = TcpListener::bind((ips[0], 0)) else {
+                continue;
+            };
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+            if port != 0
+                && ips[1..]
+                    .iter()
+                    .all(|ip| TcpListener::bind((*ip, port)).is_ok())
+            {
+                return port;
+            }
+        };
+        let imap = pick();
+        loop {
+            let pop3 = pick();
+            if pop3 != imap {
+                return (imap, pop3);
+            }
+        }
+    }
+
+    impl Storage {
+        pub fn start(name: &str, ip: &str, imap: u16, pop3: u16) -> Storage {
+            let dir = tempfile::Builder::new()
+                .prefix("mailauth-dovecot.")
+                .tempdir()
+                .expect("tempdir");
+            let root = dir.path();
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755));
+            }
+            let mail = root.join("mail");
+            std::fs::create_dir_all(&mail).expect("mail dir");
+            let _ = Command::new("chown").arg("mail:mail").arg(&mail).status();
+            let r = root.display();
+            let conf = format!(
+                r#"instance_name = {name}-{pid}
+base_dir = {r}/run
+state_dir = {r}/state
+log_path = {r}/dovecot.log
+info_log_path = {r}/dovecot.log
+protocols = imap pop3
+listen = {ip}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+login_trusted_networks = 127.0.0.0/8
+default_login_user = dovenull
+default_internal_user = dovecot
+first_valid_uid = 8
+first_valid_gid = 8
+mail_uid = mail
+mail_gid = mail
+mail_location = maildir:~/Maildir
+login_greeting = {name} ready.
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+userdb {{
+  driver = static
+  args = uid=8 gid=8 home={r}/mail/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = {ip}
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = {ip}
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"#,
+                pid = std::process::id()
+            );
+            let conf_path = root.join("dovecot.conf");
+            std::fs::write(&conf_path, conf).expect("write dovecot.conf");
+            let child = Command::new("dovecot")
+                .arg("-F")
+                .arg("-c")
+                .arg(&conf_path)
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn dovecot");
+            let s = Storage {
+                child,
+                dir,
+                name: name.to_string(),
+                ip: ip.to_string(),
+                stopped: false,
+            };
+            let ok = super::support::nginx::wait_until(Duration::from_secs(10), || {
+                use std::io::Read;
+                let Ok(mut c) = std::net::TcpStream::connect((ip, imap)) else {
+                    return false;
+                };
+                c.set_read_timeout(Some(Duration::from_millis(500))).ok();
+                let mut buf = [0u8; 16];
+                matches!(c.read(&mut buf), Ok(n) if n > 4 && buf.starts_with(b"* OK"))
+            });
+            assert!(ok, "dovecot {name} did not start: {}", s.log());
+            s
+        }
+
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
+        }
+
+        pub fn log_path(&self) -> PathBuf {
+            self.dir.path().join("dovecot.log")
+        }
+
+        /// Number of successful logins of `user` over `proto` ("imap-login"/"pop3-login").
+        pub fn logins(&self, service: &str, user: &str) -> usize {
+            let needle = format!("user=<{user}>");
+            self.log()
+                .lines()
+                .filter(|l| l.contains(service) && l.contains("Login: ") && l.contains(&needle))
+                .count()
+        }
+
+        fn signal(&self, sig: i32) {
+            // SAFETY: signalling our own child's process group.
+            unsafe {
+                libc::kill(-(self.child.id() as i32), sig);
+            }
+        }
+
+        /// Freeze every process of the instance (the kernel still accepts connections).
+        pub fn hang(&self) {
+            self.signal(libc::SIGSTOP);
+        }
+
+        pub fn resume(&self) {
+            self.signal(libc::SIGCONT);
+        }
+
+        /// Kill the whole instance.
+        pub fn stop(&mut self) {
+            self.signal(libc::SIGCONT);
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+            self.stopped = true;
+        }
+    }
+
+    impl Drop for Storage {
+        fn drop(&mut self) {
+            if !self.stopped {
+                self.stop();
+            }
+        }
+    }
+}
+
+fn h(v: &str) -> &[u8] {
+    v.as_bytes()
+}
+
+/// A config whose only directory answers nothing useful (a server that is not there).
+fn broken_directory_config() -> String {
+    let port = support::nginx::free_port("127.0.0.1");
+    format!(
+        r#"db_timeout = 1
+[[directory]]
+name = "gone"
+url = "postgresql://mail:mailpw@127.0.0.1:{port}/mail?connect_timeout=1"
+[ports]
+imap = 143
+pop3 = 110
+smtp = 25
+[auth.http]
+timeout = 2
+[auth.health]
+interval = 0.3
+timeout = 0.3
+"#
+    )
+}
+
+#[test]
+fn directory_down_never_grants() {
+    let svc = MailauthServe::start(&broken_directory_config());
+    // Directly: every protocol gets its temporary-failure text, never OK.
+    for (proto, text) in [
+        ("imap", "[UNAVAILABLE]"),
+        ("pop3", "[SYS/TEMP]"),
+        ("smtp", "Temporary"),
+    ] {
+        let r = svc.auth(&[
+            ("Auth-Method", h("plain")),
+            ("Auth-User", h("alice@branch.example.test")),
+            ("Auth-Pass", h("secret")),
+            ("Auth-Protocol", h(proto)),
+            ("Auth-Login-Attempt", h("1")),
+            ("Client-IP", h("192.0.2.10")),
+        ]);
+        let status = header(&r, "Auth-Status").unwrap_or_default();
+        assert!(status.starts_with(text), "{proto}: {r:?}");
+        assert!(header(&r, "Auth-Server").is_none());
+        if proto == "smtp" {
+            assert_eq!(header(&r, "Auth-Error-Code"), Some("454 4.7.0"));
+        }
+    }
+    // Through nginx: the IMAP client is told to come back later, and is not let in.
+    let nginx = Nginx::start(&NginxOptions {
+        auth_http: format!("{}/auth", svc.addr),
+        ..Default::default()
+    });
+    let answer = imap_login(nginx.imap, "alice@branch.example.test", "secret");
+    assert!(answer.starts_with("a1 NO [UNAVAILABLE]"), "{answer}");
+    let answer = pop3_login(nginx.pop3, "alice@branch.example.test", "secret");
+    assert!(answer.starts_with("-ERR [SYS/TEMP]"), "{answer}");
+    assert!(svc.log().contains("result=tempfail"), "{}", svc.log());
+    assert!(!svc.log().contains("secret"), "password in the log");
+}
+
+#[test]
+fn hostile_requests_fail_cleanly() {
+    let svc = MailauthServe::start(&broken_directory_config());
+    let base: Vec<(&str, &[u8])> = vec![
+        ("Auth-Method", h("plain")),
+        ("Auth-User", h("alice@branch.example.test")),
+        ("Auth-Pass", h("secret")),
+        ("Auth-Protocol", h("imap")),
+        ("Auth-Login-Attempt", h("1")),
+        ("Client-IP", h("192.0.2.10")),
+    ];
+    let not_ok = |r: &[(String, String)], what: &str| {
+        let status = header(r, "Auth-Status");
+        assert!(status.is_some(), "{what}: no Auth-Status: {r:?}");
+        assert_ne!(status, Some("OK"), "{what}: {r:?}");
+        assert!(header(r, "Auth-Server").is_none(), "{what}: {r:?}");
+    };
+    // Missing headers, one at a time.
+    for skip in 0..base.len() {
+        let hs: Vec<_> = base
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, x)| *x)
+            .collect();
+        not_ok(&svc.auth(&hs), &format!("without {}", base[skip].0));
+    }
+    // Duplicated headers.
+    for dup in [
+        "Auth-User",
+        "Auth-Pass",
+        "Auth-Protocol",
+        "Client-IP",
+        "Auth-Method",
+    ] {
+        let mut hs = base.clone();
+        hs.push((dup, h("other")));
+        let r = svc.auth(&hs);
+        not_ok(&r, &format!("duplicated {dup}"));
+        assert_eq!(
+            header(&r, "Auth-Status"),
+            Some("Invalid request"),
+            "{dup}: {r:?}"
+        );
+    }
+    // Bad escapes, non-UTF-8, bad values.
+    for (name, value) in [
+        ("Auth-User", &b"alice%zz@branch.example.test"[..]),
+        ("Auth-User", &b"alice%"[..]),
+        ("Auth-User", &b"\xff\xfe@branch.example.test"[..]),
+        ("Auth-Pass", &b"%G0"[..]),
+        ("Client-IP", &b"not-an-ip"[..]),
+        ("Auth-Protocol", &b"gopher"[..]),
+        ("Auth-Method", &b"kerberos"[..]),
+        ("Auth-Login-Attempt", &b"-1"[..]),
+    ] {
+        let mut hs: Vec<_> = base.iter().filter(|(n, _)| *n != name).copied().collect();
+        hs.push((name, value));
+        not_ok(&svc.auth(&hs), &format!("{name}={value:?}"));
+    }
+    // A 64 kB header, CR inside a value, header injection attempts, garbage.
+    let big = vec![b'a'; 64 * 1024];
+    let mut hs = base.clone();
+    hs.push(("X-Big", &big));
+    let r = svc.auth(&hs);
+    assert_ne!(header(&r, "Auth-Status"), Some("OK"));
+    assert!(r[0].1.contains("431"), "{r:?}");
+    for raw in [
+        &b"GET /auth HTTP/1.0\r\nAuth-User: a\rAuth-Status: OK\r\n\r\n"[..],
+        &b"GET /auth HTTP/1.0\r\nAuth-Method: plain\r\n folded: x\r\n\r\n"[..],
+        &b"\x00\x01\x02\r\n\r\n"[..],
+        &b"GET /auth HTTP/1.0\r\n"[..], // never finished: closed by us
+    ] {
+        let r = parse_headers(&http_raw(&svc.addr, raw));
+        assert_ne!(header(&r, "Auth-Status"), Some("OK"), "{raw:?}: {r:?}");
+    }
+    // Unknown methods of nginx: none (SMTP without AUTH) and external are refused.
+    let mut hs: Vec<_> = base
+        .iter()
+        .filter(|(n, _)| *n != "Auth-Method" && *n != "Auth-Protocol")
+        .copied()
+        .collect();
+    hs.push(("Auth-Method", h("none")));
+    hs.push(("Auth-Protocol", h("smtp")));
+    let r = svc.auth(&hs);
+    assert_eq!(header(&r, "Auth-Status"), Some("Authentication required"));
+    assert_eq!(header(&r, "Auth-Error-Code"), Some("530 5.7.0"));
+    let mut hs: Vec<_> = base
+        .iter()
+        .filter(|(n, _)| *n != "Auth-Method")
+        .copied()
+        .collect();
+    hs.push(("Auth-Method", h("external")));
+    not_ok(&svc.auth(&hs), "external");
+    // The service is still alive and counting.
+    let metrics =
+        String::from_utf8_lossy(&http_raw(&svc.addr, b"GET /metrics HTTP/1.0\r\n\r\n")).to_string();
+    assert!(
+        metrics.contains("mailauth_auth_total{result=\"invalid\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mailauth_auth_total{result=\"refused\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn smtp_none_through_nginx_is_refused() {
+    let svc = MailauthServe::start(&broken_directory_config());
+    let nginx = Nginx::start(&NginxOptions {
+        auth_http: format!("{}/auth", svc.addr),
+        smtp_none: true,
+        ..Default::default()
+    });
+    let mut c = support::nginx::LineClient::connect(nginx.smtp);
+    assert!(c.line().starts_with("220"));
+    c.command("EHLO client.example", &["250 "]);
+    c.command("MAIL FROM:<x@example.org>", &["250", "5", "4"]);
+    let r = c.command("RCPT TO:<alice@branch.example.test>", &["2", "4", "5"]);
+    let last = r.last().cloned().unwrap_or_default();
+    assert!(last.starts_with("530 5.7.0"), "{r:?}");
+    let _ = Duration::from_secs(0);
+}
