@@ -11,6 +11,7 @@ use support::nginx::{
 /// Minimal Dovecot storage instances (static passdb/userdb: nginx has already checked the
 /// password through mailauth; what these prove is *which* storage a login landed on).
 mod storage {
+    use super::support::nginx::{kill_group, register_group};
     use std::net::TcpListener;
     use std::os::unix::process::CommandExt;
     use std::path::PathBuf;
@@ -131,6 +132,7 @@ service anvil {{
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn dovecot");
+            register_group(child.id());
             let s = Storage {
                 child,
                 dir,
@@ -186,9 +188,7 @@ service anvil {{
 
         /// Kill the whole instance.
         pub fn stop(&mut self) {
-            self.signal(libc::SIGCONT);
-            self.signal(libc::SIGKILL);
-            let _ = self.child.wait();
+            kill_group(&mut self.child);
             self.stopped = true;
         }
     }

@@ -10,11 +10,60 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const MAIL_MODULE: &str = "/usr/lib/nginx/modules/ngx_mail_module.so";
+
+/// Process groups of children that may outlive their owner (kept in `static`s): killed at
+/// process exit. Every child here runs in its own process group.
+static GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn kill_groups() {
+    if let Ok(groups) = GROUPS.lock() {
+        for g in groups.iter() {
+            // SAFETY: signalling process groups we created.
+            unsafe {
+                libc::kill(-g, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Remember `pgid` for the exit hook.
+pub fn register_group(pgid: u32) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registering a plain extern "C" fn with no captured state.
+        unsafe {
+            libc::atexit(kill_groups);
+        }
+    });
+    if let Ok(mut g) = GROUPS.lock() {
+        g.push(pgid as i32);
+    }
+}
+
+/// Forget `pgid` (its owner stopped it).
+pub fn unregister_group(pgid: u32) {
+    if let Ok(mut g) = GROUPS.lock() {
+        g.retain(|x| *x != pgid as i32);
+    }
+}
+
+/// Kill a child's whole process group and reap the child.
+pub fn kill_group(child: &mut Child) {
+    let pgid = child.id();
+    // SAFETY: signalling the process group we created for this child.
+    unsafe {
+        libc::kill(-(pgid as i32), libc::SIGCONT);
+        libc::kill(-(pgid as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+    unregister_group(pgid);
+}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -79,17 +128,18 @@ impl MailauthServe {
             ])
             .arg(format!("unix:{}", socket.display()))
             .env("RUST_LOG", "info")
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(logfile))
             .spawn()
             .expect("spawn mailauth serve");
+        register_group(child.id());
         let stdout: ChildStdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
         let Some(addr) = first.strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             panic!(
                 "mailauth serve did not start: {first:?}; log: {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
@@ -131,8 +181,7 @@ impl MailauthServe {
 
 impl Drop for MailauthServe {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 
@@ -278,11 +327,13 @@ mail {{
             .arg("-c")
             .arg(&conf_path)
             .args(["-g", "daemon off;"])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("spawn nginx: {e}"))?;
+        register_group(child.id());
         let ready = wait_until(Duration::from_secs(10), || {
             if let Ok(Some(_)) = child.try_wait() {
                 return true;
@@ -290,8 +341,7 @@ mail {{
             greets(imap, b"* OK") && greets(pop3, b"+OK") && greets(smtp, b"220")
         });
         if !ready || matches!(child.try_wait(), Ok(Some(_))) {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             let log = std::fs::read_to_string(root.join("logs/error.log")).unwrap_or_default();
             return Err(format!("nginx not ready: {log}"));
         }
@@ -320,8 +370,7 @@ fn greets(port: u16, prefix: &[u8]) -> bool {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 
@@ -333,7 +382,19 @@ pub struct LineClient {
 
 impl LineClient {
     pub fn connect(port: u16) -> LineClient {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Self::connect_from("127.0.0.1", port)
+    }
+
+    /// Connect to 127.0.0.1:`port` from the local address `src` (any 127.x.y.z works on
+    /// Linux loopback): nginx then reports `src` as Client-IP.
+    pub fn connect_from(src: &str, port: u16) -> LineClient {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        let src: std::net::SocketAddr = format!("{src}:0").parse().expect("source address");
+        sock.bind(&src.into()).expect("bind source address");
+        let dst: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        sock.connect(&dst.into()).expect("connect");
+        let s: TcpStream = sock.into();
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
         let writer = s.try_clone().expect("clone");
         LineClient {
@@ -368,7 +429,12 @@ impl LineClient {
 /// IMAP LOGIN through `port`; returns the tagged answer line (`a1 OK ...`/`a1 NO ...`),
 /// or the untagged BAD/EOF when nginx drops the connection.
 pub fn imap_login(port: u16, user: &str, pass: &str) -> String {
-    let mut c = LineClient::connect(port);
+    imap_login_from("127.0.0.1", port, user, pass)
+}
+
+/// [`imap_login`] from the local address `src`.
+pub fn imap_login_from(src: &str, port: u16, user: &str, pass: &str) -> String {
+    let mut c = LineClient::connect_from(src, port);
     let greeting = c.line();
     assert!(greeting.starts_with("* OK"), "greeting {greeting:?}");
     let lines = c.command(
