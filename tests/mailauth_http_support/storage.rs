@@ -1,0 +1,194 @@
+//! Minimal Dovecot 2.3 storage instances for the mailauth http tests (private to them until
+//! tests/support/dovecot.rs lands): IMAP + POP3 on one loopback address, static
+//! passdb/userdb (nginx has already checked the password through mailauth; what these prove
+//! is *which* storage a login landed on, from each instance's log), own process group so a
+//! test can SIGSTOP (hang) or kill the whole instance.
+use crate::support::nginx::{kill_group, register_group};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Storage {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub name: String,
+    pub ip: String,
+    stopped: bool,
+}
+
+/// Ports (imap, pop3) free on every one of `ips`.
+pub fn common_ports(ips: &[&str]) -> (u16, u16) {
+    let pick = || loop {
+        let Ok(l) = TcpListener::bind((ips[0], 0)) else {
+            continue;
+        };
+        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+        if port != 0
+            && ips[1..]
+                .iter()
+                .all(|ip| TcpListener::bind((*ip, port)).is_ok())
+        {
+            return port;
+        }
+    };
+    let imap = pick();
+    loop {
+        let pop3 = pick();
+        if pop3 != imap {
+            return (imap, pop3);
+        }
+    }
+}
+
+impl Storage {
+    pub fn start(name: &str, ip: &str, imap: u16, pop3: u16) -> Storage {
+        let dir = tempfile::Builder::new()
+            .prefix("mailauth-dovecot.")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755));
+        }
+        let mail = root.join("mail");
+        std::fs::create_dir_all(&mail).expect("mail dir");
+        let _ = Command::new("chown").arg("mail:mail").arg(&mail).status();
+        let r = root.display();
+        let conf = format!(
+            r#"instance_name = {name}-{pid}
+base_dir = {r}/run
+state_dir = {r}/state
+log_path = {r}/dovecot.log
+info_log_path = {r}/dovecot.log
+protocols = imap pop3
+listen = {ip}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+login_trusted_networks = 127.0.0.0/8
+default_login_user = dovenull
+default_internal_user = dovecot
+first_valid_uid = 8
+first_valid_gid = 8
+mail_uid = mail
+mail_gid = mail
+mail_location = maildir:~/Maildir
+login_greeting = {name} ready.
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+userdb {{
+  driver = static
+  args = uid=8 gid=8 home={r}/mail/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = {ip}
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = {ip}
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"#,
+            pid = std::process::id()
+        );
+        let conf_path = root.join("dovecot.conf");
+        std::fs::write(&conf_path, conf).expect("write dovecot.conf");
+        let child = Command::new("dovecot")
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf_path)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dovecot");
+        register_group(child.id());
+        let s = Storage {
+            child,
+            dir,
+            name: name.to_string(),
+            ip: ip.to_string(),
+            stopped: false,
+        };
+        let ok = crate::support::nginx::wait_until(Duration::from_secs(10), || {
+            use std::io::Read;
+            let Ok(mut c) = std::net::TcpStream::connect((ip, imap)) else {
+                return false;
+            };
+            c.set_read_timeout(Some(Duration::from_millis(500))).ok();
+            let mut buf = [0u8; 16];
+            matches!(c.read(&mut buf), Ok(n) if n > 4 && buf.starts_with(b"* OK"))
+        });
+        assert!(ok, "dovecot {name} did not start: {}", s.log());
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("dovecot.log")
+    }
+
+    /// Number of successful logins of `user` over `proto` ("imap-login"/"pop3-login").
+    pub fn logins(&self, service: &str, user: &str) -> usize {
+        let needle = format!("user=<{user}>");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(service) && l.contains("Login: ") && l.contains(&needle))
+            .count()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child's process group.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), sig);
+        }
+    }
+
+    /// Freeze every process of the instance (the kernel still accepts connections).
+    pub fn hang(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Kill the whole instance.
+    pub fn stop(&mut self) {
+        kill_group(&mut self.child);
+        self.stopped = true;
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.stop();
+        }
+    }
+}
