@@ -14,8 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use storage::Storage;
 use support::nginx::{
-    header, imap_login, imap_login_from, pop3_login, wait_until, MailauthServe, Nginx,
-    NginxOptions,
+    header, imap_login, imap_login_from, pop3_login, wait_until, MailauthServe, Nginx, NginxOptions,
 };
 
 const MD5_SECRET: &str = "5ebe2294ecd0e0f08eab7690d2a6ee69"; // md5_hex("secret"), bare as in the seed
@@ -56,7 +55,7 @@ INSERT INTO mail (mailbox, password, ldomain_id, mdomain_id, active) VALUES
     );
 }
 
-fn config(db_url: &str, imap: u16, pop3: u16, extra: &str) -> String {
+fn config(db_url: &str, (imap, pop3, smtp): (u16, u16, u16), extra: &str) -> String {
     format!(
         r#"db_timeout = 1
 [[directory]]
@@ -65,7 +64,7 @@ url = "{db_url}"
 [ports]
 imap = {imap}
 pop3 = {pop3}
-smtp = 25
+smtp = {smtp}
 [auth.http]
 timeout = 5
 workers = 8
@@ -94,8 +93,7 @@ struct Env {
     s3: Mutex<Option<Storage>>,
     svc: MailauthServe,
     nginx: Nginx,
-    imap: u16,
-    pop3: u16,
+    ports: (u16, u16, u16),
 }
 
 use std::sync::Mutex;
@@ -107,11 +105,12 @@ fn env() -> &'static Env {
         let pg = support::pg::shared();
         let db = pg.create_db("mailauth_http");
         load_fixtures(pg, &db);
-        let (imap, pop3) = storage::common_ports(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
-        let s1 = Storage::start("storage-01", "127.0.0.2", imap, pop3);
-        let s2 = Storage::start("storage-02", "127.0.0.3", imap, pop3);
+        let ports = storage::common_ports(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+        let (imap, pop3, smtp) = ports;
+        let s1 = Storage::start_with_smtp("storage-01", "127.0.0.2", imap, pop3, Some(smtp));
+        let s2 = Storage::start_with_smtp("storage-02", "127.0.0.3", imap, pop3, Some(smtp));
         let s3 = Storage::start("storage-03", "127.0.0.4", imap, pop3);
-        let svc = MailauthServe::start(&config(&db.url, imap, pop3, ""));
+        let svc = MailauthServe::start(&config(&db.url, ports, ""));
         let nginx = Nginx::start(&NginxOptions {
             auth_http: format!("{}/auth", svc.addr),
             ..Default::default()
@@ -122,15 +121,16 @@ fn env() -> &'static Env {
             s3: Mutex::new(Some(s3)),
             svc,
             nginx,
-            imap,
-            pop3,
+            ports,
         }
     })
 }
 
 /// Wait for `storage`'s log to show `n` logins of `user` on `service`.
 fn landed(storage: &Storage, service: &str, user: &str, n: usize) -> bool {
-    wait_until(Duration::from_secs(5), || storage.logins(service, user) >= n)
+    wait_until(Duration::from_secs(5), || {
+        storage.logins(service, user) >= n
+    })
 }
 
 #[test]
@@ -176,7 +176,45 @@ fn logins_land_on_the_primary_and_fail_when_they_should() {
     assert!(a.starts_with("a1 NO [UNAVAILABLE]"), "{a}");
     let log = e.svc.log();
     assert!(log.contains("result=ok node=storage-01"), "{log}");
-    assert!(!log.contains("hunter2") && !log.contains("secret\""), "password logged: {log}");
+    assert!(
+        !log.contains("hunter2") && !log.contains("secret\""),
+        "password logged: {log}"
+    );
+}
+
+#[test]
+fn smtp_auth_through_nginx_is_routed_to_the_primary_mta() {
+    let e = env();
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let before = (e.s1.smtp_connections(), e.s2.smtp_connections());
+    let mut c = support::nginx::LineClient::connect(e.nginx.smtp);
+    assert!(c.line().starts_with("220"));
+    c.command("EHLO client.example", &["250 "]);
+    let r = c.command(
+        &format!("AUTH PLAIN {}", b64("\0bob@other.example.test\0hunter2")),
+        &["2", "4", "5"],
+    );
+    assert!(r.last().is_some_and(|l| l.starts_with("235")), "{r:?}");
+    c.command("QUIT", &["221", "4", "5"]);
+    // other.example.test lives on storage-02: its Exim got the connection.
+    assert!(wait_until(Duration::from_secs(5), || e
+        .s2
+        .smtp_connections()
+        > before.1));
+    assert_eq!(e.s1.smtp_connections(), before.0);
+    // Wrong password: 535, no backend connection.
+    let mut c = support::nginx::LineClient::connect(e.nginx.smtp);
+    assert!(c.line().starts_with("220"));
+    c.command("EHLO client.example", &["250 "]);
+    let r = c.command(
+        &format!("AUTH PLAIN {}", b64("\0bob@other.example.test\0nope")),
+        &["2", "4", "5"],
+    );
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("535 5.7.8")),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -198,7 +236,7 @@ fn primary_dead_or_hung_moves_new_logins_to_the_backup() {
     let s3_imap = |up: u8| {
         let want = format!(
             "mailauth_backend_up{{node=\"storage-03\",proto=\"imap\",addr=\"127.0.0.4:{}\"}} {up}",
-            e.imap
+            e.ports.0
         );
         move |m: &str| m.contains(&want)
     };
@@ -217,7 +255,10 @@ fn primary_dead_or_hung_moves_new_logins_to_the_backup() {
     assert!(landed(&e.s2, "pop3-login", user, 1));
     // Back: logins return to the primary.
     s3.resume();
-    assert!(wait_until(Duration::from_secs(5), || s3_imap(1)(&metrics())));
+    assert!(wait_until(
+        Duration::from_secs(5),
+        || s3_imap(1)(&metrics())
+    ));
     let a = imap_login(e.nginx.imap, user, "secret");
     assert!(a.starts_with("a1 OK"), "{a}");
     assert!(landed(s3, "imap-login", user, 2));
@@ -227,7 +268,10 @@ fn primary_dead_or_hung_moves_new_logins_to_the_backup() {
     if let Some(mut s3) = guard.take() {
         s3.stop();
     }
-    assert!(wait_until(Duration::from_secs(5), || s3_imap(0)(&metrics())));
+    assert!(wait_until(
+        Duration::from_secs(5),
+        || s3_imap(0)(&metrics())
+    ));
     let a = imap_login(e.nginx.imap, user, "secret");
     assert!(a.starts_with("a1 OK"), "{a}");
     assert!(landed(&e.s2, "imap-login", user, 2));
@@ -287,9 +331,9 @@ fn database_down_or_hung_lets_nobody_in() {
     let db = pg.create_db("mailauth_http_down");
     load_fixtures(&pg, &db);
     // Only storage-02 here: the test's own instance on a free port pair.
-    let (imap, pop3) = storage::common_ports(&["127.0.0.3"]);
-    let s2 = Storage::start("storage-02", "127.0.0.3", imap, pop3);
-    let svc = MailauthServe::start(&config(&db.url, imap, pop3, ""));
+    let ports = storage::common_ports(&["127.0.0.3"]);
+    let s2 = Storage::start("storage-02", "127.0.0.3", ports.0, ports.1);
+    let svc = MailauthServe::start(&config(&db.url, ports, ""));
     let nginx = Nginx::start(&NginxOptions {
         auth_http: format!("{}/auth", svc.addr),
         secret: None,
@@ -304,7 +348,11 @@ fn database_down_or_hung_lets_nobody_in() {
     let start = std::time::Instant::now();
     let a = imap_login(nginx.imap, user, "hunter2");
     assert!(a.starts_with("a1 NO [UNAVAILABLE]"), "{a}");
-    assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
     let p = pop3_login(nginx.pop3, user, "hunter2");
     assert!(p.starts_with("-ERR [SYS/TEMP]"), "{p}");
     pg.resume();
