@@ -26,6 +26,7 @@ pop3 = 110
 smtp = 25
 [auth.http]
 timeout = 2
+socket_mode = "0666"
 [auth.health]
 interval = 0.3
 timeout = 0.3
@@ -66,6 +67,13 @@ fn directory_down_never_grants() {
     assert!(answer.starts_with("a1 NO [UNAVAILABLE]"), "{answer}");
     let answer = pop3_login(nginx.pop3, "alice@branch.example.test", "secret");
     assert!(answer.starts_with("-ERR [SYS/TEMP]"), "{answer}");
+    // The same over the unix socket (nginx's workers run as www-data: socket_mode).
+    let nginx_unix = Nginx::start(&NginxOptions {
+        auth_http: format!("unix:{}:/auth", svc.socket.display()),
+        ..Default::default()
+    });
+    let answer = imap_login(nginx_unix.imap, "alice@branch.example.test", "secret");
+    assert!(answer.starts_with("a1 NO [UNAVAILABLE]"), "{answer}");
     assert!(svc.log().contains("result=tempfail"), "{}", svc.log());
     assert!(!svc.log().contains("secret"), "password in the log");
 }

@@ -57,7 +57,7 @@ pub fn serve(config: &Config, args: &ServeArgs) -> Result<()> {
         .iter()
         .map(|l| Listen::parse(l))
         .collect::<Result<_>>()?;
-    let bound = server::bind(&listens)?;
+    let bound = server::bind(&listens, service.settings.http.socket_mode()?)?;
     // Tell whoever started us where we listen (port 0 resolved): tests and scripts read it.
     let mut shown: Vec<String> = bound.tcp_addrs().iter().map(|a| a.to_string()).collect();
     shown.extend(

@@ -35,6 +35,9 @@ impl AuthSection {
 pub struct HttpConfig {
     /// Addresses used when `--listen` is not given.
     pub listen: Vec<String>,
+    /// Permissions of unix sockets we listen on, octal (nginx's workers must be able to
+    /// connect: e.g. "0660" with a shared group, or "0666").
+    pub socket_mode: String,
     /// Request threads (each may hold a directory connection).
     pub workers: usize,
     /// Accepted connections waiting for a thread; beyond, a temporary failure is answered.
@@ -62,6 +65,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: Vec::new(),
+            socket_mode: "0660".to_string(),
             workers: 32,
             queue: 1024,
             timeout: 10.0,
@@ -77,6 +81,19 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
+    /// The unix socket mode, checked.
+    pub fn socket_mode(&self) -> crate::error::Result<u32> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                crate::error::Error::config(format!(
+                    "[auth.http] socket_mode {}: expected an octal mode such as \"0660\"",
+                    crate::names::printable(&self.socket_mode)
+                ))
+            })
+    }
+
     pub fn timeout(&self) -> Duration {
         if self.timeout.is_finite() && self.timeout > 0.0 {
             Duration::from_secs_f64(self.timeout.min(600.0))

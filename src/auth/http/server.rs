@@ -444,8 +444,8 @@ impl Bound {
     }
 }
 
-/// Bind every listen address.
-pub fn bind(listens: &[Listen]) -> Result<Bound> {
+/// Bind every listen address; unix sockets get permissions `socket_mode`.
+pub fn bind(listens: &[Listen], socket_mode: u32) -> Result<Bound> {
     let mut bound = Bound {
         tcp: Vec::new(),
         #[cfg(unix)]
@@ -474,14 +474,20 @@ pub fn bind(listens: &[Listen]) -> Result<Bound> {
                 }
                 let listener = UnixListener::bind(path)
                     .map_err(|e| Error::io(format!("listen on unix:{}", path.display()), e))?;
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
+                        .map_err(|e| Error::io(format!("chmod unix:{}", path.display()), e))?;
+                }
                 bound.unix.push((listener, path.clone()));
             }
             #[cfg(not(unix))]
             Listen::Unix(path) => {
+                let _ = socket_mode;
                 return Err(Error::config(format!(
                     "unix sockets are not supported here: {}",
                     path.display()
-                )))
+                )));
             }
         }
     }
