@@ -3,6 +3,7 @@
 //! passdb/userdb (nginx has already checked the password through mailauth; what these prove
 //! is *which* storage a login landed on, from each instance's log), own process group so a
 //! test can SIGSTOP (hang) or kill the whole instance.
+#![allow(dead_code)]
 use crate::support::nginx::{kill_group, register_group};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
