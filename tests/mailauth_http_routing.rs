@@ -110,7 +110,14 @@ fn env() -> &'static Env {
         let s1 = Storage::start_with_smtp("storage-01", "127.0.0.2", imap, pop3, Some(smtp));
         let s2 = Storage::start_with_smtp("storage-02", "127.0.0.3", imap, pop3, Some(smtp));
         let s3 = Storage::start("storage-03", "127.0.0.4", imap, pop3);
-        let svc = MailauthServe::start(&config(&db.url, ports, ""));
+        // Two directories, the first one dead (as when a storage's database is lost):
+        // logins must go on from the one that answers.
+        let dead = support::nginx::free_port("127.0.0.1");
+        let svc = MailauthServe::start(&config(
+            &format!("postgresql://mail:mailpw@127.0.0.1:{dead}/mail"),
+            ports,
+            &format!("[[directory]]\nname = \"live\"\nurl = \"{}\"\n", db.url),
+        ));
         let nginx = Nginx::start(&NginxOptions {
             auth_http: format!("{}/auth", svc.addr),
             ..Default::default()
