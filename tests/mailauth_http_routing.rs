@@ -377,3 +377,94 @@ fn database_down_or_hung_lets_nobody_in() {
     )
     .starts_with("a1 OK")));
 }
+
+/// The Dovecot 2.4 path, run in Dovecot 2.3: the Lua passdb/userdb script of
+/// dovecot-snippets/ asks `mailauth serve` over HTTP.
+#[test]
+#[ignore = "until the JSON API (src/auth/api.rs) is merged"]
+fn lua_passdb_and_userdb_through_the_http_endpoint() {
+    let e = env();
+    let dir = tempfile::Builder::new()
+        .prefix("mailauth-lua.")
+        .tempdir()
+        .expect("tempdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755));
+    }
+    let script = dir.path().join("mailauth.lua");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/dovecot-snippets/lua/mailauth.lua"
+        ),
+        &script,
+    )
+    .expect("copy the Lua script");
+    let (imap, pop3, _) = storage::common_ports(&["127.0.0.7"]);
+    let lua = Storage::start_lua(
+        "lua-01",
+        "127.0.0.7",
+        (imap, pop3),
+        &script,
+        &format!("http://{}", e.svc.addr),
+    );
+    // passdb: right and wrong passwords, unknown and disabled users.
+    let (rc, out) = lua.auth_test("bob@other.example.test", "hunter2");
+    assert_eq!(rc, 0, "{out}\n{}", lua.log());
+    let (rc, out) = lua.auth_test("bob@other.example.test", "wrong");
+    assert_ne!(rc, 0, "{out}");
+    let (rc, out) = lua.auth_test("nobody@other.example.test", "hunter2");
+    assert_ne!(rc, 0, "{out}");
+    let (rc, out) = lua.auth_test("carol@branch.example.test", "secret");
+    assert_ne!(rc, 0, "{out}");
+    // userdb
+    let (rc, out) = lua.user_lookup("bob@other.example.test");
+    assert_eq!(rc, 0, "{out}\n{}", lua.log());
+    assert!(out.contains("home"), "{out}");
+    // A real IMAP login on that Dovecot.
+    let a = imap_login_at("127.0.0.7", imap, "bob@other.example.test", "hunter2");
+    assert!(a.starts_with("a1 OK"), "{a}\n{}", lua.log());
+    let a = imap_login_at("127.0.0.7", imap, "bob@other.example.test", "nope");
+    assert!(a.starts_with("a1 NO [AUTHENTICATIONFAILED]"), "{a}");
+
+    // mailauth unreachable: a temporary failure, never "wrong password".
+    let dead = support::nginx::free_port("127.0.0.1");
+    let (imap2, pop32, _) = storage::common_ports(&["127.0.0.8"]);
+    let lua_dead = Storage::start_lua(
+        "lua-02",
+        "127.0.0.8",
+        (imap2, pop32),
+        &script,
+        &format!("http://127.0.0.1:{dead}"),
+    );
+    let a = imap_login_at("127.0.0.8", imap2, "bob@other.example.test", "hunter2");
+    assert!(
+        a.starts_with("a1 NO [UNAVAILABLE]"),
+        "{a}\n{}",
+        lua_dead.log()
+    );
+}
+
+/// IMAP LOGIN straight to a server at `ip`:`port` (not through nginx).
+fn imap_login_at(ip: &str, port: u16, user: &str, pass: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::net::TcpStream::connect((ip, port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    let _ = r.read_line(&mut line);
+    assert!(line.starts_with("* OK"), "{line}");
+    let _ = w.write_all(format!("a1 LOGIN \"{user}\" \"{pass}\"\r\n").as_bytes());
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return String::new();
+        }
+        if line.starts_with("a1 ") {
+            let _ = w.write_all(b"a2 LOGOUT\r\n");
+            return line.trim_end().to_string();
+        }
+    }
+}

@@ -12,8 +12,12 @@
 --   timeout  / MAILAUTH_TIMEOUT  seconds per request        (default 5)
 --   key      / MAILAUTH_KEY      shared secret, sent as X-Auth-Key ([auth.http] secret)
 --
+-- Answers of mailauth (src/auth/api.rs): {"result": "ok" | "password_mismatch" |
+-- "user_unknown" | "user_disabled" | "internal_failure", "user", "home", "mail", "uid",
+-- "gid", "proxy": {"host", "port"}}.
 -- Never turns a failure into a password mismatch: anything but a clear answer from
--- mailauth (connection refused, timeout, HTTP error, bad JSON, "tempfail") is
+-- mailauth (connection refused, timeout, HTTP status other than 200, bad JSON,
+-- "internal_failure") is
 -- PASSDB_RESULT_INTERNAL_FAILURE / USERDB_RESULT_INTERNAL_FAILURE, which Dovecot reports
 -- to the client as a temporary failure.
 
@@ -44,8 +48,8 @@ function auth_passdb_init(args) apply(args) end
 function auth_userdb_init(args) apply(args) end
 function script_deinit() end
 
--- POST/GET a JSON request; returns (status, decoded table) or (nil, error).
-local function call(method, path, body)
+-- POST/GET a request; returns (status, body text) or (nil, error).
+local function request(method, path, body)
   local out = {}
   local payload = body and json.encode(body) or nil
   local headers = { ["Connection"] = "close", ["Accept"] = "application/json" }
@@ -63,7 +67,13 @@ local function call(method, path, body)
     sink = ltn12.sink.table(out),
   })
   if not ok then return nil, "request failed: " .. tostring(code) end
-  local text = table.concat(out)
+  return code, table.concat(out)
+end
+
+-- A JSON request; returns (status, decoded table) or (nil, error).
+local function call(method, path, body)
+  local code, text = request(method, path, body)
+  if not code then return nil, text end
   local decoded, _, err = json.decode(text, 1, nil)
   if type(decoded) ~= "table" then
     return nil, "HTTP " .. tostring(code) .. ": bad JSON answer (" .. tostring(err) .. ")"
@@ -147,16 +157,13 @@ function auth_userdb_lookup(req)
   return dovecot.auth.USERDB_RESULT_INTERNAL_FAILURE, ""
 end
 
+-- GET /users: text/plain, one user per line.
 function auth_userdb_iterate()
-  local code, answer = call("GET", "/users", nil)
-  if not code or code ~= 200 then return {} end
-  local list = answer.users or answer
+  local code, text = request("GET", "/users", nil)
   local out = {}
-  if type(list) == "table" then
-    for _, u in ipairs(list) do
-      if type(u) == "string" then out[#out + 1] = u
-      elseif type(u) == "table" and u.user then out[#out + 1] = tostring(u.user) end
-    end
+  if code ~= 200 then return out end
+  for line in string.gmatch(text, "[^\r\n]+") do
+    out[#out + 1] = line
   end
   return out
 end
