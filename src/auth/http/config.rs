@@ -109,3 +109,48 @@ impl HttpConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn tolerant_parent_strict_children() {
+        let text = r#"
+[auth]
+default_scheme = "SHA512-CRYPT"
+socket = "/run/mailauth/sock"
+proxy_mode = true
+pool_size = 4
+smtp_allow_none = true
+[auth.http]
+listen = ["127.0.0.1:8185", "unix:/run/mailauth/http.sock"]
+secret = "s3"
+[auth.throttle]
+pair_limit = 7
+[auth.health]
+interval = 0.5
+[auth.nodes]
+"storage-01.domain.ru" = "10.0.0.1"
+"#;
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        let s: AuthSection = config.section("auth").unwrap();
+        assert_eq!(s.default_scheme(), "SHA512-CRYPT");
+        assert!(s.smtp_allow_none);
+        assert_eq!(s.http.listen.len(), 2);
+        assert_eq!(s.http.secret.as_deref(), Some("s3"));
+        assert_eq!(s.http.socket_mode().unwrap(), 0o660);
+        assert_eq!(s.throttle.pair_limit, 7);
+        assert_eq!(s.health.interval, 0.5);
+        assert_eq!(s.nodes["storage-01.domain.ru"], "10.0.0.1");
+
+        let bad = "[auth.http]\nlisten_on = [\"x\"]\n";
+        let config = Config::parse(bad, Path::new("t.toml")).unwrap();
+        let err = config.section::<AuthSection>("auth").unwrap_err();
+        assert!(err.message().contains("listen_on"), "{err}");
+        let defaults = Config::default().section::<AuthSection>("auth").unwrap();
+        assert!(!defaults.smtp_allow_none);
+    }
+}
