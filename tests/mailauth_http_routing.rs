@@ -381,7 +381,6 @@ fn database_down_or_hung_lets_nobody_in() {
 /// The Dovecot 2.4 path, run in Dovecot 2.3: the Lua passdb/userdb script of
 /// dovecot-snippets/ asks `mailauth serve` over HTTP.
 #[test]
-#[ignore = "until the JSON API (src/auth/api.rs) is merged"]
 fn lua_passdb_and_userdb_through_the_http_endpoint() {
     let e = env();
     let dir = tempfile::Builder::new()

@@ -12,6 +12,8 @@ pub mod pool;
 pub mod server;
 pub mod verify;
 
+use crate::auth::api;
+use crate::auth::authenticator::Authenticator;
 use crate::auth::health::{HealthChecker, Protocol, Target};
 use crate::auth::throttle::{HashGate, Throttle};
 use crate::config::{Config, PortsConfig};
@@ -31,7 +33,8 @@ use subtle::ConstantTimeEq;
 /// Default listen address (the seed's port, on loopback).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8185";
 
-/// Arguments of `mailauth serve`.
+/// Arguments of `mailauth serve`. Besides `--listen`, the daemon listens on `[auth] socket`
+/// when it is set (where `mailauth checkpassword` looks for it).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
     /// Listen on ADDR: IP:PORT or unix:/path (repeatable) [default: [auth.http] listen,
@@ -41,6 +44,17 @@ pub struct ServeArgs {
     /// Where to log: auto (stderr on a terminal, else syslog), stderr or syslog
     #[arg(long, value_name = "TARGET", default_value = "auto")]
     pub log: String,
+}
+
+impl ServeArgs {
+    /// The `--log` choice.
+    pub fn log_target(&self) -> crate::logging::LogTarget {
+        match self.log.as_str() {
+            "stderr" => crate::logging::LogTarget::Stderr,
+            "syslog" => crate::logging::LogTarget::Syslog,
+            _ => crate::logging::LogTarget::Auto,
+        }
+    }
 }
 
 /// Run the daemon (never returns unless it cannot start).
@@ -53,10 +67,17 @@ pub fn serve(config: &Config, args: &ServeArgs) -> Result<()> {
     if listen.is_empty() {
         listen.push(DEFAULT_LISTEN.to_string());
     }
-    let listens: Vec<Listen> = listen
+    let mut listens: Vec<Listen> = listen
         .iter()
         .map(|l| Listen::parse(l))
         .collect::<Result<_>>()?;
+    // `mailauth checkpassword` asks the daemon at `[auth] socket`: listen there too.
+    if let Some(socket) = service.auth.settings().socket.clone() {
+        let l = Listen::Unix(socket);
+        if !listens.contains(&l) {
+            listens.push(l);
+        }
+    }
     let bound = server::bind(&listens, service.settings.http.socket_mode()?)?;
     // Tell whoever started us where we listen (port 0 resolved): tests and scripts read it.
     let mut shown: Vec<String> = bound.tcp_addrs().iter().map(|a| a.to_string()).collect();
@@ -152,6 +173,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Everything a request needs, shared by the worker threads.
 pub struct Service {
     pub settings: AuthSection,
+    /// The authenticator behind the JSON API (shared with `mailauth checkpassword`).
+    auth: Authenticator,
     ports: PortsConfig,
     pool: DirectoryPool,
     throttle: Throttle,
@@ -175,7 +198,9 @@ impl Service {
             overrides.insert(name.to_ascii_lowercase(), parsed);
         }
         let pool = DirectoryPool::new(config, settings.http.workers.max(1))?;
+        let auth = Authenticator::new(config.clone())?;
         Ok(Service {
+            auth,
             ports: config.ports.clone(),
             pool,
             throttle: Throttle::new(settings.throttle.clone()),
@@ -294,11 +319,40 @@ impl Service {
                 }
                 response
             }
-            "/passdb" | "/userdb" | "/users" => api_placeholder(req),
+            "/passdb" | "/userdb" | "/users" => self.api(req, peer),
             _ => Response::new(404)
                 .header("Auth-Status", "Invalid request")
                 .text("not found\n"),
         }
+    }
+
+    /// The JSON API of [`crate::auth::api`]; password checks share the hashing semaphore.
+    fn api(&self, req: &Request, peer: &str) -> Response {
+        let method_ok = match req.path.as_str() {
+            "/users" => req.method == "GET",
+            _ => req.method == "POST",
+        };
+        if !method_ok {
+            return Response::new(405)
+                .json(r#"{"result":"internal_failure","reason":"method not allowed"}"#);
+        }
+        let answer = if req.path == "/passdb" {
+            let Some(_permit) = self.gate.acquire() else {
+                return Response::new(503).json(
+                    r#"{"result":"internal_failure","reason":"password hashing overloaded"}"#,
+                );
+            };
+            api::handle(&self.auth, &req.path, &req.body)
+        } else {
+            api::handle(&self.auth, &req.path, &req.body)
+        };
+        if self.settings.http.log_requests {
+            log::info!("api path={} peer={peer} status={}", req.path, answer.status);
+        }
+        let mut r = Response::new(answer.status);
+        r.content_type = answer.content_type;
+        r.body = answer.body;
+        r
     }
 
     fn render_metrics(&self) -> String {
@@ -347,9 +401,4 @@ impl Service {
         }
         out
     }
-}
-
-/// Until the JSON API lands: a temporary failure, never a grant.
-fn api_placeholder(_req: &Request) -> Response {
-    Response::new(503).json(r#"{"result":"tempfail","reason":"not available yet"}"#)
 }

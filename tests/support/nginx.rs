@@ -112,6 +112,12 @@ impl MailauthServe {
             .expect("tempdir");
         let conf = dir.path().join("mailcluster.toml");
         std::fs::write(&conf, config).expect("write config");
+        {
+            // It may hold secrets (a database password, [auth.http] secret).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod config");
+        }
         let socket = dir.path().join("http.sock");
         let log = dir.path().join("mailauth.log");
         let logfile = std::fs::File::create(&log).expect("log file");

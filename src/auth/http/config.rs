@@ -1,6 +1,7 @@
 //! The HTTP service's settings: keys of `[auth]` it reads, and its own sub-tables
-//! `[auth.http]`, `[auth.throttle]`, `[auth.health]`, `[auth.nodes]`. Other keys of `[auth]`
-//! belong to other parts of mailauth and are ignored here.
+//! `[auth.http]`, `[auth.throttle]`, `[auth.health]`; `[auth.nodes]` is shared with the
+//! authenticator. Other keys of `[auth]` (`default_scheme`, `socket`, `proxy_mode`, ...)
+//! belong to [`crate::auth::authenticator::AuthSettings`] and are ignored here.
 
 use crate::auth::health::HealthConfig;
 use crate::auth::throttle::ThrottleConfig;
@@ -11,8 +12,6 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default)]
 pub struct AuthSection {
-    /// Scheme of stored hashes without a `{SCHEME}` prefix (the seed: bare MD5 hex).
-    pub default_scheme: Option<String>,
     /// Let nginx proxy SMTP without authentication (`Auth-Method: none`), routed by the
     /// recipient's domain. Off by default: the proxy must never become an open relay.
     pub smtp_allow_none: bool,
@@ -21,12 +20,6 @@ pub struct AuthSection {
     pub health: HealthConfig,
     /// Node name → IP address, overriding name resolution (`storage-01 = "10.0.0.1"`).
     pub nodes: BTreeMap<String, String>,
-}
-
-impl AuthSection {
-    pub fn default_scheme(&self) -> &str {
-        self.default_scheme.as_deref().unwrap_or("PLAIN-MD5")
-    }
 }
 
 /// `[auth.http]`.
@@ -137,7 +130,6 @@ interval = 0.5
 "#;
         let config = Config::parse(text, Path::new("t.toml")).unwrap();
         let s: AuthSection = config.section("auth").unwrap();
-        assert_eq!(s.default_scheme(), "SHA512-CRYPT");
         assert!(s.smtp_allow_none);
         assert_eq!(s.http.listen.len(), 2);
         assert_eq!(s.http.secret.as_deref(), Some("s3"));

@@ -318,7 +318,7 @@ fn run(svc: &Service, req: &Request, ctx: &mut Ctx, log: &mut Logged) -> Step<Re
         return failure(log, "no password stored");
     };
 
-    let default_scheme = svc.settings.default_scheme();
+    let default_scheme = svc.auth.default_scheme();
     let mut backend_pass: Option<String> = None;
     let ok = if let Some(salt) = &salt {
         match verify::plaintext(stored, default_scheme) {

@@ -1,37 +1,31 @@
-//! Password verification for the HTTP service: a thin adapter over the Dovecot schemes of
+//! Password verification for `/auth`: a thin adapter over the Dovecot schemes of
 //! [`crate::auth::scheme`], plus nginx's challenge methods (APOP, CRAM-MD5), which need the
 //! stored plaintext.
 
-use crate::error::Result;
+use crate::auth::scheme::{self, Scheme};
+use crate::error::{Error, Result};
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
 
 /// Check `password` against a stored Dovecot-style hash (`{SCHEME}data`, or bare data in
-/// `default_scheme`).
-pub fn verify(stored: &str, password: &[u8], default_scheme: &str) -> Result<bool> {
-    fallback::verify(stored, password, default_scheme)
+/// `default`). An unusable stored value (unknown scheme, malformed) is an error: never a
+/// grant.
+pub fn verify(stored: &str, password: &[u8], default: Scheme) -> Result<bool> {
+    scheme::verify(password, stored, default)
+        .map_err(|e| Error::internal(format!("stored password unusable: {e}")))
 }
 
-/// The stored plaintext, when the password is stored as `{PLAIN}` / `{CLEARTEXT}` (or bare
-/// with such a default scheme). Needed for APOP and CRAM-MD5.
-pub fn plaintext<'a>(stored: &'a str, default_scheme: &'a str) -> Option<&'a str> {
-    let (scheme, data) = split_scheme(stored, default_scheme);
-    match scheme.to_ascii_uppercase().as_str() {
-        "PLAIN" | "CLEARTEXT" => Some(data),
-        _ => None,
-    }
-}
-
-/// `{SCHEME}data` → (SCHEME, data); bare data → (default, data).
-pub fn split_scheme<'a>(stored: &'a str, default_scheme: &'a str) -> (&'a str, &'a str) {
+/// The stored plaintext, when the password is stored as `{PLAIN}` / `{CLEAR}` /
+/// `{CLEARTEXT}` (or bare with such a default scheme). Needed for APOP and CRAM-MD5.
+pub fn plaintext(stored: &str, default: Scheme) -> Option<&str> {
     if let Some(rest) = stored.strip_prefix('{') {
-        if let Some((scheme, data)) = rest.split_once('}') {
-            if !scheme.is_empty() && scheme.len() <= 32 {
-                return (scheme, data);
-            }
-        }
+        let (name, data) = rest.split_once('}')?;
+        return match name.to_ascii_uppercase().as_str() {
+            "PLAIN" | "CLEAR" | "CLEARTEXT" => Some(data),
+            _ => None,
+        };
     }
-    (default_scheme, stored)
+    (default == Scheme::Plain).then_some(stored)
 }
 
 /// APOP (RFC 1939): the client sends hex(MD5(salt || password)).
@@ -71,39 +65,6 @@ fn hmac_md5(key: &[u8], msg: &[u8]) -> [u8; 16] {
     outer.finalize().into()
 }
 
-/// Used until `auth::scheme` lands: the schemes the seed and the benchmarks need.
-mod fallback {
-    use super::split_scheme;
-    use crate::error::{Error, Result};
-    use base64::Engine;
-    use md5::{Digest, Md5};
-    use subtle::ConstantTimeEq;
-
-    pub fn verify(stored: &str, password: &[u8], default_scheme: &str) -> Result<bool> {
-        let (scheme, data) = split_scheme(stored, default_scheme);
-        let scheme = scheme.to_ascii_uppercase();
-        match scheme.as_str() {
-            "PLAIN" | "CLEARTEXT" => Ok(bool::from(data.as_bytes().ct_eq(password))),
-            "PLAIN-MD5" | "LDAP-MD5" => {
-                let digest = Md5::digest(password);
-                let want = if data.len() == 32 {
-                    hex::decode(data.to_ascii_lowercase()).ok()
-                } else {
-                    base64::engine::general_purpose::STANDARD.decode(data).ok()
-                };
-                Ok(want.is_some_and(|w| bool::from(w.as_slice().ct_eq(digest.as_slice()))))
-            }
-            "SHA512-CRYPT" | "SHA256-CRYPT" | "MD5-CRYPT" | "BLF-CRYPT" | "CRYPT" | "MD5" => {
-                Ok(pwhash::unix::verify(password, data))
-            }
-            other => Err(Error::internal(format!(
-                "unsupported password scheme {}",
-                crate::names::printable(other)
-            ))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,16 +73,19 @@ mod tests {
     fn schemes() {
         // md5_hex("secret")
         let md5 = "5ebe2294ecd0e0f08eab7690d2a6ee69";
-        assert!(verify(md5, b"secret", "PLAIN-MD5").unwrap());
-        assert!(!verify(md5, b"Secret", "PLAIN-MD5").unwrap());
-        assert!(verify("{PLAIN}p w", b"p w", "PLAIN-MD5").unwrap());
+        assert!(verify(md5, b"secret", Scheme::Md5).unwrap());
+        assert!(verify(md5, b"secret", Scheme::PlainMd5).unwrap());
+        assert!(!verify(md5, b"Secret", Scheme::Md5).unwrap());
+        assert!(verify("{PLAIN}p w", b"p w", Scheme::Md5).unwrap());
         // doveadm pw -s SHA512-CRYPT -p secret
         let sha = "{SHA512-CRYPT}$6$A7nR599f3C6O5eMj$Jnhg1f.WHFzm4AxYTC9GK.1OrwNh6XfYTndadJNqfx2NirkaZpQIKfDCDIdcYg3XnKVz6IJWONMLY80skGMcl.";
-        assert!(verify(sha, b"secret", "PLAIN-MD5").unwrap());
-        assert!(!verify(sha, b"secreT", "PLAIN-MD5").unwrap());
-        assert!(verify("{NOPE}x", b"x", "PLAIN-MD5").is_err());
-        assert_eq!(plaintext("{PLAIN}abc", "PLAIN-MD5"), Some("abc"));
-        assert_eq!(plaintext(md5, "PLAIN-MD5"), None);
+        assert!(verify(sha, b"secret", Scheme::Md5).unwrap());
+        assert!(!verify(sha, b"secreT", Scheme::Md5).unwrap());
+        assert!(verify("{NOPE}x", b"x", Scheme::Md5).is_err());
+        assert_eq!(plaintext("{PLAIN}abc", Scheme::Md5), Some("abc"));
+        assert_eq!(plaintext("{CLEAR}abc", Scheme::Md5), Some("abc"));
+        assert_eq!(plaintext("abc", Scheme::Plain), Some("abc"));
+        assert_eq!(plaintext(md5, Scheme::Md5), None);
     }
 
     #[test]
