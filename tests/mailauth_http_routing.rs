@@ -116,10 +116,14 @@ fn env() -> &'static Env {
         let svc = MailauthServe::start(&config(
             &format!("postgresql://mail:mailpw@127.0.0.1:{dead}/mail"),
             ports,
-            &format!("[[directory]]\nname = \"live\"\nurl = \"{}\"\n", db.url),
+            &format!(
+                "[auth]\nsmtp_allow_none = true\n[[directory]]\nname = \"live\"\nurl = \"{}\"\n",
+                db.url
+            ),
         ));
         let nginx = Nginx::start(&NginxOptions {
             auth_http: format!("{}/auth", svc.addr),
+            smtp_none: true,
             ..Default::default()
         });
         Env {
@@ -222,6 +226,34 @@ fn smtp_auth_through_nginx_is_routed_to_the_primary_mta() {
         r.last().is_some_and(|l| l.starts_with("535 5.7.8")),
         "{r:?}"
     );
+}
+
+/// `[auth] smtp_allow_none = true`: SMTP without AUTH is routed by the recipient's domain
+/// to its storage's MTA; a foreign recipient is refused (never an open relay).
+/// (Called from the SMTP AUTH test: both count the storages' SMTP sessions.)
+fn smtp_without_auth_only_for_our_domains_when_allowed(e: &Env) {
+    let before = e.s1.smtp_connections();
+    let mut c = support::nginx::LineClient::connect(e.nginx.smtp);
+    assert!(c.line().starts_with("220"));
+    c.command("EHLO mx.example.org", &["250 "]);
+    c.command("MAIL FROM:<x@example.org>", &["2", "4", "5"]);
+    let r = c.command("RCPT TO:<somebody@elsewhere.example>", &["2", "4", "5"]);
+    assert!(
+        r.last().is_some_and(|l| l.starts_with("550 5.7.1")),
+        "{r:?}"
+    );
+    let mut c = support::nginx::LineClient::connect(e.nginx.smtp);
+    assert!(c.line().starts_with("220"));
+    c.command("EHLO mx.example.org", &["250 "]);
+    c.command("MAIL FROM:<x@example.org>", &["2", "4", "5"]);
+    let r = c.command("RCPT TO:<alice@branch.example.test>", &["2", "4", "5"]);
+    assert!(r.last().is_some_and(|l| l.starts_with("250")), "{r:?}");
+    c.command("QUIT", &["221", "4", "5"]);
+    // branch.example.test lives on storage-01: its Exim got the session.
+    assert!(wait_until(Duration::from_secs(5), || e
+        .s1
+        .smtp_connections()
+        > before));
 }
 
 #[test]
