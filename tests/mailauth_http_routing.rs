@@ -226,6 +226,7 @@ fn smtp_auth_through_nginx_is_routed_to_the_primary_mta() {
         r.last().is_some_and(|l| l.starts_with("535 5.7.8")),
         "{r:?}"
     );
+    smtp_without_auth_only_for_our_domains_when_allowed(e);
 }
 
 /// `[auth] smtp_allow_none = true`: SMTP without AUTH is routed by the recipient's domain
