@@ -202,3 +202,50 @@ fn smtp_none_through_nginx_is_refused() {
     assert!(last.starts_with("530 5.7.0"), "{r:?}");
     let _ = Duration::from_secs(0);
 }
+
+#[test]
+fn shared_secret_is_required_when_configured() {
+    let config = broken_directory_config()
+        .replace("[auth.http]\n", "[auth.http]\nsecret = \"s3cr3t-key\"\n");
+    let svc = MailauthServe::start(&config);
+    let base: Vec<(&str, &[u8])> = vec![
+        ("Auth-Method", h("plain")),
+        ("Auth-User", h("alice@branch.example.test")),
+        ("Auth-Pass", h("secret")),
+        ("Auth-Protocol", h("imap")),
+        ("Auth-Login-Attempt", h("1")),
+        ("Client-IP", h("192.0.2.10")),
+    ];
+    // Without the key, with a wrong one, with a longer one: refused before any work.
+    for key in [None, Some("s3cr3t-kez"), Some("s3cr3t-key2"), Some("")] {
+        let mut hs = base.clone();
+        if let Some(k) = key {
+            hs.push(("X-Auth-Key", h(k)));
+        }
+        let r = svc.auth(&hs);
+        assert!(r[0].1.contains("403"), "{key:?}: {r:?}");
+        assert_ne!(header(&r, "Auth-Status"), Some("OK"));
+    }
+    // With the key, the request is handled (here: the directory is down).
+    let mut hs = base.clone();
+    hs.push(("X-Auth-Key", h("s3cr3t-key")));
+    let r = svc.auth(&hs);
+    assert!(
+        header(&r, "Auth-Status").is_some_and(|s| s.starts_with("[UNAVAILABLE]")),
+        "{r:?}"
+    );
+    // nginx sends it with auth_http_header.
+    let nginx = Nginx::start(&NginxOptions {
+        auth_http: format!("{}/auth", svc.addr),
+        secret: Some("s3cr3t-key".into()),
+        ..Default::default()
+    });
+    let answer = imap_login(nginx.imap, "alice@branch.example.test", "secret");
+    assert!(answer.starts_with("a1 NO [UNAVAILABLE]"), "{answer}");
+    let metrics =
+        String::from_utf8_lossy(&http_raw(&svc.addr, b"GET /metrics HTTP/1.0\r\n\r\n")).to_string();
+    assert!(
+        metrics.contains("mailauth_http_bad_secret_total 4"),
+        "{metrics}"
+    );
+}
