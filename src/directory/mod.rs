@@ -12,6 +12,7 @@ use std::time::Duration;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;
+pub mod txn;
 
 /// Where a domain's row lives in the seed's schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
