@@ -156,6 +156,10 @@ pub struct DomainState {
     pub primary: String,
     /// `storage2`, lower-cased; None when empty or equal to the primary.
     pub backup: Option<String>,
+    /// `storage2` as stored (lower-cased; may be empty or equal to the primary), so that
+    /// a saved route can be restored exactly.
+    #[serde(skip)]
+    pub storage2: String,
 }
 
 /// A mailbox as one database holds it.
@@ -551,13 +555,15 @@ impl AdminDb {
             };
             let active = r.get(1).is_some_and(Cell::boolean) && r.get(2).is_some_and(Cell::boolean);
             let primary = r.get(3).and_then(Cell::text).unwrap_or_default();
-            let backup = norm_backup(&primary, r.get(4).and_then(Cell::text));
+            let storage2 = r.get(4).and_then(Cell::text).unwrap_or_default();
+            let backup = norm_backup(&primary, Some(storage2.clone()));
             snap.domains
                 .entry((name, DomainKind::Ldomain))
                 .or_insert(DomainState {
                     active,
                     primary,
                     backup,
+                    storage2,
                 });
         }
         let rows = self.query(
@@ -571,13 +577,15 @@ impl AdminDb {
             };
             let active = r.get(1).is_some_and(Cell::boolean);
             let primary = r.get(2).and_then(Cell::text).unwrap_or_default();
-            let backup = norm_backup(&primary, r.get(3).and_then(Cell::text));
+            let storage2 = r.get(3).and_then(Cell::text).unwrap_or_default();
+            let backup = norm_backup(&primary, Some(storage2.clone()));
             snap.domains
                 .entry((name, DomainKind::CoDomain))
                 .or_insert(DomainState {
                     active,
                     primary,
                     backup,
+                    storage2,
                 });
         }
         let password = if self.role == Role::Storage {
@@ -704,7 +712,7 @@ impl AdminDb {
                     )?;
                     self.exec(
                         "DELETE FROM maps WHERE ldomain_id = CAST($1 AS BIGINT)",
-                        &[li.clone()],
+                        std::slice::from_ref(&li),
                     )?;
                     self.exec(
                         "DELETE FROM ldomain WHERE id = CAST($1 AS BIGINT) AND NOT EXISTS \
