@@ -15,6 +15,7 @@ pub mod drift;
 pub mod health;
 pub mod ops;
 pub mod password;
+pub mod prompt;
 pub mod state;
 
 use crate::config::{Config, DirectoryConfig, MailConfig, PortsConfig, Role};
@@ -221,6 +222,19 @@ impl Cluster {
         };
         self.recover(&mut session);
         Ok(session)
+    }
+
+    /// Connect to every database and resolve leftovers; returns what was done and which
+    /// databases did not answer.
+    pub fn recover_now(&self) -> Result<Vec<String>> {
+        let mut session = self.session()?;
+        let mut notes = std::mem::take(&mut session.notes);
+        for (_, e) in &session.down {
+            notes.push(format!(
+                "{e} (its leftovers are resolved when it answers again)"
+            ));
+        }
+        Ok(notes)
     }
 
     /// Resolve prepared transactions left by an interrupted run: commit those whose
