@@ -399,7 +399,10 @@ impl AdminDb {
         match &mut self.backend {
             Backend::Pg(pg) => {
                 let fut = pg.client.batch_execute(sql);
-                match pg.rt.block_on(tokio::time::timeout(timeout, fut)) {
+                match pg
+                    .rt
+                    .block_on(async move { tokio::time::timeout(timeout, fut).await })
+                {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(pg_error(&name, e)),
                     Err(_) => {
@@ -1108,7 +1111,18 @@ fn pg_error(name: &str, e: tokio_postgres::Error) -> Error {
         };
         return Error::new(kind, format!("database {name}: {}{hint}", db.message()));
     }
-    Error::temporary(format!("database {name}: {e}"))
+    Error::temporary(format!("database {name}: {}", pg_text(&e)))
+}
+
+/// The useful text of a driver error (the server's message, or the cause).
+fn pg_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_string();
+    }
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
 }
 
 fn open_pg(name: &str, url: &str, timeout: Duration) -> Result<PgConn> {
@@ -1151,7 +1165,8 @@ fn open_pg(name: &str, url: &str, timeout: Duration) -> Result<PgConn> {
         match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(Error::temporary(format!(
-                "database {name} ({desc}) is unreachable: {e}"
+                "database {name} ({desc}) is unreachable: {}",
+                pg_text(&e)
             ))),
             Err(_) => Err(Error::temporary(format!(
                 "database {name} ({desc}) is unreachable: no answer within {:.1} s",
@@ -1164,7 +1179,10 @@ fn open_pg(name: &str, url: &str, timeout: Duration) -> Result<PgConn> {
     let ms = (timeout.as_millis() as u64).saturating_mul(4) / 5;
     let set = format!("SET lock_timeout = {}", ms.max(100));
     let fut = pg.client.batch_execute(&set);
-    match pg.rt.block_on(tokio::time::timeout(timeout, fut)) {
+    match pg
+        .rt
+        .block_on(async move { tokio::time::timeout(timeout, fut).await })
+    {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(pg_error(name, e)),
         Err(_) => return Err(timeout_error(name, timeout)),
@@ -1197,7 +1215,10 @@ fn pg_exec(
     let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         boxed.iter().map(|b| b.as_ref() as _).collect();
     let fut = pg.client.execute(sql, &refs);
-    match pg.rt.block_on(tokio::time::timeout(timeout, fut)) {
+    match pg
+        .rt
+        .block_on(async move { tokio::time::timeout(timeout, fut).await })
+    {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => Err(pg_error(name, e)),
         Err(_) => Err(timeout_error(name, timeout)),
@@ -1216,7 +1237,10 @@ fn pg_query(
     let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         boxed.iter().map(|b| b.as_ref() as _).collect();
     let fut = pg.client.query(sql, &refs);
-    let rows = match pg.rt.block_on(tokio::time::timeout(timeout, fut)) {
+    let rows = match pg
+        .rt
+        .block_on(async move { tokio::time::timeout(timeout, fut).await })
+    {
         Ok(Ok(rows)) => rows,
         Ok(Err(e)) => return Err(pg_error(name, e)),
         Err(_) => return Err(timeout_error(name, timeout)),
