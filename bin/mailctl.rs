@@ -383,6 +383,9 @@ fn print_moves(json: bool, r: &MoveReport) -> Result<i32> {
     if !r.synced.is_empty() {
         println!("synced with mailsync first: {}", r.synced.join(", "));
     }
+    for s in &r.skipped {
+        println!("not moved: {s}");
+    }
     let code = print_outcome(false, &r.outcome)?;
     if !r.next_steps.is_empty() {
         println!("next steps:");

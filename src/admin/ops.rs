@@ -181,6 +181,8 @@ pub struct Move {
 pub struct MoveReport {
     pub moves: Vec<Move>,
     pub synced: Vec<String>,
+    /// Domains left where they are, and why.
+    pub skipped: Vec<String>,
     pub outcome: Outcome,
     pub next_steps: Vec<String>,
 }
@@ -396,7 +398,7 @@ impl Cluster {
         let node_dbs = self.databases_of_node(&node);
         let ri = self.reference_index(&session, &node_dbs, None)?;
         let snap = session.dbs[ri].snapshot()?;
-        let (moves, saved, changes) = plan_moves(&snap, &node, to.as_deref(), only)?;
+        let (moves, saved, changes, skipped) = plan_moves(&snap, &node, to.as_deref(), only)?;
         self.state.save_routes(&node, &saved)?;
         let outcome = self.apply_in(
             &mut session,
@@ -437,6 +439,7 @@ impl Cluster {
         Ok(MoveReport {
             moves,
             synced: Vec::new(),
+            skipped,
             outcome,
             next_steps: next,
         })
@@ -539,12 +542,13 @@ impl Cluster {
         let mut session = self.session()?;
         let ri = self.reference_index(&session, &[], None)?;
         let snap = session.dbs[ri].snapshot()?;
-        let (moves, _, changes) = plan_moves(&snap, &node, to.as_deref(), only)?;
+        let (moves, _, changes, skipped) = plan_moves(&snap, &node, to.as_deref(), only)?;
         let synced = self.sync_before_flip(&moves, skip_sync)?;
         let outcome = self.apply_in(&mut session, &changes, &ApplyOptions::default())?;
         Ok(MoveReport {
             moves,
             synced,
+            skipped,
             outcome,
             next_steps: Vec::new(),
         })
@@ -600,6 +604,7 @@ impl Cluster {
         Ok(MoveReport {
             moves,
             synced,
+            skipped: Vec::new(),
             outcome,
             next_steps: Vec::new(),
         })
@@ -675,13 +680,12 @@ impl Cluster {
     }
 }
 
+/// Moves, the routes to save, the changes, and the domains skipped.
+type Plan = (Vec<Move>, Vec<SavedRoute>, Vec<Change>, Vec<String>);
+
 /// The moves of `node`'s primary domains, the routes to save, and the changes.
-fn plan_moves(
-    snap: &Snapshot,
-    node: &str,
-    to: Option<&str>,
-    only: &[Domain],
-) -> Result<(Vec<Move>, Vec<SavedRoute>, Vec<Change>)> {
+fn plan_moves(snap: &Snapshot, node: &str, to: Option<&str>, only: &[Domain]) -> Result<Plan> {
+    let mut skipped = Vec::new();
     let mut moves = Vec::new();
     let mut saved = Vec::new();
     let mut changes = Vec::new();
@@ -711,6 +715,13 @@ fn plan_moves(
         }
         let target = match to.map(str::to_string).or_else(|| st.backup.clone()) {
             Some(t) => t,
+            None if only.is_empty() => {
+                skipped.push(format!(
+                    "{name}: no backup node, it stays on {node} (move it with --to NODE \
+                     --domain {name})"
+                ));
+                continue;
+            }
             None => {
                 return Err(Error::bad_input(format!(
                     "{name} has no backup node; say where it goes with --to NODE"
@@ -741,8 +752,13 @@ fn plan_moves(
     }
     if changes.is_empty() {
         return Err(Error::not_found(format!(
-            "no domain has {node} as its primary"
+            "no domain has {node} as its primary{}",
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" and a backup ({})", skipped.join("; "))
+            }
         )));
     }
-    Ok((moves, saved, changes))
+    Ok((moves, saved, changes, skipped))
 }
