@@ -838,8 +838,18 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn schema(config: &mailcluster::config::Config, action: &SchemaCmd, json: bool) -> Result<i32> {
-    let _ = (config, action, json);
-    Err(Error::internal(
-        "schema commands arrive with the directory backends",
-    ))
+    use mailcluster::admin::schema;
+    let (lines, ok) = match action {
+        SchemaCmd::Init { role } => (schema::init(config, role.map(Role::from))?, true),
+        SchemaCmd::Check { role } => schema::check(config, role.map(Role::from))?,
+        SchemaCmd::Upgrade => (schema::upgrade(config)?, true),
+    };
+    if json {
+        print_json(&serde_json::json!({ "ok": ok, "lines": lines }))?;
+    } else {
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(if ok { 0 } else { 78 })
 }

@@ -46,8 +46,14 @@ fn write_config(root: &Path, dirs: &[(&str, String, &str)], extra: &str) -> Path
 fn four_nodes(tag: &str, extra: &str) -> Env {
     let pg = support::pg_2pc::cluster();
     let dbs = vec![
-        (NAMES[0].to_string(), fixtures::load_pg(pg, &format!("{tag}_s1"))),
-        (NAMES[1].to_string(), fixtures::load_pg(pg, &format!("{tag}_s2"))),
+        (
+            NAMES[0].to_string(),
+            fixtures::load_pg(pg, &format!("{tag}_s1")),
+        ),
+        (
+            NAMES[1].to_string(),
+            fixtures::load_pg(pg, &format!("{tag}_s2")),
+        ),
         (
             NAMES[2].to_string(),
             fixtures::load_pg_smtp(pg, &format!("{tag}_m1")),
@@ -62,7 +68,13 @@ fn four_nodes(tag: &str, extra: &str) -> Env {
     let dirs: Vec<(&str, String, &str)> = dbs
         .iter()
         .enumerate()
-        .map(|(i, (n, db))| (n.as_str(), db.url.clone(), if i < 2 { "storage" } else { "smtp" }))
+        .map(|(i, (n, db))| {
+            (
+                n.as_str(),
+                db.url.clone(),
+                if i < 2 { "storage" } else { "smtp" },
+            )
+        })
         .collect();
     let config = write_config(&root, &dirs, extra);
     Env {
@@ -176,8 +188,25 @@ fn count(env: &Env, q: &str) -> Vec<String> {
 fn every_command_against_four_databases() {
     let env = four_nodes("every", "");
     // Domains.
-    env.ok(&["domain", "add", "tver.domain.ru", "--primary", S1, "--backup", S2]);
-    env.ok(&["domain", "add", "partner.org", "--co", "--primary", S2, "--backup", S1]);
+    env.ok(&[
+        "domain",
+        "add",
+        "tver.domain.ru",
+        "--primary",
+        S1,
+        "--backup",
+        S2,
+    ]);
+    env.ok(&[
+        "domain",
+        "add",
+        "partner.org",
+        "--co",
+        "--primary",
+        S2,
+        "--backup",
+        S1,
+    ]);
     assert_eq!(
         count(&env, "SELECT storage1 || '/' || storage2 FROM maps mp JOIN ldomain l ON mp.ldomain_id = l.id WHERE l.domain = 'tver'"),
         vec![format!("{S1}/{S2}"); 4]
@@ -192,35 +221,80 @@ fn every_command_against_four_databases() {
         vec!["0"; 4]
     );
     // Mailboxes: password from stdin, hashed with SHA512-CRYPT on storage, none on smtp.
-    env.run_in(&["mailbox", "add", "Anna@Tver.Domain.RU", "--password-stdin"], "anna-secret\n");
+    env.run_in(
+        &["mailbox", "add", "Anna@Tver.Domain.RU", "--password-stdin"],
+        "anna-secret\n",
+    );
     for n in &NAMES[..2] {
         let h = env.sql(n, "SELECT password FROM mail WHERE mailbox = 'anna'");
         let bare = h.strip_prefix("{SHA512-CRYPT}").expect("scheme prefix");
-        assert!(sha_crypt::sha512_check("anna-secret", bare).is_ok(), "{n}: {h}");
+        assert!(
+            sha_crypt::sha512_check("anna-secret", bare).is_ok(),
+            "{n}: {h}"
+        );
     }
     for n in &NAMES[2..] {
-        assert_eq!(env.sql(n, "SELECT count(*) FROM mail WHERE mailbox = 'anna'"), "1");
+        assert_eq!(
+            env.sql(n, "SELECT count(*) FROM mail WHERE mailbox = 'anna'"),
+            "1"
+        );
         assert_eq!(
             env.sql(n, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'mail' AND column_name = 'password'"),
             "0",
             "smtp-role databases never get a password column"
         );
     }
-    let r = env.run_in(&["mailbox", "passwd", "anna@tver.domain.ru", "--password-stdin"], "new-secret\n");
+    let r = env.run_in(
+        &[
+            "mailbox",
+            "passwd",
+            "anna@tver.domain.ru",
+            "--password-stdin",
+        ],
+        "new-secret\n",
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let h1 = env.sql("storage-01", "SELECT password FROM mail WHERE mailbox = 'anna'");
-    let h2 = env.sql("storage-02", "SELECT password FROM mail WHERE mailbox = 'anna'");
+    let h1 = env.sql(
+        "storage-01",
+        "SELECT password FROM mail WHERE mailbox = 'anna'",
+    );
+    let h2 = env.sql(
+        "storage-02",
+        "SELECT password FROM mail WHERE mailbox = 'anna'",
+    );
     assert_eq!(h1, h2, "the same hash everywhere (drift compares them)");
-    assert!(sha_crypt::sha512_check("new-secret", h1.strip_prefix("{SHA512-CRYPT}").unwrap()).is_ok());
+    assert!(
+        sha_crypt::sha512_check("new-secret", h1.strip_prefix("{SHA512-CRYPT}").unwrap()).is_ok()
+    );
     env.ok(&["mailbox", "disable", "anna@tver.domain.ru"]);
-    assert_eq!(count(&env, "SELECT active FROM mail WHERE mailbox = 'anna'"), vec!["f"; 4]);
+    assert_eq!(
+        count(&env, "SELECT active FROM mail WHERE mailbox = 'anna'"),
+        vec!["f"; 4]
+    );
     env.ok(&["mailbox", "enable", "anna@tver.domain.ru"]);
-    assert_eq!(count(&env, "SELECT active FROM mail WHERE mailbox = 'anna'"), vec!["t"; 4]);
+    assert_eq!(
+        count(&env, "SELECT active FROM mail WHERE mailbox = 'anna'"),
+        vec!["t"; 4]
+    );
     env.ok(&["domain", "disable", "tver.domain.ru"]);
-    assert_eq!(count(&env, "SELECT active FROM ldomain WHERE domain = 'tver'"), vec!["f"; 4]);
+    assert_eq!(
+        count(&env, "SELECT active FROM ldomain WHERE domain = 'tver'"),
+        vec!["f"; 4]
+    );
     env.ok(&["domain", "enable", "tver.domain.ru"]);
-    env.ok(&["route", "set", "tver.domain.ru", "--primary", S2, "--backup", S1]);
-    assert_eq!(env.route("smtp-02", "tver.domain.ru"), (S2.to_string(), Some(S1.to_string())));
+    env.ok(&[
+        "route",
+        "set",
+        "tver.domain.ru",
+        "--primary",
+        S2,
+        "--backup",
+        S1,
+    ]);
+    assert_eq!(
+        env.route("smtp-02", "tver.domain.ru"),
+        (S2.to_string(), Some(S1.to_string()))
+    );
     let r = env.ok(&["--json", "route", "show", "tver.domain.ru"]);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["primary"], S2);
@@ -232,14 +306,26 @@ fn every_command_against_four_databases() {
     assert_eq!(v[0]["address"], "anna@tver.domain.ru");
     assert_eq!(v[0]["scheme"], "SHA512-CRYPT");
     assert!(!r.stdout.contains("$6$"), "listings never show hashes");
-    let r = env.ok(&["--json", "mailbox", "show", "anna@tver.domain.ru", "--from", "smtp-01"]);
+    let r = env.ok(&[
+        "--json",
+        "mailbox",
+        "show",
+        "anna@tver.domain.ru",
+        "--from",
+        "smtp-01",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["has_password"], serde_json::Value::Null);
     let r = env.ok(&["domain", "show", "msk.domain.ru"]);
     assert!(r.stdout.contains("ivanov@msk.domain.ru"));
     let r = env.ok(&["--json", "node", "list", "--no-probe"]);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let s1 = v.as_array().unwrap().iter().find(|n| n["node"] == S1).unwrap();
+    let s1 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == S1)
+        .unwrap();
     assert_eq!(s1["databases"][0]["name"], "storage-01");
     assert!(s1["primary_of"].as_u64().unwrap() >= 5);
     let r = env.ok(&["node", "list"]);
@@ -247,24 +333,54 @@ fn every_command_against_four_databases() {
     // Destructive commands refuse without --yes off a terminal, and say what happens to Maildirs.
     let r = env.run(&["mailbox", "remove", "anna@tver.domain.ru"]);
     assert_eq!(r.code, 64, "{}", r.stderr);
-    assert!(r.stderr.contains("Maildir") && r.stderr.contains("NOT deleted"), "{}", r.stderr);
-    assert_eq!(count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'anna'"), vec!["1"; 4]);
+    assert!(
+        r.stderr.contains("Maildir") && r.stderr.contains("NOT deleted"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'anna'"),
+        vec!["1"; 4]
+    );
     env.ok(&["--yes", "mailbox", "remove", "anna@tver.domain.ru"]);
-    assert_eq!(count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'anna'"), vec!["0"; 4]);
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'anna'"),
+        vec!["0"; 4]
+    );
     let r = env.ok(&["--yes", "domain", "remove", "tver.domain.ru"]);
-    assert!(r.stderr.contains(S2) && r.stderr.contains(S1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(S2) && r.stderr.contains(S1),
+        "{}",
+        r.stderr
+    );
     env.ok(&["--yes", "domain", "remove", "partner.org"]);
-    assert_eq!(count(&env, "SELECT count(*) FROM ldomain WHERE domain = 'tver'"), vec!["0"; 4]);
-    assert_eq!(count(&env, "SELECT count(*) FROM co_domain WHERE domain = 'partner.org'"), vec!["0"; 4]);
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM ldomain WHERE domain = 'tver'"),
+        vec!["0"; 4]
+    );
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM co_domain WHERE domain = 'partner.org'"
+        ),
+        vec!["0"; 4]
+    );
     // The seed rows are untouched and all four agree.
     let r = env.ok(&["drift"]);
     assert!(r.stdout.contains("no drift"), "{}", r.stdout);
     // Bad names are refused before anything is written.
-    for bad in ["x'; drop table mail; --.ru", "${run{/bin/true}}.ru", "a b.domain.ru"] {
+    for bad in [
+        "x'; drop table mail; --.ru",
+        "${run{/bin/true}}.ru",
+        "a b.domain.ru",
+    ] {
         let r = env.run(&["domain", "add", bad, "--primary", S1]);
         assert_eq!(r.code, 64, "{bad}: {}", r.stderr);
     }
-    let r = env.run_in(&["mailbox", "add", "dir@msk.domain.ru", "--password-stdin"], "x\n");
+    let r = env.run_in(
+        &["mailbox", "add", "dir@msk.domain.ru", "--password-stdin"],
+        "x\n",
+    );
     assert_eq!(r.code, 64);
     let r = env.run(&["route", "set", "msk.domain.ru", "--primary", "bad node"]);
     assert_eq!(r.code, 64);
@@ -279,18 +395,45 @@ fn unreachable_database_changes_nothing_then_partial_drift_and_repair() {
     let env = four_nodes("unreach", "");
     let before = env.sql_all("SELECT count(*) FROM ldomain");
     env.block("smtp-02");
-    let r = env.run(&["domain", "add", "tula.domain.ru", "--primary", S1, "--backup", S2]);
+    let r = env.run(&[
+        "domain",
+        "add",
+        "tula.domain.ru",
+        "--primary",
+        S1,
+        "--backup",
+        S2,
+    ]);
     assert_eq!(r.code, 75, "{}", r.stderr);
-    assert!(r.stderr.contains("smtp-02") && r.stderr.contains("nothing was changed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("smtp-02") && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
     for n in &NAMES[..3] {
-        assert_eq!(env.sql(n, "SELECT count(*) FROM ldomain WHERE domain = 'tula'"), "0");
+        assert_eq!(
+            env.sql(n, "SELECT count(*) FROM ldomain WHERE domain = 'tula'"),
+            "0"
+        );
         assert_eq!(env.sql(n, "SELECT count(*) FROM pg_prepared_xacts"), "0");
     }
-    let r = env.run(&["--partial", "domain", "add", "tula.domain.ru", "--primary", S1, "--backup", S2]);
+    let r = env.run(&[
+        "--partial",
+        "domain",
+        "add",
+        "tula.domain.ru",
+        "--primary",
+        S1,
+        "--backup",
+        S2,
+    ]);
     assert_eq!(r.code, 75, "partial with a missing database: {}", r.stderr);
     assert!(r.stdout.contains("NOT applied to smtp-02"), "{}", r.stdout);
     env.unblock("smtp-02");
-    assert_eq!(env.sql("smtp-02", "SELECT count(*) FROM ldomain"), before[3]);
+    assert_eq!(
+        env.sql("smtp-02", "SELECT count(*) FROM ldomain"),
+        before[3]
+    );
     let r = env.run(&["--json", "drift"]);
     assert_eq!(r.code, 1);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -299,7 +442,11 @@ fn unreachable_database_changes_nothing_then_partial_drift_and_repair() {
     assert_eq!(items[0]["database"], "smtp-02");
     assert_eq!(items[0]["object"], "domain tula.domain.ru");
     assert_eq!(items[0]["problem"], "missing");
-    assert_eq!(env.run(&["drift", "--repair"]).code, 64, "--repair needs --from");
+    assert_eq!(
+        env.run(&["drift", "--repair"]).code,
+        64,
+        "--repair needs --from"
+    );
     let r = env.ok(&["drift", "--repair", "--from", "storage-01"]);
     assert!(r.stdout.contains("repaired smtp-02"), "{}", r.stdout);
     assert_eq!(
@@ -343,13 +490,25 @@ fn prepared_transactions_left_behind_are_resolved_by_the_next_run() {
     let env = four_nodes("leftover", "");
     // Crash before the decision: no log entry saying commit → rolled back.
     leave_prepared(&env, "1700000000-1-deadbeef", "orel.domain.ru");
-    assert_eq!(count(&env, "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'mailctl%'"), vec!["1"; 4]);
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'mailctl%'"
+        ),
+        vec!["1"; 4]
+    );
     let r = env.ok(&["domain", "list"]);
     assert!(!r.stdout.contains("orel"));
     let r = env.run(&["drift"]);
     assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
-    assert_eq!(count(&env, "SELECT count(*) FROM pg_prepared_xacts"), vec!["0"; 4]);
-    assert_eq!(count(&env, "SELECT count(*) FROM ldomain WHERE domain = 'orel'"), vec!["0"; 4]);
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM pg_prepared_xacts"),
+        vec!["0"; 4]
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM ldomain WHERE domain = 'orel'"),
+        vec!["0"; 4]
+    );
     // Crash after the decision was logged: committed everywhere by the next run.
     let id = "1700000001-1-cafebabe";
     let parts = leave_prepared(&env, id, "kursk.domain.ru");
@@ -365,9 +524,18 @@ fn prepared_transactions_left_behind_are_resolved_by_the_next_run() {
         .unwrap();
     let r = env.ok(&["recover"]);
     assert!(r.stdout.contains("committed"), "{}", r.stdout);
-    assert_eq!(count(&env, "SELECT count(*) FROM pg_prepared_xacts"), vec!["0"; 4]);
-    assert_eq!(count(&env, "SELECT count(*) FROM ldomain WHERE domain = 'kursk'"), vec!["1"; 4]);
-    assert!(state.load_txn(id).unwrap().is_none(), "decision log entry retired");
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM pg_prepared_xacts"),
+        vec!["0"; 4]
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM ldomain WHERE domain = 'kursk'"),
+        vec!["1"; 4]
+    );
+    assert!(
+        state.load_txn(id).unwrap().is_none(),
+        "decision log entry retired"
+    );
     env.ok(&["drift"]);
 }
 
@@ -378,10 +546,22 @@ fn failover_rejoin_failback() {
     env.block("storage-01");
     let r = env.ok(&["failover", "--from", S1]);
     assert!(r.stdout.contains("mailsync promote"), "{}", r.stdout);
-    assert!(r.stdout.contains("ekb.domain.ru: no backup"), "{}", r.stdout);
-    assert!(r.stdout.contains(&format!("mailctl rejoin {S1}")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("ekb.domain.ru: no backup"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&format!("mailctl rejoin {S1}")),
+        "{}",
+        r.stdout
+    );
     for n in &NAMES[1..] {
-        assert_eq!(env.route(n, "msk.domain.ru"), (S2.to_string(), Some(S1.to_string())), "{n}");
+        assert_eq!(
+            env.route(n, "msk.domain.ru"),
+            (S2.to_string(), Some(S1.to_string())),
+            "{n}"
+        );
         assert_eq!(env.route(n, "gone.example.net").0, S2, "{n}");
         assert_eq!(env.route(n, "ekb.domain.ru").0, S1, "{n}: no backup, stays");
     }
@@ -393,16 +573,24 @@ fn failover_rejoin_failback() {
     assert_eq!(env.route("storage-01", "msk.domain.ru").0, S1);
     let r = env.ok(&["rejoin", S1]);
     assert!(r.stdout.contains("level with"), "{}", r.stdout);
-    assert_eq!(env.route("storage-01", "msk.domain.ru"), (S2.to_string(), Some(S1.to_string())));
+    assert_eq!(
+        env.route("storage-01", "msk.domain.ru"),
+        (S2.to_string(), Some(S1.to_string()))
+    );
     env.ok(&["drift"]);
     // A failing mailsync leaves maps unchanged.
     let bad = write_config(
         &env.root,
-        &env
-            .dbs
+        &env.dbs
             .iter()
             .enumerate()
-            .map(|(i, (n, db))| (n.as_str(), db.url.clone(), if i < 2 { "storage" } else { "smtp" }))
+            .map(|(i, (n, db))| {
+                (
+                    n.as_str(),
+                    db.url.clone(),
+                    if i < 2 { "storage" } else { "smtp" },
+                )
+            })
             .collect::<Vec<_>>(),
         "mailsync = \"/bin/false\"\n",
     );
@@ -413,13 +601,38 @@ fn failover_rejoin_failback() {
     let r = mailctl_at(&bad, &["failback", S1, "--skip-sync"], None);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let restored: Vec<String> = NAMES.iter().map(|n| env.routes(n)).collect();
-    assert_eq!(restored, original, "failback restores the original maps rows exactly");
-    assert_eq!(mailctl_at(&bad, &["failback", S1], None).code, 1, "nothing left to fail back");
+    assert_eq!(
+        restored, original,
+        "failback restores the original maps rows exactly"
+    );
+    assert_eq!(
+        mailctl_at(&bad, &["failback", S1], None).code,
+        1,
+        "nothing left to fail back"
+    );
     // Planned switchover and back.
-    let r = mailctl_at(&bad, &["switchover", "--from", S2, "--domain", "spb.domain.ru", "--skip-sync"], None);
+    let r = mailctl_at(
+        &bad,
+        &[
+            "switchover",
+            "--from",
+            S2,
+            "--domain",
+            "spb.domain.ru",
+            "--skip-sync",
+        ],
+        None,
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(env.route("smtp-02", "spb.domain.ru"), (S1.to_string(), Some(S2.to_string())));
-    let r = mailctl_at(&bad, &["switchover", "--from", S1, "--domain", "spb.domain.ru"], None);
+    assert_eq!(
+        env.route("smtp-02", "spb.domain.ru"),
+        (S1.to_string(), Some(S2.to_string()))
+    );
+    let r = mailctl_at(
+        &bad,
+        &["switchover", "--from", S1, "--domain", "spb.domain.ru"],
+        None,
+    );
     assert_eq!(r.code, 75, "mailsync /bin/false fails: {}", r.stderr);
     assert_eq!(env.route("smtp-02", "spb.domain.ru").0, S1);
 }
@@ -431,7 +644,13 @@ fn passwords_never_in_argv_nor_logs() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mailctl"))
         .arg("--config")
         .arg(&env.config)
-        .args(["-v", "mailbox", "add", "kira@msk.domain.ru", "--password-stdin"])
+        .args([
+            "-v",
+            "mailbox",
+            "add",
+            "kira@msk.domain.ru",
+            "--password-stdin",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -458,7 +677,11 @@ fn passwords_never_in_argv_nor_logs() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(seen.is_empty(), "password in argv of {seen:?}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
     assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
@@ -490,18 +713,42 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn hash_that_does_not_fit_is_refused_with_the_fix() {
     let env = four_nodes("narrow", "");
-    env.sql("storage-02", "ALTER TABLE mail ALTER COLUMN password TYPE varchar(100)");
-    let r = env.run_in(&["mailbox", "add", "oleg@msk.domain.ru", "--password-stdin"], "pw-oleg\n");
+    env.sql(
+        "storage-02",
+        "ALTER TABLE mail ALTER COLUMN password TYPE varchar(100)",
+    );
+    let r = env.run_in(
+        &["mailbox", "add", "oleg@msk.domain.ru", "--password-stdin"],
+        "pw-oleg\n",
+    );
     assert_eq!(r.code, 64, "{}", r.stderr);
-    assert!(r.stderr.contains("storage-02") && r.stderr.contains("mailctl schema upgrade"), "{}", r.stderr);
-    assert_eq!(count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'oleg'"), vec!["0"; 4]);
+    assert!(
+        r.stderr.contains("storage-02") && r.stderr.contains("mailctl schema upgrade"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'oleg'"),
+        vec!["0"; 4]
+    );
     let r = env.run(&["schema", "check"]);
-    assert!(r.stdout.contains("storage-02") && r.stdout.contains("varchar(100)"), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("storage-02") && r.stdout.contains("varchar(100)"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
     env.ok(&["schema", "upgrade"]);
     env.ok(&["schema", "check"]);
-    let r = env.run_in(&["mailbox", "add", "oleg@msk.domain.ru", "--password-stdin"], "pw-oleg\n");
+    let r = env.run_in(
+        &["mailbox", "add", "oleg@msk.domain.ru", "--password-stdin"],
+        "pw-oleg\n",
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'oleg'"), vec!["1"; 4]);
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'oleg'"),
+        vec!["1"; 4]
+    );
 }
 
 #[test]
@@ -512,17 +759,47 @@ fn without_prepared_transactions_the_error_says_how_to_enable_them() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        &[("storage-01", a.url.clone(), "storage"), ("smtp-01", b.url.clone(), "smtp")],
+        &[
+            ("storage-01", a.url.clone(), "storage"),
+            ("smtp-01", b.url.clone(), "smtp"),
+        ],
         "",
     );
-    let r = mailctl_at(&config, &["domain", "add", "vlg.domain.ru", "--primary", S1], None);
+    let r = mailctl_at(
+        &config,
+        &["domain", "add", "vlg.domain.ru", "--primary", S1],
+        None,
+    );
     assert_eq!(r.code, 78, "{}", r.stderr);
-    assert!(r.stderr.contains("max_prepared_transactions = 10") && r.stderr.contains("restart"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("max_prepared_transactions = 10") && r.stderr.contains("restart"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("--partial"));
-    assert_eq!(pg.psql(&a.name, "SELECT count(*) FROM ldomain WHERE domain = 'vlg'").trim(), "0");
-    let r = mailctl_at(&config, &["--partial", "domain", "add", "vlg.domain.ru", "--primary", S1], None);
+    assert_eq!(
+        pg.psql(&a.name, "SELECT count(*) FROM ldomain WHERE domain = 'vlg'")
+            .trim(),
+        "0"
+    );
+    let r = mailctl_at(
+        &config,
+        &[
+            "--partial",
+            "domain",
+            "add",
+            "vlg.domain.ru",
+            "--primary",
+            S1,
+        ],
+        None,
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(pg.psql(&b.name, "SELECT count(*) FROM ldomain WHERE domain = 'vlg'").trim(), "1");
+    assert_eq!(
+        pg.psql(&b.name, "SELECT count(*) FROM ldomain WHERE domain = 'vlg'")
+            .trim(),
+        "1"
+    );
 }
 
 #[test]
@@ -548,16 +825,34 @@ fn sqlite_directories_join_with_ordinary_transactions() {
         assert_eq!(r.code, 0, "{args:?}: {}{}", r.stdout, r.stderr);
         r
     };
-    ok(&["domain", "add", "omsk.domain.ru", "--primary", S2, "--backup", S1], None);
-    ok(&["mailbox", "add", "ira@omsk.domain.ru", "--password-stdin"], Some("ira-pw\n"));
+    ok(
+        &[
+            "domain",
+            "add",
+            "omsk.domain.ru",
+            "--primary",
+            S2,
+            "--backup",
+            S1,
+        ],
+        None,
+    );
+    ok(
+        &["mailbox", "add", "ira@omsk.domain.ru", "--password-stdin"],
+        Some("ira-pw\n"),
+    );
     let conn = rusqlite::Connection::open(lite.strip_prefix("sqlite:").unwrap()).unwrap();
     let h: String = conn
-        .query_row("SELECT password FROM mail WHERE mailbox = 'ira'", [], |r| r.get(0))
+        .query_row("SELECT password FROM mail WHERE mailbox = 'ira'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert!(h.starts_with("{SHA512-CRYPT}$6$"));
     let conn = rusqlite::Connection::open(lite_smtp.strip_prefix("sqlite:").unwrap()).unwrap();
     let n: i64 = conn
-        .query_row("SELECT count(*) FROM mail WHERE mailbox = 'ira'", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM mail WHERE mailbox = 'ira'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(n, 1);
     let mut d = mailcluster::directory::open(&lite_smtp, Duration::from_secs(3)).unwrap();
@@ -567,9 +862,17 @@ fn sqlite_directories_join_with_ordinary_transactions() {
         .unwrap();
     assert_eq!(r.primary, S2);
     // A failure on one participant (the mailbox exists already) changes nothing anywhere.
-    let r = mailctl_at(&config, &["mailbox", "add", "ira@omsk.domain.ru", "--no-password"], None);
+    let r = mailctl_at(
+        &config,
+        &["mailbox", "add", "ira@omsk.domain.ru", "--no-password"],
+        None,
+    );
     assert_eq!(r.code, 64, "{}", r.stderr);
-    assert_eq!(pg.psql(&s1.name, "SELECT count(*) FROM pg_prepared_xacts").trim(), "0");
+    assert_eq!(
+        pg.psql(&s1.name, "SELECT count(*) FROM pg_prepared_xacts")
+            .trim(),
+        "0"
+    );
     ok(&["failover", "--from", S2], None);
     let mut d = mailcluster::directory::open(&lite, Duration::from_secs(3)).unwrap();
     let r = d
@@ -583,7 +886,15 @@ fn sqlite_directories_join_with_ordinary_transactions() {
     let d3 = tempfile::tempdir().unwrap();
     let single = fixtures::sqlite_seed(d3.path());
     let r = Command::new(env!("CARGO_BIN_EXE_mailctl"))
-        .args(["--db", &single, "domain", "add", "ufa.domain.ru", "--primary", S1])
+        .args([
+            "--db",
+            &single,
+            "domain",
+            "add",
+            "ufa.domain.ru",
+            "--primary",
+            S1,
+        ])
         .env("MAILCLUSTER_CONFIG", &config)
         .output()
         .unwrap();

@@ -292,33 +292,6 @@ pub struct AdminDb {
     broken: bool,
 }
 
-/// How a database is spelled in messages: its configured name plus the backend, never
-/// a password.
-fn describe_url(url: &str) -> String {
-    if let Some(p) = url.strip_prefix("sqlite:") {
-        return format!("sqlite:{p}");
-    }
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(c) => {
-            let host = c
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(s) => s.clone(),
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_default();
-            format!(
-                "postgresql {}@{}/{}",
-                c.get_user().unwrap_or("?"),
-                host,
-                c.get_dbname().unwrap_or("?")
-            )
-        }
-        Err(_) => "postgresql (unparsable connection string)".to_string(),
-    }
-}
-
 impl AdminDb {
     /// Connect to the database `name` at `url` (role from the configuration).
     pub fn open(name: &str, url: &str, role: Role, timeout: Duration) -> Result<AdminDb> {
@@ -1126,41 +1099,25 @@ fn pg_text(e: &tokio_postgres::Error) -> String {
 }
 
 fn open_pg(name: &str, url: &str, timeout: Duration) -> Result<PgConn> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| {
-        Error::config(format!(
-            "database {name}: cannot parse its connection string: {e}"
-        ))
-    })?;
+    // Connection strings, TLS modes and certificates exactly as the read side.
+    let info = super::postgres::ConnInfo::parse(url)
+        .map_err(|e| Error::new(e.kind(), format!("database {name}: {e}")))?;
+    let (mut config, tls) = info
+        .connector()
+        .map_err(|e| Error::new(e.kind(), format!("database {name}: {e}")))?;
+    config.connect_timeout(timeout);
+    let desc = info.describe().to_string();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the database runtime", e))?;
-    let desc = describe_url(url);
-    let tls = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-        None
-    } else {
-        let builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
-            .map_err(|e| Error::internal(format!("database {name}: TLS setup: {e}")))?;
-        Some(postgres_openssl::MakeTlsConnector::new(builder.build()))
-    };
     let client = rt.block_on(async {
         let connect = async {
-            match tls {
-                None => {
-                    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    Ok::<_, tokio_postgres::Error>(client)
-                }
-                Some(tls) => {
-                    let (client, conn) = config.connect(tls).await?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    Ok(client)
-                }
-            }
+            let (client, conn) = config.connect(tls).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok::<_, tokio_postgres::Error>(client)
         };
         match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(c)) => Ok(c),

@@ -1,6 +1,6 @@
-//! A throwaway PostgreSQL cluster that allows two-phase commit (`max_prepared_transactions`
-//! > 0, which needs a restart), built on [`super::pg::Pg`]: started once per test binary,
-//! stopped at exit. Give every test its own databases ([`Pg::create_db`] or the fixtures).
+//! A throwaway PostgreSQL cluster that allows two-phase commit (a non-zero
+//! `max_prepared_transactions`, which needs a restart), built on [`super::pg::Pg`]:
+//! started once per test binary, stopped at exit. Give every test its own databases.
 #![allow(dead_code)]
 
 use super::pg::Pg;
