@@ -108,7 +108,12 @@ enum Command {
         from: Option<String>,
     },
     /// Resolve transactions an interrupted mailctl left prepared (every command does it too).
-    Recover,
+    Recover {
+        /// Also those prepared by mailctl on another host (presumed abort unless this
+        /// host's decision log says commit).
+        #[arg(long)]
+        foreign: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -821,7 +826,9 @@ fn run(cli: Cli) -> Result<i32> {
             };
             print_drift(json, &r)
         }
-        Command::Recover => {
+        Command::Recover { foreign } => {
+            let mut cluster = cluster;
+            cluster.foreign = foreign;
             let notes = cluster.recover_now()?;
             if json {
                 print_json(&notes)?;

@@ -3,7 +3,7 @@
 //! SQLite. Every command runs the real binary.
 mod support;
 
-use mailcluster::admin::state::{Decision, Participant, State, TxnLog};
+use mailcluster::admin::state::{self, Decision, Participant, State, TxnLog};
 use mailcluster::config::Role;
 use mailcluster::directory::txn::{self, AdminDb, Change, DomainKind};
 use mailcluster::names::{Domain, Strictness};
@@ -495,7 +495,7 @@ fn leave_prepared(env: &Env, id: &str, domain: &str) -> Vec<Participant> {
 fn prepared_transactions_left_behind_are_resolved_by_the_next_run() {
     let env = four_nodes("leftover", "");
     // Crash before the decision: no log entry saying commit → rolled back.
-    leave_prepared(&env, "1700000000-1-deadbeef", "orel.domain.ru");
+    leave_prepared(&env, &state::new_change_id(), "orel.domain.ru");
     assert_eq!(
         count(
             &env,
@@ -519,7 +519,7 @@ fn prepared_transactions_left_behind_are_resolved_by_the_next_run() {
         vec!["0"; 4]
     );
     // Crash after the decision was logged: committed everywhere by the next run.
-    let id = "1700000001-1-cafebabe";
+    let id = &state::new_change_id();
     let parts = leave_prepared(&env, id, "kursk.domain.ru");
     let state = State::open(&env.state).unwrap();
     state

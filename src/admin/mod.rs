@@ -102,6 +102,8 @@ pub struct Cluster {
     pub ports: PortsConfig,
     pub mail: MailConfig,
     pub config_path: Option<PathBuf>,
+    /// Also resolve transactions prepared by mailctl on another host (`recover --foreign`).
+    pub foreign: bool,
 }
 
 /// Open databases of one run (reachable ones) and the unreachable ones with their error.
@@ -153,6 +155,7 @@ impl Cluster {
             ports: config.ports.clone(),
             mail: config.mail.clone(),
             config_path: config.source.as_ref().map(|(p, _)| p.clone()),
+            foreign: false,
         })
     }
 
@@ -242,6 +245,7 @@ impl Cluster {
     /// decision log says commit, roll back the rest (no decision = abort).
     fn recover(&self, session: &mut Session) {
         let mut open: Vec<(String, String)> = Vec::new(); // (database, gid) still prepared
+        let my_tag = state::host_tag();
         let mut queried: Vec<String> = Vec::new();
         for db in session.dbs.iter_mut() {
             let gids = match db.prepared_gids() {
@@ -258,6 +262,16 @@ impl Cluster {
                 let Some(id) = txn::change_id_of(&gid).map(str::to_string) else {
                     continue;
                 };
+                if !self.foreign && state::host_tag_of(&id) != Some(my_tag.as_str()) {
+                    session.notes.push(format!(
+                        "database {}: transaction {gid} was prepared by mailctl on another \
+                         host; resolve it there (or here with `mailctl recover --foreign`, \
+                         which rolls back what that host's log does not say to commit)",
+                        db.name()
+                    ));
+                    open.push((db.name().to_string(), gid));
+                    continue;
+                }
                 let decision = match self.state.load_txn(&id) {
                     Ok(Some(log)) => log.decision,
                     Ok(None) => Decision::Abort,
@@ -420,7 +434,7 @@ impl Cluster {
         if opts.partial {
             out.method = "partial";
             for db in session.dbs.iter_mut() {
-                match apply_one(db, changes) {
+                match apply_one(db, changes).and_then(|()| verify(db, changes)) {
                     Ok(()) => out.applied.push(db.name().to_string()),
                     Err(e) => {
                         db.rollback();
@@ -683,6 +697,71 @@ fn apply_one(db: &mut AdminDb, changes: &[Change]) -> Result<()> {
         db.apply(c)?;
     }
     db.commit()
+}
+
+/// Read back what `changes` should have made (after a one-by-one `--partial` apply).
+fn verify(db: &mut AdminDb, changes: &[Change]) -> Result<()> {
+    use crate::directory::txn::DomainKind;
+    let snap = db.snapshot()?;
+    let domain = |d: &crate::names::Domain| {
+        snap.domains
+            .get(&(d.as_str().to_string(), DomainKind::Ldomain))
+            .or_else(|| {
+                snap.domains
+                    .get(&(d.as_str().to_string(), DomainKind::CoDomain))
+            })
+    };
+    let mailbox = |m: &crate::names::LocalPart, d: &crate::names::Domain| {
+        snap.mailboxes
+            .get(&(d.as_str().to_string(), m.as_str().to_string()))
+    };
+    for c in changes {
+        let ok = match c {
+            Change::AddDomain {
+                domain: d, primary, ..
+            } => domain(d).is_some_and(|st| st.primary == *primary),
+            Change::RemoveDomain { domain: d } => domain(d).is_none(),
+            // The effective flag also depends on the second-level domain's.
+            Change::SetDomainActive { domain: d, .. } => domain(d).is_some(),
+            Change::SetRoute {
+                domain: d,
+                primary,
+                backup,
+            } => domain(d).is_some_and(|st| {
+                st.primary == *primary
+                    && st.backup == backup.clone().filter(|b| b != primary && !b.is_empty())
+            }),
+            Change::AddMailbox {
+                mailbox: m,
+                domain: d,
+                active,
+                ..
+            }
+            | Change::SetMailboxActive {
+                mailbox: m,
+                domain: d,
+                active,
+            } => mailbox(m, d).is_some_and(|st| st.active == *active),
+            Change::SetPassword {
+                mailbox: m,
+                domain: d,
+                password,
+            } => {
+                mailbox(m, d).is_some_and(|st| db.role() == Role::Smtp || st.password == *password)
+            }
+            Change::RemoveMailbox {
+                mailbox: m,
+                domain: d,
+            } => mailbox(m, d).is_none(),
+        };
+        if !ok {
+            return Err(Error::internal(format!(
+                "database {}: committed, but reading back does not show: {c}",
+                db.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Is this error a reason to stop (as opposed to "already like that")?

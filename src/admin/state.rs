@@ -80,11 +80,29 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A fresh change id: time, pid and randomness; `[a-z0-9-]` only.
+/// A short tag of this host (8 hex digits of a hash of its name), part of every change id
+/// so that leftovers of another admin host's mailctl are never resolved here.
+pub fn host_tag() -> String {
+    use sha2::Digest;
+    let name = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(name.as_bytes())[..4])
+}
+
+/// A fresh change id: time, host tag, pid and randomness; `[a-z0-9-]` only.
 pub fn new_change_id() -> String {
     use rand::Rng;
     let r: u32 = rand::thread_rng().gen();
-    format!("{}-{}-{r:08x}", now(), std::process::id())
+    format!("{}-{}-{}-{r:08x}", now(), host_tag(), std::process::id())
+}
+
+/// The host tag inside a change id made by [`new_change_id`].
+pub fn host_tag_of(change_id: &str) -> Option<&str> {
+    let mut parts = change_id.split('-');
+    parts.next()?;
+    let tag = parts.next()?;
+    (tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit())).then_some(tag)
 }
 
 /// A file-name-safe form of a database or node name.
