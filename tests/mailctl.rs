@@ -187,6 +187,28 @@ fn count(env: &Env, q: &str) -> Vec<String> {
 #[test]
 fn every_command_against_four_databases() {
     let env = four_nodes("every", "");
+    // Schema across all four, each with its role.
+    let r = env.ok(&["schema", "init"]);
+    for n in NAMES {
+        assert!(
+            r.stdout.contains(&format!("{n}: schema ok")),
+            "{}",
+            r.stdout
+        );
+    }
+    assert!(
+        r.stdout.contains("smtp-02: schema ok (smtp role)"),
+        "{}",
+        r.stdout
+    );
+    let r = env.ok(&["schema", "check"]);
+    assert!(
+        r.stdout
+            .contains("storage-01: mail.password is varchar(128): holds SHA512-CRYPT"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("smtp-01: missing"), "{}", r.stdout);
     // Domains.
     env.ok(&[
         "domain",
