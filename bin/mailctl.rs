@@ -257,7 +257,7 @@ enum NodeCmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli: Cli = mailcluster::cli::parse();
     mailcluster::logging::init(
         "mailctl",
         mailcluster::logging::LogTarget::Stderr,
