@@ -485,6 +485,25 @@ fn unreachable_database_changes_nothing_then_partial_drift_and_repair() {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert!(v["items"].as_array().unwrap().is_empty());
     assert!(v["pending"].as_array().unwrap().is_empty());
+    // When the first database is the one that missed a change, drift compares against one
+    // that did not.
+    env.block("storage-01");
+    let r = env.run(&["--partial", "domain", "disable", "msk.domain.ru"]);
+    assert_eq!(r.code, 75, "{}", r.stderr);
+    env.unblock("storage-01");
+    let r = env.run(&["--json", "drift"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["reference"], "storage-02");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["database"], "storage-01");
+    assert_eq!(items[0]["object"], "domain msk.domain.ru");
+    env.ok(&["drift", "--repair", "--from", "storage-02"]);
+    assert_eq!(
+        count(&env, "SELECT active FROM ldomain WHERE domain = 'msk'"),
+        vec!["f"; 4]
+    );
+    env.ok(&["drift"]);
 }
 
 /// Simulate a crash between PREPARE TRANSACTION and COMMIT PREPARED.

@@ -273,10 +273,15 @@ impl Cluster {
             }
             None => {
                 if session.dbs.is_empty() {
-                    Err(Error::temporary("no database answers"))
-                } else {
-                    Ok(0)
+                    return Err(Error::temporary("no database answers"));
                 }
+                // Prefer a database that missed nothing.
+                for (i, db) in session.dbs.iter().enumerate() {
+                    if self.state.pending(db.name())?.is_empty() {
+                        return Ok(i);
+                    }
+                }
+                Ok(0)
             }
         }
     }
@@ -328,10 +333,18 @@ impl Cluster {
                 });
             }
         }
+        let reference_pending = self.state.pending(&reference)?;
+        if !reference_pending.is_empty() {
+            report.notes.push(format!(
+                "the reference {reference} itself missed {} change(s) (listed under pending): \
+                 compare or repair from another database",
+                reference_pending.len()
+            ));
+        }
         // Pending records of reachable databases that show no drift are stale.
         for db in &session.dbs {
             let name = db.name().to_string();
-            if !report.items.iter().any(|i| i.database == name) {
+            if name != reference && !report.items.iter().any(|i| i.database == name) {
                 self.state.clear_pending(&name)?;
             } else {
                 for p in self.state.pending(&name)? {
