@@ -1,42 +1,39 @@
 //! Hashing new passwords for `mailctl mailbox add|passwd`, in Dovecot's `{SCHEME}hash`
-//! form. A thin adapter: the schemes mailctl writes are SHA512-CRYPT (the default),
-//! SHA256-CRYPT, BLF-CRYPT and the seed's PLAIN-MD5; verification lives in `auth`.
+//! form, with the library's password schemes ([`crate::auth::scheme`], the same code that
+//! verifies them). The scheme comes from `[ctl] password_scheme` (default SHA512-CRYPT).
 
+use crate::auth::scheme::{self, Scheme};
 use crate::error::{Error, Result};
-use rand::Rng;
 
 /// The scheme new passwords get unless `[ctl] password_scheme` says otherwise.
 pub const DEFAULT_SCHEME: &str = "SHA512-CRYPT";
 
 /// Longest password accepted (bytes).
-pub const MAX_PASSWORD_LEN: usize = 1024;
+pub const MAX_PASSWORD_LEN: usize = scheme::MAX_PASSWORD_LEN;
 
-const CRYPT_ALPHABET: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-fn salt(len: usize) -> String {
-    let mut rng = rand::thread_rng();
-    (0..len)
-        .map(|_| CRYPT_ALPHABET[rng.gen_range(0..CRYPT_ALPHABET.len())] as char)
-        .collect()
-}
-
-/// The canonical spelling of a scheme name, or a bad-input error listing what works.
-pub fn normalize_scheme(scheme: &str) -> Result<&'static str> {
-    match scheme.trim().to_ascii_uppercase().as_str() {
-        "SHA512-CRYPT" => Ok("SHA512-CRYPT"),
-        "SHA256-CRYPT" => Ok("SHA256-CRYPT"),
-        "BLF-CRYPT" => Ok("BLF-CRYPT"),
-        "PLAIN-MD5" | "MD5" => Ok("PLAIN-MD5"),
-        _ => Err(Error::config(format!(
-            "password scheme {} is not one mailctl can write; use SHA512-CRYPT (default), \
-             SHA256-CRYPT, BLF-CRYPT or PLAIN-MD5 in [ctl] password_scheme",
-            crate::names::printable(scheme)
-        ))),
+/// The canonical name of a scheme mailctl may store new passwords with. Dovecot's salted
+/// and crypt schemes are accepted; plain text and unsalted digests other than the seed's
+/// PLAIN-MD5 are refused.
+pub fn normalize_scheme(name: &str) -> Result<&'static str> {
+    let refuse = || {
+        Error::config(format!(
+            "password scheme {} cannot be used for new passwords; use SHA512-CRYPT (default), \
+             SHA256-CRYPT, BLF-CRYPT, ARGON2ID, ARGON2I, SSHA512 or PLAIN-MD5 (the seed's) in \
+             [ctl] password_scheme",
+            crate::names::printable(name)
+        ))
+    };
+    let s = Scheme::from_name(name.trim()).ok_or_else(refuse)?;
+    match s {
+        Scheme::Plain | Scheme::Crypt | Scheme::Md5 | Scheme::LdapMd5 | Scheme::Sha1 => {
+            Err(refuse())
+        }
+        s => Ok(s.name()),
     }
 }
 
 /// Hash `password` with `scheme`; the result carries the `{SCHEME}` prefix.
-pub fn hash(scheme: &str, password: &str) -> Result<String> {
+pub fn hash(scheme_name: &str, password: &str) -> Result<String> {
     if password.is_empty() {
         return Err(Error::bad_input("empty password refused"));
     }
@@ -50,37 +47,17 @@ pub fn hash(scheme: &str, password: &str) -> Result<String> {
             "a password cannot contain NUL or line breaks",
         ));
     }
-    let scheme = normalize_scheme(scheme)?;
-    let fail = |e: String| Error::internal(format!("hashing with {scheme}: {e}"));
-    match scheme {
-        "SHA512-CRYPT" => {
-            let s = salt(16);
-            let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT)
-                .map_err(|e| fail(format!("{e:?}")))?;
-            let h = sha_crypt::sha512_crypt_b64(password.as_bytes(), s.as_bytes(), &params)
-                .map_err(|e| fail(format!("{e:?}")))?;
-            Ok(format!("{{SHA512-CRYPT}}$6${s}${h}"))
-        }
-        "SHA256-CRYPT" => {
-            let s = salt(16);
-            let params = sha_crypt::Sha256Params::new(sha_crypt::ROUNDS_DEFAULT)
-                .map_err(|e| fail(format!("{e:?}")))?;
-            let h = sha_crypt::sha256_crypt_b64(password.as_bytes(), s.as_bytes(), &params)
-                .map_err(|e| fail(format!("{e:?}")))?;
-            Ok(format!("{{SHA256-CRYPT}}$5${s}${h}"))
-        }
-        "BLF-CRYPT" => {
-            let h = bcrypt::hash(password, 10).map_err(|e| fail(e.to_string()))?;
-            Ok(format!("{{BLF-CRYPT}}{h}"))
-        }
-        _ => {
-            use md5::Digest;
-            Ok(format!(
-                "{{PLAIN-MD5}}{}",
-                hex::encode(md5::Md5::digest(password.as_bytes()))
-            ))
-        }
-    }
+    let name = normalize_scheme(scheme_name)?;
+    let s =
+        Scheme::from_name(name).ok_or_else(|| Error::internal(format!("unknown scheme {name}")))?;
+    let stored = scheme::generate(password.as_bytes(), s)
+        .map_err(|e| Error::internal(format!("hashing with {name}: {}", e.0)))?;
+    let prefix = format!("{{{name}}}");
+    Ok(if stored.starts_with('{') {
+        stored
+    } else {
+        format!("{prefix}{stored}")
+    })
 }
 
 /// The length of a hash `scheme` produces (a sample hash of a sample password).
@@ -107,6 +84,9 @@ mod tests {
         assert!(hash("SHA512-CRYPT", "").is_err());
         assert!(hash("SHA512-CRYPT", "a\nb").is_err());
         assert!(hash("ROT13", "x").is_err());
+        assert!(hash("PLAIN", "x").is_err());
+        assert!(scheme::verify(b"pw", &hash("ARGON2ID", "pw").unwrap(), Scheme::Md5).unwrap());
+        assert!(scheme::verify(b"pw", &hash("BLF-CRYPT", "pw").unwrap(), Scheme::Md5).unwrap());
         assert_eq!(
             hash("PLAIN-MD5", "ivanov-pw").unwrap().len(),
             "{PLAIN-MD5}".len() + 32

@@ -325,17 +325,33 @@ impl Pg {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Stop the server (fast shutdown). Connections then fail with "connection refused".
+    /// Stop the server (fast shutdown) and wait until every server process is gone.
+    /// Connections then fail with "connection refused".
     pub fn stop(&self) {
         self.resume();
-        let _ = pg_command("pg_ctl")
+        let pids = self.server_pids();
+        let ok = pg_command("pg_ctl")
             .arg("-D")
             .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", "30", "stop"])
+            .args(["-m", "fast", "-w", "-t", "10", "stop"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        let gone = Pg::wait_until(Duration::from_secs(if ok { 5 } else { 0 }), || {
+            pids.iter().all(|p| !alive(*p))
+        });
+        if !gone {
+            for pid in pids.iter().filter(|p| alive(**p)) {
+                // SAFETY: signalling a server process we started.
+                unsafe {
+                    libc::kill(*pid, libc::SIGKILL);
+                }
+            }
+            Pg::wait_until(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p)));
+        }
     }
 
     /// Start a stopped server again (same port).
@@ -422,26 +438,8 @@ impl Pg {
 
     /// Stop the server for good (idempotent; used at exit and on drop).
     fn shutdown(&self) {
-        self.resume();
         if self.postmaster_pid().is_some() {
-            let ok = pg_command("pg_ctl")
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-m", "immediate", "-w", "-t", "10", "stop"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                if let Some(pid) = self.postmaster_pid() {
-                    // SAFETY: signalling the postmaster we started.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
-            }
+            self.stop();
         }
         if self.owned {
             let _ = std::fs::remove_dir_all(&self.root);
@@ -464,6 +462,20 @@ impl Pg {
 impl Drop for Pg {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Is `pid` a live (not zombie) process? (Linux /proc; test code only.)
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .unwrap_or("X");
+            state != "Z" && state != "X"
+        }
     }
 }
 
