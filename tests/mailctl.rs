@@ -186,7 +186,10 @@ fn count(env: &Env, q: &str) -> Vec<String> {
 
 #[test]
 fn every_command_against_four_databases() {
-    let env = four_nodes("every", "");
+    let env = four_nodes(
+        "every",
+        &format!("[auth.nodes]\n\"{S1}\" = \"127.0.0.1\"\n[ports]\npop3 = 1\nimap = 1\nsmtp = 1\n"),
+    );
     // Schema across all four, each with its role.
     let r = env.ok(&["schema", "init"]);
     for n in NAMES {
@@ -350,8 +353,21 @@ fn every_command_against_four_databases() {
         .unwrap();
     assert_eq!(s1["databases"][0]["name"], "storage-01");
     assert!(s1["primary_of"].as_u64().unwrap() >= 5);
+    let r = env.ok(&["--json", "node", "list"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let s1 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == S1)
+        .unwrap();
+    assert_eq!(s1["services"][1]["service"], "pop3");
+    assert_eq!(
+        s1["services"][1]["state"], "down",
+        "nothing listens on 127.0.0.1:1"
+    );
     let r = env.ok(&["node", "list"]);
-    assert!(r.stdout.contains("services"));
+    assert!(r.stdout.contains("pop3:down"), "{}", r.stdout);
     // Destructive commands refuse without --yes off a terminal, and say what happens to Maildirs.
     let r = env.run(&["mailbox", "remove", "anna@tver.domain.ru"]);
     assert_eq!(r.code, 64, "{}", r.stderr);

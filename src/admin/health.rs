@@ -16,8 +16,15 @@ pub struct ServiceHealth {
     pub state: &'static str,
 }
 
-/// Probe IMAP, POP3 and SMTP on `node` within `timeout` each.
-pub fn probe(node: &str, ports: &PortsConfig, timeout: Duration) -> Vec<ServiceHealth> {
+/// Probe IMAP, POP3 and SMTP on `node` (at `address` when `[auth.nodes]` names one)
+/// within `timeout` each.
+pub fn probe(
+    node: &str,
+    address: Option<&str>,
+    ports: &PortsConfig,
+    timeout: Duration,
+) -> Vec<ServiceHealth> {
+    let host = address.unwrap_or(node);
     [
         ("imap", ports.imap),
         ("pop3", ports.pop3),
@@ -25,7 +32,7 @@ pub fn probe(node: &str, ports: &PortsConfig, timeout: Duration) -> Vec<ServiceH
     ]
     .into_iter()
     .map(|(service, port)| {
-        let state = match (node, port).to_socket_addrs() {
+        let state = match (host, port).to_socket_addrs() {
             Err(_) => "unresolvable",
             Ok(addrs) => {
                 let addrs: Vec<_> = addrs.take(4).collect();

@@ -104,6 +104,8 @@ pub struct Cluster {
     pub config_path: Option<PathBuf>,
     /// Also resolve transactions prepared by mailctl on another host (`recover --foreign`).
     pub foreign: bool,
+    /// Node name → IP address (`[auth.nodes]`), for health probes.
+    pub node_addresses: std::collections::BTreeMap<String, String>,
 }
 
 /// Open databases of one run (reachable ones) and the unreachable ones with their error.
@@ -156,6 +158,15 @@ impl Cluster {
             mail: config.mail.clone(),
             config_path: config.source.as_ref().map(|(p, _)| p.clone()),
             foreign: false,
+            node_addresses: config
+                .section::<crate::auth::authenticator::AuthSettings>("auth")
+                .map(|a| {
+                    a.nodes
+                        .into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 

@@ -335,13 +335,15 @@ impl Cluster {
         if probe {
             let t = self.timeout.min(std::time::Duration::from_secs(2));
             let ports = self.ports.clone();
+            let addresses = &self.node_addresses;
             std::thread::scope(|s| {
                 let hs: Vec<_> = nodes
                     .values_mut()
                     .map(|v| {
                         let ports = &ports;
                         s.spawn(move || {
-                            v.services = super::health::probe(&v.node, ports, t);
+                            let addr = addresses.get(&v.node).map(String::as_str);
+                            v.services = super::health::probe(&v.node, addr, ports, t);
                         })
                     })
                     .collect();
