@@ -972,3 +972,56 @@ fn sqlite_directories_join_with_ordinary_transactions() {
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
+
+#[test]
+fn hung_database_is_a_bounded_temporary_failure() {
+    let shared = support::pg_2pc::cluster();
+    let s1 = fixtures::load_pg(shared, "hung_s1");
+    let private = Pg::start_private();
+    private.psql_as(
+        "postgres",
+        "postgres",
+        "ALTER SYSTEM SET max_prepared_transactions = 5;",
+    );
+    private.stop();
+    private.start();
+    let m1 = fixtures::load_pg_smtp(&private, "hung_m1");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &[
+            ("storage-01", s1.url.clone(), "storage"),
+            ("smtp-01", m1.url.clone(), "smtp"),
+        ],
+        "",
+    );
+    let r = mailctl_at(
+        &config,
+        &["domain", "add", "kaluga.domain.ru", "--primary", S1],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    private.hang();
+    let start = std::time::Instant::now();
+    let r = mailctl_at(
+        &config,
+        &["domain", "add", "bryansk.domain.ru", "--primary", S1],
+        None,
+    );
+    let took = start.elapsed();
+    private.resume();
+    assert_eq!(r.code, 75, "{}", r.stderr);
+    assert!(r.stderr.contains("smtp-01"), "{}", r.stderr);
+    assert!(took < Duration::from_secs(15), "bounded: {took:?}");
+    assert_eq!(
+        shared
+            .psql(
+                &s1.name,
+                "SELECT count(*) FROM ldomain WHERE domain = 'bryansk'"
+            )
+            .trim(),
+        "0"
+    );
+    let r = mailctl_at(&config, &["drift"], None);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
