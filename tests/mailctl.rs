@@ -634,6 +634,17 @@ fn failover_rejoin_failback() {
         assert_eq!(env.route(n, "gone.example.net").0, S2, "{n}");
         assert_eq!(env.route(n, "ekb.domain.ru").0, S1, "{n}: no backup, stays");
     }
+    // mailauth on storage-01's side (proxy mode) now sends ivanov to the new primary.
+    let auth_cfg = env.root.join("auth.toml");
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str(&format!(
+        "[auth]\nproxy_mode = true\n[auth.nodes]\n\"{S1}\" = \"10.0.0.1\"\n\"{S2}\" = \"10.0.0.2\"\n"
+    ));
+    std::fs::write(&auth_cfg, text).unwrap();
+    assert_eq!(
+        mailauth_proxy_host(&auth_cfg, "ivanov@msk.domain.ru", "ivanov-pw").as_deref(),
+        Some("10.0.0.2")
+    );
     let r = env.run(&["drift"]);
     assert_eq!(r.code, 1);
     assert!(r.stdout.contains("pending for storage-01"), "{}", r.stdout);
@@ -673,6 +684,11 @@ fn failover_rejoin_failback() {
     assert_eq!(
         restored, original,
         "failback restores the original maps rows exactly"
+    );
+    assert_eq!(
+        mailauth_proxy_host(&auth_cfg, "ivanov@msk.domain.ru", "ivanov-pw"),
+        None,
+        "served by storage-01 again"
     );
     assert_eq!(
         mailctl_at(&bad, &["failback", S1], None).code,
@@ -762,6 +778,51 @@ fn passwords_never_in_argv_nor_logs() {
     let r = env.run(&["mailbox", "add", "lev@msk.domain.ru"]);
     assert_eq!(r.code, 64, "{}", r.stderr);
     assert!(r.stderr.contains("--password-stdin"), "{}", r.stderr);
+}
+
+/// `mailauth checkpassword` (proxy mode, as node S1) for `user`: the proxy host it
+/// answers (None: served locally). Panics unless the login succeeds.
+fn mailauth_proxy_host(config: &Path, user: &str, pw: &str) -> Option<String> {
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("fd3");
+    std::fs::write(&input, format!("{user}\0{pw}\0\0")).unwrap();
+    let file = std::fs::File::open(&input).unwrap();
+    let fd = file.as_raw_fd();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailauth"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(["checkpassword", "/usr/bin/env"])
+        .env_clear()
+        .stdin(Stdio::null());
+    // SAFETY: only the async-signal-safe dup2/fcntl between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec: clear it then.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    drop(file);
+    assert!(
+        out.status.success(),
+        "mailauth: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("host="))
+        .map(str::to_string)
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
