@@ -538,10 +538,23 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 Ok(0)
             }
-            DomainCmd::Enable { domain } => apply(vec![Change::SetDomainActive {
-                domain: ops::parse_domain(&domain)?,
-                active: true,
-            }]),
+            DomainCmd::Enable { domain } => {
+                let domain = ops::parse_domain(&domain)?;
+                let code = apply(vec![Change::SetDomainActive {
+                    domain: domain.clone(),
+                    active: true,
+                }])?;
+                if let Ok((_, d, _)) = cluster.domain_show(&domain, None) {
+                    if !d.active {
+                        let parent = domain.split_first().map(|(_, p)| p).unwrap_or("");
+                        eprintln!(
+                            "note: {domain} stays inactive: its second-level domain {parent} is \
+                             disabled (mdomain.active, shared by all its third-level domains)"
+                        );
+                    }
+                }
+                Ok(code)
+            }
             DomainCmd::Disable { domain } => apply(vec![Change::SetDomainActive {
                 domain: ops::parse_domain(&domain)?,
                 active: false,

@@ -307,6 +307,8 @@ fn every_command_against_four_databases() {
         vec!["f"; 4]
     );
     env.ok(&["domain", "enable", "tver.domain.ru"]);
+    let r = env.ok(&["domain", "enable", "shop.closed.ru"]);
+    assert!(r.stderr.contains("closed.ru is disabled"), "{}", r.stderr);
     env.ok(&[
         "route",
         "set",
