@@ -49,7 +49,7 @@ pub struct CtlSettings {
 impl Default for CtlSettings {
     fn default() -> Self {
         CtlSettings {
-            state_dir: PathBuf::from("/var/lib/mailcluster"),
+            state_dir: default_state_dir(),
             password_scheme: password::DEFAULT_SCHEME.to_string(),
             mailsync: None,
             mailsync_args: [
@@ -60,6 +60,20 @@ impl Default for CtlSettings {
             .collect(),
             lock_wait: 10.0,
         }
+    }
+}
+
+/// `/var/lib/mailcluster`, or `/var/db/mailcluster` on the BSDs.
+pub fn default_state_dir() -> PathBuf {
+    if cfg!(any(
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    )) {
+        PathBuf::from("/var/db/mailcluster")
+    } else {
+        PathBuf::from("/var/lib/mailcluster")
     }
 }
 
