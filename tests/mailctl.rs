@@ -39,6 +39,9 @@ fn write_config(root: &Path, dirs: &[(&str, String, &str)], extra: &str) -> Path
     ));
     let path = root.join("mailcluster.toml");
     std::fs::write(&path, text).unwrap();
+    // It may hold database passwords: not world-readable.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
 
@@ -643,6 +646,8 @@ fn failover_rejoin_failback() {
         "[auth]\nproxy_mode = true\n[auth.nodes]\n\"{S1}\" = \"10.0.0.1\"\n\"{S2}\" = \"10.0.0.2\"\n"
     ));
     std::fs::write(&auth_cfg, text).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&auth_cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(
         mailauth_proxy_host(&auth_cfg, "ivanov@msk.domain.ru", "ivanov-pw").as_deref(),
         Some("10.0.0.2")
@@ -1054,7 +1059,7 @@ fn hung_database_is_a_bounded_temporary_failure() {
         dir.path(),
         &[
             ("storage-01", s1.url.clone(), "storage"),
-            ("smtp-01", m1.url.clone(), "smtp"),
+            ("smtp-01", m1.tcp_url.clone(), "smtp"),
         ],
         "",
     );
@@ -1075,6 +1080,7 @@ fn hung_database_is_a_bounded_temporary_failure() {
     private.resume();
     assert_eq!(r.code, 75, "{}", r.stderr);
     assert!(r.stderr.contains("smtp-01"), "{}", r.stderr);
+    assert!(!r.stderr.contains(support::pg::PASSWORD), "{}", r.stderr);
     assert!(took < Duration::from_secs(15), "bounded: {took:?}");
     assert_eq!(
         shared
