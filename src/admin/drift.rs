@@ -425,3 +425,71 @@ impl Cluster {
         Ok(after)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::txn::{DomainKind, DomainState, MailboxState};
+
+    fn snap(domains: &[(&str, &str, &str)], mailboxes: &[(&str, &str, Option<&str>)]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (d, p, b) in domains {
+            s.domains.insert(
+                (d.to_string(), DomainKind::Ldomain),
+                DomainState {
+                    active: true,
+                    primary: p.to_string(),
+                    backup: Some(b.to_string()),
+                    storage2: b.to_string(),
+                },
+            );
+        }
+        for (d, m, pw) in mailboxes {
+            s.mailboxes.insert(
+                (d.to_string(), m.to_string()),
+                MailboxState {
+                    active: true,
+                    password: pw.map(str::to_string),
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn compares_by_natural_keys_and_plans_repairs() {
+        let r = snap(
+            &[("a.x.ru", "n1", "n2"), ("b.x.ru", "n1", "n2")],
+            &[
+                ("a.x.ru", "u1", Some("{P}1")),
+                ("a.x.ru", "u2", Some("{P}2")),
+            ],
+        );
+        let o = snap(
+            &[("a.x.ru", "n2", "n1"), ("c.x.ru", "n1", "n2")],
+            &[("a.x.ru", "u1", Some("{P}other")), ("c.x.ru", "z", None)],
+        );
+        let items = compare("db2", (&r, Role::Storage), (&o, Role::Storage));
+        let got: Vec<(String, &str)> = items
+            .iter()
+            .map(|i| (i.object.clone(), i.problem))
+            .collect();
+        assert!(got.contains(&("domain a.x.ru".into(), "differs")));
+        assert!(got.contains(&("domain b.x.ru".into(), "missing")));
+        assert!(got.contains(&("domain c.x.ru".into(), "extra")));
+        assert!(got.contains(&("mailbox u1@a.x.ru".into(), "differs")));
+        assert!(got.contains(&("mailbox u2@a.x.ru".into(), "missing")));
+        assert!(got.contains(&("mailbox z@c.x.ru".into(), "extra")));
+        // The extra domain's mailbox goes with the domain; no separate repair.
+        let z = items
+            .iter()
+            .find(|i| i.object == "mailbox z@c.x.ru")
+            .unwrap();
+        assert!(z.repair.is_none());
+        // Passwords are not compared against an smtp-role database.
+        let items = compare("smtp", (&r, Role::Storage), (&o, Role::Smtp));
+        assert!(!items.iter().any(|i| i.detail.contains("password")));
+        // Identical snapshots: nothing.
+        assert!(compare("same", (&r, Role::Storage), (&r, Role::Storage)).is_empty());
+    }
+}
