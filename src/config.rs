@@ -190,8 +190,7 @@ impl Config {
     /// Read a configuration file. A file holding a secret (see [`Config::secrets`]) must not
     /// be readable by everyone, and no configuration file may be writable by everyone.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = read_bounded(path)?;
-        let (text, mode) = text;
+        let (text, mode) = read_bounded(path)?;
         let doc: Option<toml::Table> = toml::from_str(&text).ok();
         if let Some(mode) = mode {
             check_mode(
