@@ -4,17 +4,22 @@
 //!     cargo run --release --example demo
 //!
 //! It prints a story and checks every answer on the way; it exits 1 if one is wrong.
-//! Later steps of the project extend it with authentication, sync and failover.
+//! Chapters 1-8 (this file): the directory and the lookups. `logins.rs`: password schemes,
+//! Dovecot's passdb/userdb, databases down. `mailctl.rs`: changes written to every node,
+//! drift, failover, rejoin and failback.
+
+mod logins;
+mod mailctl;
 
 use mailcluster::config::{Config, DirectoryConfig, Role};
 use mailcluster::directory::write::{open_writer, DirectoryWriter};
 use mailcluster::directory::{schema, Directory, DomainSource};
 use mailcluster::names::{Address, Domain, LocalPart, Strictness};
 use mailcluster::{Error, ErrorKind, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-const STORAGE1: &str = "storage-01.domain.ru";
-const STORAGE2: &str = "storage-02.domain.ru";
+pub(crate) const STORAGE1: &str = "storage-01.domain.ru";
+pub(crate) const STORAGE2: &str = "storage-02.domain.ru";
 
 /// Branch domains: (domain, primary, backup, active). The last is a whole domain outside the
 /// branch scheme (`co_domain`).
@@ -57,7 +62,7 @@ const DOMAINS: &[(&str, DomainSource, &str, &str, bool)] = &[
 ];
 
 /// Mailboxes: (address, password, active).
-const MAILBOXES: &[(&str, &str, bool)] = &[
+pub(crate) const MAILBOXES: &[(&str, &str, bool)] = &[
     ("ivanov@msk.domain.ru", "ivanov-pw", true),
     ("petrova@msk.domain.ru", "petrova-pw", true),
     ("sidorov@kzn.domain.ru", "sidorov-pw", false),
@@ -66,21 +71,25 @@ const MAILBOXES: &[(&str, &str, bool)] = &[
 ];
 
 /// The seed stores unsalted MD5 hex (Dovecot's PLAIN-MD5).
-fn md5_hex(plain: &str) -> String {
+pub(crate) fn md5_hex(plain: &str) -> String {
     use md5::{Digest, Md5};
     hex::encode(Md5::digest(plain.as_bytes()))
 }
 
-struct Story {
+pub(crate) struct Story {
     wrong: Vec<String>,
+    chapter: u32,
 }
 
 impl Story {
-    fn chapter(&self, n: u32, title: &str) {
-        println!("\n{n}. {title}\n{}", "-".repeat(title.len() + 3));
+    pub(crate) fn chapter(&mut self, title: &str) {
+        self.chapter += 1;
+        let n = self.chapter;
+        let head = format!("{n}. {title}");
+        println!("\n{head}\n{}", "-".repeat(head.chars().count()));
     }
     /// Print a line and check it against what the demo expects.
-    fn check(&mut self, ok: bool, line: String) {
+    pub(crate) fn check(&mut self, ok: bool, line: String) {
         if ok {
             println!("   {line}");
         } else {
@@ -90,12 +99,25 @@ impl Story {
     }
 }
 
-fn domain(s: &str) -> Result<Domain> {
+/// What the later chapters need from the first ones.
+pub(crate) struct Cluster {
+    /// The temporary directory everything lives in.
+    pub base: PathBuf,
+    /// (directory name, role, URL) of storage-01, storage-02, smtp-01.
+    pub urls: Vec<(&'static str, Role, String)>,
+    /// storage-01's configuration.
+    pub config: Config,
+}
+
+pub(crate) fn domain(s: &str) -> Result<Domain> {
     Domain::parse(s, Strictness::Admin)
 }
 
 fn main() {
-    let mut story = Story { wrong: Vec::new() };
+    let mut story = Story {
+        wrong: Vec::new(),
+        chapter: 0,
+    };
     match run(&mut story) {
         Ok(()) if story.wrong.is_empty() => {
             println!("\nEverything answered as expected.");
@@ -124,7 +146,7 @@ fn run(story: &mut Story) -> Result<()> {
     println!("(everything is removed when the demo ends)");
 
     // 1. One database per node, written by the admin tool to every node alike.
-    story.chapter(1, "Every node has its own directory database (SQLite here)");
+    story.chapter("Every node has its own directory database (SQLite here)");
     let nodes = [
         ("storage-01", Role::Storage),
         ("storage-02", Role::Storage),
@@ -170,10 +192,7 @@ fn run(story: &mut Story) -> Result<()> {
     }
 
     // 2. Which domains each storage accepts (Exim's local_domains on a storage).
-    story.chapter(
-        2,
-        "Local domains per storage (Exim: domainlist local_domains)",
-    );
+    story.chapter("Local domains per storage (Exim: domainlist local_domains)");
     let mut dirs: Vec<(&str, Box<dyn Directory>)> = Vec::new();
     for (name, _, url) in &urls {
         dirs.push((
@@ -202,10 +221,7 @@ fn run(story: &mut Story) -> Result<()> {
     }
 
     // 3. Routes, as an SMTP node sees them (Exim manualroute: primary, then backup).
-    story.chapter(
-        3,
-        "Routes from the SMTP node's own database (Exim: route_list)",
-    );
+    story.chapter("Routes from the SMTP node's own database (Exim: route_list)");
     let smtp = &mut dirs[2].1;
     for (d, source, primary, backup, _) in DOMAINS {
         let dom = domain(d)?;
@@ -235,10 +251,7 @@ fn run(story: &mut Story) -> Result<()> {
     );
 
     // 4. Mailboxes, as Dovecot's passdb/userdb on a storage sees them.
-    story.chapter(
-        4,
-        "Mailboxes in storage-01's database (Dovecot: passdb and userdb)",
-    );
+    story.chapter("Mailboxes in storage-01's database (Dovecot: passdb and userdb)");
     let storage = &mut dirs[0].1;
     for (addr, password, active) in MAILBOXES {
         let a = Address::parse(addr, Strictness::Admin)?;
@@ -288,7 +301,7 @@ fn run(story: &mut Story) -> Result<()> {
     );
 
     // 5. Where mail lives.
-    story.chapter(5, "Home and Maildir paths from the [mail] template");
+    story.chapter("Home and Maildir paths from the [mail] template");
     for addr in ["ivanov@msk.domain.ru", "Smirnova+lists@SPB.domain.ru"] {
         let a = Address::parse(addr, Strictness::Lookup)?;
         let home = config.home(&a.local, &a.domain)?;
@@ -302,7 +315,7 @@ fn run(story: &mut Story) -> Result<()> {
     }
 
     // 6. The node name check.
-    story.chapter(6, "Configuration checks: the node name, secrets");
+    story.chapter("Configuration checks: the node name, secrets");
     config.check_node(dirs[0].1.as_mut())?;
     story.check(
         true,
@@ -346,10 +359,7 @@ fn run(story: &mut Story) -> Result<()> {
     );
 
     // 7. What each storage replicates.
-    story.chapter(
-        7,
-        "What mailsync replicates: each storage's domains, to their backup",
-    );
+    story.chapter("What mailsync replicates: each storage's domains, to their backup");
     for (i, node) in [(0, STORAGE1), (1, STORAGE2)] {
         let mut theirs = dirs[i].1.domains(Some(node))?;
         theirs.sort_by(|a, b| a.domain.cmp(&b.domain));
@@ -377,10 +387,7 @@ fn run(story: &mut Story) -> Result<()> {
     }
 
     // 8. Databases that cannot be reached.
-    story.chapter(
-        8,
-        "When a database is unreachable: the next one, else \"try again later\"",
-    );
+    story.chapter("When a database is unreachable: the next one, else \"try again later\"");
     let down = DirectoryConfig {
         name: "storage-01-pg".to_string(),
         // Nothing listens on port 1: the connection is refused at once.
@@ -423,6 +430,18 @@ fn run(story: &mut Story) -> Result<()> {
         Err(e) => story.check(false, format!("all down: {:?}: {e}", e.kind())),
         Ok(r) => story.check(false, format!("all down, yet an answer: {r:?}")),
     }
+
+    let cluster = Cluster {
+        base: base.to_path_buf(),
+        urls,
+        config,
+    };
+    logins::schemes(story)?;
+    let admin = mailctl::add_everywhere(story, &cluster)?;
+    logins::dovecot(story, &cluster)?;
+    logins::all_down(story, &cluster)?;
+    mailctl::drift(story, &cluster, &admin)?;
+    mailctl::failover(story, &cluster, &admin)?;
     Ok(())
 }
 
@@ -437,14 +456,14 @@ fn populate(w: &mut dyn DirectoryWriter) -> Result<()> {
     Ok(())
 }
 
-fn write_mode(path: &Path, text: &str, mode: u32) -> Result<()> {
+pub(crate) fn write_mode(path: &Path, text: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
 }
 
-fn rel(p: &Path, base: &Path) -> String {
+pub(crate) fn rel(p: &Path, base: &Path) -> String {
     match p.strip_prefix(base) {
         Ok(r) => format!("$TMP/{}", r.display()),
         Err(_) => p.display().to_string(),
