@@ -82,11 +82,15 @@ pub fn add_everywhere(story: &mut Story, cluster: &Cluster) -> Result<admin::Clu
     story.check(
         applied == ["smtp-01", "storage-01", "storage-02"] && out.missing.is_empty(),
         format!(
-            "{} -> applied to {} ({}; PostgreSQL would use PREPARE TRANSACTION / COMMIT PREPARED)",
+            "{} -> applied to {}",
             out.changes.join("; "),
-            out.applied.join(", "),
-            out.method
+            out.applied.join(", ")
         ),
+    );
+    println!(
+        "     (method {}: every database does the work first, then all commit; PostgreSQL \
+         ones with PREPARE TRANSACTION / COMMIT PREPARED, SQLite ones at the end)",
+        out.method
     );
     for (name, snap) in snapshots(cluster)? {
         let shown: Vec<String> = NEW_MAILBOXES
