@@ -81,7 +81,7 @@ INSERT INTO maps (ldomain_id, mdomain_id, storage1, storage2)
 INSERT INTO mail (mailbox, password, ldomain_id, mdomain_id)
   SELECT 'user' || g, md5('pw' || g), l.id, m.id
   FROM generate_series(1, 20) g, ldomain l, mdomain m;
-ANALYZE;
+ANALYZE mail; ANALYZE ldomain; ANALYZE mdomain; ANALYZE maps;
 SQL
 
 # --- Dovecot instances --------------------------------------------------------------------
@@ -214,24 +214,28 @@ for v in "${VARIANTS[@]}"; do
     printf '  %-7s %8s ms   ratio %s   (rounds: %s)\n' "$v" "$m" "$(echo "scale=2; $m / $native_ms" | bc)" "${results[$v]}"
 done
 
-# One checkpassword call: wall time and peak RSS (reply program /bin/true).
-echo
-echo "mailauth checkpassword, one call (direct database connection), 50 calls:"
-walls=() ; rss=()
-for _ in $(seq 50); do
-    out=$( { /usr/bin/time -f '%e %M' "$MAILAUTH" --config "$ROOT/direct/mailcluster.toml" checkpassword /bin/true \
-        3< <(printf 'user1@b1.domain.ru\0pw1\0\0') ; } 2>&1 >/dev/null | tail -1)
-    walls+=("$(echo "$out" | cut -d' ' -f1)"); rss+=("$(echo "$out" | cut -d' ' -f2)")
-done
-echo "  wall median $(printf '%s ' "${walls[@]}" | median) s, peak RSS median $(printf '%s ' "${rss[@]}" | median) KiB"
-if [[ " ${VARIANTS[*]} " == *" daemon "* ]]; then
-    walls=(); rss=()
-    for _ in $(seq 50); do
-        out=$( { /usr/bin/time -f '%e %M' "$MAILAUTH" --config "$ROOT/daemon/mailcluster.toml" checkpassword /bin/true \
-            3< <(printf 'user1@b1.domain.ru\0pw1\0\0') ; } 2>&1 >/dev/null | tail -1)
-        walls+=("$(echo "$out" | cut -d' ' -f1)"); rss+=("$(echo "$out" | cut -d' ' -f2)")
+# One checkpassword call: wall time (hyperfine, shell start subtracted) and peak RSS
+# (/usr/bin/time), reply program /bin/true.
+printf 'user1@b1.domain.ru\0pw1\0\0' >"$ROOT/request"
+one_call() { # label config
+    local json=$ROOT/hf-$1.json rss=()
+    hyperfine --warmup 5 --runs 100 --export-json "$json" \
+        "$MAILAUTH --config $2 checkpassword /bin/true 3< $ROOT/request" >/dev/null 2>&1
+    for _ in $(seq 20); do
+        rss+=("$( { /usr/bin/time -f '%M' "$MAILAUTH" --config "$2" checkpassword /bin/true 3<"$ROOT/request" ; } 2>&1 | tail -1)")
     done
-    echo "  through the daemon: wall median $(printf '%s ' "${walls[@]}" | median) s, peak RSS median $(printf '%s ' "${rss[@]}" | median) KiB"
+    /usr/bin/python3 - "$json" "$1" "$(printf '%s ' "${rss[@]}" | median)" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"][0]
+print("  %-28s wall median %.1f ms (mean %.1f +- %.1f), peak RSS median %s KiB"
+      % (sys.argv[2], r["median"] * 1000, r["mean"] * 1000, r["stddev"] * 1000, sys.argv[3]))
+PY
+}
+echo
+echo "mailauth checkpassword, one call (hyperfine 100 runs; /usr/bin/time for RSS):"
+one_call "direct database connection" "$ROOT/direct/mailcluster.toml"
+if [[ " ${VARIANTS[*]} " == *" daemon "* ]]; then
+    one_call "through the daemon socket" "$ROOT/daemon/mailcluster.toml"
 fi
 
 echo
