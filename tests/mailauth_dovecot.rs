@@ -44,7 +44,7 @@ fn set_password(pg: &Pg, db: &Db, mailbox: &str, stored: &str) {
 
 /// Build a storage-node site over a seed-shaped PostgreSQL database on `pg`: mailauth
 /// config, passwd-file, Dovecot with the storage snippets.
-fn build_site(tag: &str, pg: &Pg, db_timeout: f64) -> Site {
+fn build_site(tag: &str, pg: &Pg, db_timeout: f64, extra: &str) -> Site {
     let root = make_root(tag);
     let db = fixtures::load_pg(pg, &format!("auth_{tag}"));
     // Stored forms made by the real doveadm, as an admin would.
@@ -75,7 +75,7 @@ fn build_site(tag: &str, pg: &Pg, db_timeout: f64) -> Site {
         &config,
         format!(
             "node = \"{}\"\ndb_timeout = {db_timeout}\n[[directory]]\nname = \"local\"\nurl = \"{}\"\n\n\
-             [mail]\nhome = \"{}/{{domain}}/{{mailbox}}\"\nuid = {uid}\ngid = {gid}\n",
+             [mail]\nhome = \"{}/{{domain}}/{{mailbox}}\"\nuid = {uid}\ngid = {gid}\n{extra}",
             fixtures::S1,
             db.url,
             mail.display()
@@ -135,7 +135,7 @@ fn site() -> &'static Site {
         unsafe {
             libc::atexit(cleanup);
         }
-        build_site("main", pg::shared(), 5.0)
+        build_site("main", pg::shared(), 5.0, "")
     })
 }
 
@@ -333,7 +333,7 @@ fn assert_temporary(d: &Dovecot, bound: Duration) {
 #[test]
 fn database_stopped_or_hung_is_a_temporary_failure() {
     let pg = Pg::start_private();
-    let s = build_site("down", &pg, 1.0);
+    let s = build_site("down", &pg, 1.0, "");
     let d = &s.dovecot;
     assert_eq!(d.auth_test("ivanov@msk.domain.ru", "ivanov-pw").0, 0);
     pg.stop();
@@ -408,5 +408,103 @@ fn dovecot_proxy_front_end_routes_to_the_primary() {
     assert!(!ok);
     assert_no_passwords_in(&proxy.log());
     drop(proxy);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// `mailauth serve` (the warm path) as a child: listens on a unix socket only.
+struct Serve {
+    child: std::process::Child,
+}
+
+impl Serve {
+    fn start(config: &Path, socket: &Path, log: &Path) -> Serve {
+        let log = std::fs::File::create(log).expect("serve log");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--log", "stderr", "--listen"])
+            .arg(format!("unix:{}", socket.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mailauth serve");
+        let t = Instant::now();
+        while !socket.exists() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            socket.exists(),
+            "mailauth serve did not create {}",
+            socket.display()
+        );
+        Serve { child }
+    }
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn through_the_daemon_socket_with_fallback_and_bounded_hang() {
+    let root = make_root("sock-parent");
+    let sock = root.join("mailauth.sock");
+    let extra = format!(
+        "[auth]\nsocket = \"{}\"\nsocket_timeout = 1.0\n[auth.http]\nsocket_mode = \"0666\"\n",
+        sock.display()
+    );
+    let s = build_site("sock", pg::shared(), 5.0, &extra);
+    let d = &s.dovecot;
+    let serve_log = root.join("serve.log");
+    let mut serve = Serve::start(&s.config, &sock, &serve_log);
+    // Answered by the daemon.
+    let (code, out) = d.auth_test("popova@ekb.domain.ru", "popova-pw");
+    assert_eq!(code, 0, "{out}\n{}", d.log());
+    let (code, out) = d.auth_test("popova@ekb.domain.ru", "bad");
+    assert_eq!(code, 77, "{out}");
+    let (code, out) = d.user("petrov@msk.domain.ru");
+    assert_eq!(code, 0, "{out}");
+    let (code, _) = d.user("ghost@msk.domain.ru");
+    assert_eq!(code, 67);
+    let (ok, _) = dovecot::imap_login_select(d.imap_port, "ivanov@msk.domain.ru", "ivanov-pw");
+    assert!(ok, "{}", d.log());
+    // ... and every one of them went through the daemon.
+    let log = std::fs::read_to_string(&serve_log).unwrap_or_default();
+    assert_eq!(log.matches("api path=/passdb").count(), 3, "{log}");
+    assert_eq!(log.matches("api path=/userdb").count(), 2, "{log}");
+    assert_no_passwords_in(&log);
+    // Daemon hung (SIGSTOP): bounded by socket_timeout, temporary failure, nobody logs in.
+    serve.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let (code, out) = d.auth_test("ivanov@msk.domain.ru", "ivanov-pw");
+    assert_eq!(code, 77, "{out}");
+    assert!(out.contains("code=temp_fail"), "{out}");
+    let (code, _) = d.user("ivanov@msk.domain.ru");
+    assert_eq!(code, 75);
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    // Daemon gone (killed; its socket file may remain): checkpassword uses the database.
+    serve.signal(libc::SIGCONT);
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+    let (code, out) = d.auth_test("ivanov@msk.domain.ru", "ivanov-pw");
+    assert_eq!(code, 0, "{out}\n{}", d.log());
+    let (code, _) = d.auth_test("ivanov@msk.domain.ru", "wrong");
+    assert_eq!(code, 77);
+    assert_no_passwords_in(&d.log());
+    drop(serve);
+    let sroot = s.root.clone();
+    drop(s);
+    let _ = std::fs::remove_dir_all(sroot);
     let _ = std::fs::remove_dir_all(root);
 }
