@@ -21,6 +21,27 @@ struct Site {
     dovecot: Dovecot,
 }
 
+impl Drop for Site {
+    /// Stop Dovecot, then remove the root (also when a test panics).
+    fn drop(&mut self) {
+        self.dovecot.stop();
+        if std::env::var_os("KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// Removes a directory on drop (also when a test panics).
+struct RootGuard(PathBuf);
+
+impl Drop for RootGuard {
+    fn drop(&mut self) {
+        if std::env::var_os("KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A fresh root (0755) under the system temp dir, removed by the caller's guard.
 fn make_root(tag: &str) -> PathBuf {
     let root = std::env::temp_dir().join(format!("mc-auth-{tag}-{}", std::process::id()));
@@ -95,7 +116,7 @@ fn build_site(tag: &str, pg: &Pg, db_timeout: f64, extra: &str) -> Site {
         .expect("passwd-file");
     assert!(out.status.success(), "{out:?}");
     let paths = Paths {
-        mailauth: PathBuf::from(BIN),
+        mailauth: dovecot::install_mailauth(&root),
         config: config.clone(),
         passwd_file: passwd,
         mail_root: mail,
@@ -351,16 +372,15 @@ fn database_stopped_or_hung_is_a_temporary_failure() {
     pg.resume();
     assert_eq!(d.auth_test("ivanov@msk.domain.ru", "ivanov-pw").0, 0);
     assert_no_passwords_in(&d.log());
-    let root = s.root.clone();
     drop(s);
     drop(pg);
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
 fn dovecot_proxy_front_end_routes_to_the_primary() {
     let s = site();
     let root = make_root("proxy");
+    let _guard = RootGuard(root.clone());
     let (uid, gid) = dovecot::user_ids("mail");
     let db = s.db.url.clone();
     let config = root.join("mailcluster.toml");
@@ -379,7 +399,7 @@ fn dovecot_proxy_front_end_routes_to_the_primary() {
     )
     .expect("write config");
     let paths = Paths {
-        mailauth: PathBuf::from(BIN),
+        mailauth: dovecot::install_mailauth(&root),
         config,
         passwd_file: root.join("unused"),
         mail_root: root.join("mail"),
@@ -408,7 +428,6 @@ fn dovecot_proxy_front_end_routes_to_the_primary() {
     assert!(!ok);
     assert_no_passwords_in(&proxy.log());
     drop(proxy);
-    let _ = std::fs::remove_dir_all(root);
 }
 
 /// `mailauth serve` (the warm path) as a child: listens on a unix socket only.
@@ -459,6 +478,7 @@ impl Drop for Serve {
 #[test]
 fn through_the_daemon_socket_with_fallback_and_bounded_hang() {
     let root = make_root("sock-parent");
+    let _guard = RootGuard(root.clone());
     let sock = root.join("mailauth.sock");
     let extra = format!(
         "[auth]\nsocket = \"{}\"\nsocket_timeout = 1.0\n[auth.http]\nsocket_mode = \"0666\"\n",
@@ -503,8 +523,5 @@ fn through_the_daemon_socket_with_fallback_and_bounded_hang() {
     assert_eq!(code, 77);
     assert_no_passwords_in(&d.log());
     drop(serve);
-    let sroot = s.root.clone();
     drop(s);
-    let _ = std::fs::remove_dir_all(sroot);
-    let _ = std::fs::remove_dir_all(root);
 }
