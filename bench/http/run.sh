@@ -75,7 +75,7 @@ INSERT INTO mail (mailbox, password, ldomain_id, mdomain_id)
   SELECT 'sha' || i, '$SHA_HASH', 1 + i % 50, 1 FROM generate_series(1, $NUSERS) i;
 -- what any schema init adds: an index for the lookups by (domain, mailbox)
 CREATE INDEX mail_ldomain_mailbox_i ON mail (ldomain_id, lower(mailbox));
-ANALYZE;
+ANALYZE mail; ANALYZE ldomain; ANALYZE mdomain; ANALYZE maps;
 SQL
 for i in $(seq 1 "$NUSERS"); do printf 'u%d@d%d.example.test\tpw%d\n' "$i" $((1 + i % 50)) "$i"; done >"$ROOT/md5.tsv"
 for i in $(seq 1 "$NUSERS"); do printf 'sha%d@d%d.example.test\tpwsha\n' "$i" $((1 + i % 50)); done >"$ROOT/sha.tsv"

@@ -170,6 +170,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Short-lived cache of domain routes (saves a query per login).
+struct RouteCache {
+    ttl: Duration,
+    map: Mutex<HashMap<crate::names::Domain, (DomainRecord, Instant)>>,
+}
+
+const ROUTE_CACHE_MAX: usize = 50_000;
+
+impl RouteCache {
+    fn get(&self, domain: &crate::names::Domain) -> Option<DomainRecord> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let map = lock(&self.map);
+        let (r, at) = map.get(domain)?;
+        (at.elapsed() < self.ttl).then(|| r.clone())
+    }
+    fn put(&self, record: &DomainRecord) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = lock(&self.map);
+        if map.len() >= ROUTE_CACHE_MAX {
+            let ttl = self.ttl;
+            map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if map.len() >= ROUTE_CACHE_MAX {
+                map.clear();
+            }
+        }
+        map.insert(record.domain.clone(), (record.clone(), Instant::now()));
+    }
+}
+
 /// Everything a request needs, shared by the worker threads.
 pub struct Service {
     pub settings: AuthSection,
@@ -181,6 +214,7 @@ pub struct Service {
     gate: HashGate,
     health: HealthChecker,
     resolver: Resolver,
+    routes: RouteCache,
     metrics: Metrics,
 }
 
@@ -214,9 +248,29 @@ impl Service {
                 ttl: settings.http.resolve_ttl(),
                 cache: Mutex::new(HashMap::new()),
             },
+            routes: RouteCache {
+                ttl: settings.http.route_ttl(),
+                map: Mutex::new(HashMap::new()),
+            },
             metrics: Metrics::default(),
             settings,
         })
+    }
+
+    /// A domain's route: from the cache, else from `dir` (and cached).
+    fn route(
+        &self,
+        dir: &mut dyn crate::directory::Directory,
+        domain: &crate::names::Domain,
+    ) -> Result<Option<DomainRecord>> {
+        if let Some(r) = self.routes.get(domain) {
+            return Ok(Some(r));
+        }
+        let r = dir.route(domain)?;
+        if let Some(record) = &r {
+            self.routes.put(record);
+        }
+        Ok(r)
     }
 
     fn port(&self, proto: Protocol) -> u16 {

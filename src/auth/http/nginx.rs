@@ -302,7 +302,7 @@ fn run(svc: &Service, req: &Request, ctx: &mut Ctx, log: &mut Logged) -> Step<Re
     let found: Result<(Option<MailboxRecord>, Option<DomainRecord>)> = svc.pool.with(|dir| {
         let mailbox = dir.mailbox(&local, &domain)?;
         let route = match &mailbox {
-            Some(m) if m.is_active() => dir.route(&domain)?,
+            Some(m) if m.is_active() => svc.route(dir, &domain)?,
             _ => None,
         };
         Ok((mailbox, route))
@@ -398,7 +398,7 @@ fn smtp_none(svc: &Service, req: &Request, ctx: &Ctx, log: &mut Logged) -> Step<
     };
     let route = svc
         .pool
-        .with(|dir| dir.route(&domain))
+        .with(|dir| svc.route(dir, &domain))
         .map_err(|e| (Outcome::TempFail, e.to_string()))?;
     let Some(route) = route.filter(|r| r.active) else {
         log.outcome = Outcome::Refused;
