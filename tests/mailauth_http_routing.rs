@@ -88,6 +88,8 @@ storage-05 = "127.0.0.6"
 }
 
 struct Env {
+    /// `[auth] socket`: where `mailauth checkpassword` asks the daemon.
+    api_socket: std::path::PathBuf,
     s1: Storage,
     s2: Storage,
     s3: Mutex<Option<Storage>>,
@@ -113,11 +115,17 @@ fn env() -> &'static Env {
         // Two directories, the first one dead (as when a storage's database is lost):
         // logins must go on from the one that answers.
         let dead = support::nginx::free_port("127.0.0.1");
+        let api_socket = std::env::temp_dir().join(format!(
+            "mailauth-http-api-{}.sock",
+            std::process::id()
+        ));
+        support::nginx::remove_at_exit(&api_socket);
         let svc = MailauthServe::start(&config(
             &format!("postgresql://mail:mailpw@127.0.0.1:{dead}/mail"),
             ports,
             &format!(
-                "[auth]\nsmtp_allow_none = true\n[[directory]]\nname = \"live\"\nurl = \"{}\"\n",
+                "[auth]\nsmtp_allow_none = true\nsocket = \"{}\"\n[[directory]]\nname = \"live\"\nurl = \"{}\"\n",
+                api_socket.display(),
                 db.url
             ),
         ));
@@ -127,6 +135,7 @@ fn env() -> &'static Env {
             ..Default::default()
         });
         Env {
+            api_socket,
             s1,
             s2,
             s3: Mutex::new(Some(s3)),
@@ -499,4 +508,53 @@ fn imap_login_at(ip: &str, port: u16, user: &str, pass: &str) -> String {
             return line.trim_end().to_string();
         }
     }
+}
+
+/// The JSON API as `mailauth checkpassword` uses it: HTTP/1.0 over `[auth] socket`.
+#[test]
+fn json_api_over_the_checkpassword_socket() {
+    use std::io::{Read, Write};
+    let e = env();
+    let ask = |req: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&e.api_socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(req.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let post = |path: &str, body: &str| {
+        ask(&format!(
+            "POST {path} HTTP/1.0\r\nHost: mailauth\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    };
+    let ok = post(
+        "/passdb",
+        r#"{"user":"bob@other.example.test","password":"hunter2","service":"imap"}"#,
+    );
+    assert!(
+        ok.starts_with("HTTP/1.0 200") && ok.contains(r#""result":"ok""#),
+        "{ok}"
+    );
+    let bad = post(
+        "/passdb",
+        r#"{"user":"bob@other.example.test","password":"x"}"#,
+    );
+    assert!(bad.contains("password_mismatch"), "{bad}");
+    let user = post("/userdb", r#"{"user":"alice@branch.example.test"}"#);
+    assert!(user.contains(r#""result":"ok""#), "{user}");
+    let users = ask("GET /users HTTP/1.0\r\n\r\n");
+    assert!(
+        users.contains("\r\n\r\nalice@branch.example.test\n")
+            || users.contains("alice@branch.example.test\n"),
+        "{users}"
+    );
+    let wrong_method = ask("GET /passdb HTTP/1.0\r\n\r\n");
+    assert!(wrong_method.starts_with("HTTP/1.0 405"), "{wrong_method}");
+    let garbage = post("/passdb", "{not json");
+    assert!(
+        garbage.starts_with("HTTP/1.0 400") && garbage.contains("internal_failure"),
+        "{garbage}"
+    );
 }

@@ -21,7 +21,23 @@ pub const MAIL_MODULE: &str = "/usr/lib/nginx/modules/ngx_mail_module.so";
 /// process exit. Every child here runs in its own process group.
 static GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
 
+/// Files to remove at process exit (sockets of services kept in `static`s).
+static FILES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Remove `path` when the test process exits.
+pub fn remove_at_exit(path: &Path) {
+    register_group_hook();
+    if let Ok(mut f) = FILES.lock() {
+        f.push(path.to_path_buf());
+    }
+}
+
 extern "C" fn kill_groups() {
+    if let Ok(files) = FILES.lock() {
+        for f in files.iter() {
+            let _ = std::fs::remove_file(f);
+        }
+    }
     if let Ok(groups) = GROUPS.lock() {
         for g in groups.iter() {
             // SAFETY: signalling process groups we created.
@@ -34,6 +50,13 @@ extern "C" fn kill_groups() {
 
 /// Remember `pgid` for the exit hook.
 pub fn register_group(pgid: u32) {
+    register_group_hook();
+    if let Ok(mut g) = GROUPS.lock() {
+        g.push(pgid as i32);
+    }
+}
+
+fn register_group_hook() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         // SAFETY: registering a plain extern "C" fn with no captured state.
@@ -41,9 +64,6 @@ pub fn register_group(pgid: u32) {
             libc::atexit(kill_groups);
         }
     });
-    if let Ok(mut g) = GROUPS.lock() {
-        g.push(pgid as i32);
-    }
 }
 
 /// Forget `pgid` (its owner stopped it).
