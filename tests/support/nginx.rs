@@ -24,7 +24,8 @@ static GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
 /// Files to remove at process exit (sockets of services kept in `static`s).
 static FILES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-/// Remove `path` when the test process exits.
+/// Remove `path` (a file, or a directory tree) when the test process exits: for services
+/// kept in `static`s, whose destructors never run.
 pub fn remove_at_exit(path: &Path) {
     register_group_hook();
     if let Ok(mut f) = FILES.lock() {
@@ -33,17 +34,40 @@ pub fn remove_at_exit(path: &Path) {
 }
 
 extern "C" fn kill_groups() {
-    if let Ok(files) = FILES.lock() {
-        for f in files.iter() {
-            let _ = std::fs::remove_file(f);
+    let groups: Vec<i32> = GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+    for g in &groups {
+        // SAFETY: signalling process groups we created.
+        unsafe {
+            libc::kill(-g, libc::SIGCONT);
+            libc::kill(-g, libc::SIGKILL);
         }
     }
-    if let Ok(groups) = GROUPS.lock() {
-        for g in groups.iter() {
-            // SAFETY: signalling process groups we created.
-            unsafe {
-                libc::kill(-g, libc::SIGKILL);
+    // Reap the group leaders (our children) and give the rest a moment to die, so that
+    // nothing writes into the directories removed below.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for g in &groups {
+        loop {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let r = unsafe { libc::waitpid(*g, &mut status, libc::WNOHANG) };
+            if r != 0 || Instant::now() >= deadline {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let files: Vec<PathBuf> = FILES.lock().map(|f| f.clone()).unwrap_or_default();
+    for f in &files {
+        for _ in 0..20 {
+            let r = if f.is_dir() {
+                std::fs::remove_dir_all(f)
+            } else {
+                std::fs::remove_file(f)
+            };
+            if r.is_ok() || !f.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -130,6 +154,7 @@ impl MailauthServe {
             .prefix("mailauth-http.")
             .tempdir()
             .expect("tempdir");
+        remove_at_exit(dir.path());
         let conf = dir.path().join("mailcluster.toml");
         std::fs::write(&conf, config).expect("write config");
         {
@@ -282,6 +307,7 @@ impl Nginx {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let root = dir.path();
+        remove_at_exit(root);
         // nginx workers (www-data) must traverse the prefix.
         {
             use std::os::unix::fs::PermissionsExt;
