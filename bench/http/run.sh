@@ -5,7 +5,8 @@
 #
 #   bench/http/run.sh            (as root on Debian 12: postgresql 15, nginx + perl module,
 #                                 libdbd-pg-perl, wrk, rustc; CARGO_TARGET_DIR honoured)
-# Knobs: RUNS=3 DURATION=10 CONC=32 RATE=2000 SHA_RATE=200 SEED_RATE=100 NUSERS=1000
+# Knobs: RUNS=3 DURATION=10 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000
+# (the fixed rates must stay below each handler's capacity, or the latency is queueing)
 #
 # Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
 # nginx does), random users and client IPs. Latency: bench/http/ratebench.rs, open loop
@@ -15,7 +16,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 RUNS=${RUNS:-3} DURATION=${DURATION:-10} CONC=${CONC:-32} RATE=${RATE:-2000}
-SHA_RATE=${SHA_RATE:-200} SEED_RATE=${SEED_RATE:-100} NUSERS=${NUSERS:-1000}
+SHA_RATE=${SHA_RATE:-100} SEED_RATE=${SEED_RATE:-20} NUSERS=${NUSERS:-1000}
 PGBIN=/usr/lib/postgresql/15/bin
 
 ROOT=$(mktemp -d /tmp/mailauth-bench.XXXXXX)
@@ -170,7 +171,7 @@ rate_run() { # name port users-file rate
     echo "rate $1@$4 $out" | tee -a "$RES"
 }
 for run in $(seq 1 "$RUNS"); do
-    echo "== run $run/$RUNS"
+    echo "== run $run/$RUNS ($(uptime | sed 's/.*load/load/'))"
     wrk_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv"
     wrk_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv"
     wrk_run mailauth-sha512 "$MA_PORT" "$ROOT/sha.tsv"
@@ -181,7 +182,7 @@ for run in $(seq 1 "$RUNS"); do
     rate_run seed-perl-md5 "$NG_SEED" "$ROOT/md5.tsv" "$SEED_RATE"
 done
 
-echo "== medians of $RUNS runs (CONC=$CONC, DURATION=${DURATION}s, $(nproc) CPUs)"
+echo "== medians of $RUNS runs (CONC=$CONC, DURATION=${DURATION}s, $(nproc) CPUs, $(uptime | sed 's/.*load/load/'))"
 /usr/bin/python3 - "$RES" <<'PY'
 import re, statistics, sys
 rows = {}
