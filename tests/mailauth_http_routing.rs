@@ -558,3 +558,41 @@ fn json_api_over_the_checkpassword_socket() {
         "{garbage}"
     );
 }
+
+/// APOP / CRAM-MD5 need the stored plaintext: granted (with Auth-Pass for the backend) for a
+/// `{PLAIN}` password, refused for a hash.
+#[test]
+fn apop_only_with_a_stored_plaintext() {
+    use md5::{Digest, Md5};
+    let e = env();
+    let salt = "<4711.1700000000@mail.example.test>";
+    let plain = r#"p%a s+"x"#;
+    let digest = hex::encode(Md5::digest(format!("{salt}{plain}").as_bytes()));
+    let ask = |user: &str, method: &str, pass: &str| {
+        e.svc.auth(&[
+            ("Auth-Method", method.as_bytes()),
+            ("Auth-User", user.as_bytes()),
+            ("Auth-Pass", pass.as_bytes()),
+            ("Auth-Salt", salt.as_bytes()),
+            ("Auth-Protocol", b"pop3"),
+            ("Auth-Login-Attempt", b"1"),
+            ("Client-IP", b"198.51.100.44"),
+        ])
+    };
+    let r = ask("frank@branch.example.test", "apop", &digest);
+    assert_eq!(header(&r, "Auth-Status"), Some("OK"), "{r:?}");
+    assert_eq!(header(&r, "Auth-Pass"), Some(plain), "{r:?}");
+    assert_eq!(header(&r, "Auth-Server"), Some("127.0.0.2"), "{r:?}");
+    let r = ask("frank@branch.example.test", "apop", &"0".repeat(32));
+    assert_ne!(header(&r, "Auth-Status"), Some("OK"), "{r:?}");
+    assert_eq!(header(&r, "Auth-Pass"), None);
+    for method in ["apop", "cram-md5"] {
+        let r = ask("alice@branch.example.test", method, &digest);
+        assert_eq!(
+            header(&r, "Auth-Status"),
+            Some("Authentication method not supported"),
+            "{r:?}"
+        );
+        assert_eq!(header(&r, "Auth-Pass"), None);
+    }
+}

@@ -456,3 +456,26 @@ impl Service {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolver_overrides_literals_and_names() {
+        let mut overrides = HashMap::new();
+        overrides.insert("storage-01".to_string(), "10.0.0.1".parse().unwrap());
+        let r = Resolver {
+            overrides,
+            ttl: Duration::from_secs(60),
+            cache: Mutex::new(HashMap::new()),
+        };
+        assert_eq!(r.resolve("storage-01").unwrap().to_string(), "10.0.0.1");
+        assert_eq!(r.resolve("192.0.2.7").unwrap().to_string(), "192.0.2.7");
+        // A name through the system resolver (/etc/hosts), then from the cache.
+        let ip = r.resolve("localhost").unwrap();
+        assert!(ip.is_loopback(), "{ip}");
+        assert!(lock(&r.cache).contains_key("localhost"));
+        assert!(r.resolve("no-such-node.invalid").is_err());
+    }
+}
