@@ -455,6 +455,14 @@ fn lua_passdb_and_userdb_through_the_http_endpoint() {
     assert_eq!(rc, 0, "{out}\n{}", lua.log());
     let (rc, out) = lua.auth_test("bob@other.example.test", "wrong");
     assert_ne!(rc, 0, "{out}");
+    // A password that is not UTF-8 is a plain mismatch (sent as password_b64), not a
+    // temporary failure.
+    let (rc, out) = lua.auth_test(
+        "bob@other.example.test",
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"hunter\xe9"),
+    );
+    assert_ne!(rc, 0, "{out}");
+    assert!(!out.contains("temp_fail"), "{out}");
     let (rc, out) = lua.auth_test("nobody@other.example.test", "hunter2");
     assert_ne!(rc, 0, "{out}");
     let (rc, out) = lua.auth_test("carol@branch.example.test", "secret");

@@ -87,11 +87,12 @@ impl Storage {
     }
 
     /// `doveadm auth test USER PASS` against this instance: (exit code, output).
-    pub fn auth_test(&self, user: &str, pass: &str) -> (i32, String) {
+    pub fn auth_test(&self, user: &str, pass: impl AsRef<std::ffi::OsStr>) -> (i32, String) {
         let out = Command::new("doveadm")
             .arg("-c")
             .arg(self.dir.path().join("dovecot.conf"))
-            .args(["auth", "test", user, pass])
+            .args(["auth", "test", user])
+            .arg(pass)
             .output()
             .expect("doveadm");
         (
