@@ -30,6 +30,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The benchmark's own packages (not needed by the tests, so not in .ci/run).
+NEED=(wrk nginx libnginx-mod-http-perl libdbd-pg-perl postgresql dovecot-core)
+MISSING=()
+for p in "${NEED[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || MISSING+=("$p")
+done
+if [ ${#MISSING[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${MISSING[@]}"
+fi
+
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo "== build"
