@@ -208,6 +208,8 @@ pub struct Service {
     pub settings: AuthSection,
     /// The authenticator behind the JSON API (shared with `mailauth checkpassword`).
     auth: Authenticator,
+    /// A stored value in the default scheme, checked for unknown users (equal timing).
+    decoy: String,
     ports: PortsConfig,
     pool: DirectoryPool,
     throttle: Throttle,
@@ -233,8 +235,11 @@ impl Service {
         }
         let pool = DirectoryPool::new(config, settings.http.workers.max(1))?;
         let auth = Authenticator::new(config.clone())?;
+        let decoy = crate::auth::scheme::generate(b"decoy password", auth.default_scheme())
+            .unwrap_or_default();
         Ok(Service {
             auth,
+            decoy,
             ports: config.ports.clone(),
             pool,
             throttle: Throttle::new(settings.throttle.clone()),
