@@ -216,7 +216,7 @@ fn every_command_against_four_databases() {
     );
     assert!(!r.stdout.contains("smtp-01: missing"), "{}", r.stdout);
     // Domains.
-    env.ok(&[
+    let r = env.ok(&[
         "domain",
         "add",
         "tver.domain.ru",
@@ -225,6 +225,7 @@ fn every_command_against_four_databases() {
         "--backup",
         S2,
     ]);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
     env.ok(&[
         "domain",
         "add",
@@ -312,6 +313,18 @@ fn every_command_against_four_databases() {
     env.ok(&["domain", "enable", "tver.domain.ru"]);
     let r = env.ok(&["domain", "enable", "shop.closed.ru"]);
     assert!(r.stderr.contains("closed.ru is disabled"), "{}", r.stderr);
+    let r = env.ok(&[
+        "route",
+        "set",
+        "tver.domain.ru",
+        "--primary",
+        "storgae-01.domain.ru",
+    ]);
+    assert!(
+        r.stderr.contains("warning: node storgae-01.domain.ru"),
+        "{}",
+        r.stderr
+    );
     env.ok(&[
         "route",
         "set",
