@@ -1107,3 +1107,46 @@ fn hung_database_is_a_bounded_temporary_failure() {
     let r = mailctl_at(&config, &["drift"], None);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
+
+#[test]
+fn node_list_reports_service_health() {
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dove_root = dir.path().join("dovecot");
+    std::fs::create_dir(&dove_root).unwrap();
+    std::fs::set_permissions(&dove_root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = support::dovecot::Dovecot::start(
+        &dove_root,
+        "passdb {\n  driver = static\n  args = nopassword=y\n}\n\
+         userdb {\n  driver = static\n  args = uid=nobody gid=nogroup home=/nonexistent\n}\n",
+    );
+    let db_dir = dir.path().join("db");
+    std::fs::create_dir(&db_dir).unwrap();
+    let url = fixtures::sqlite_seed(&db_dir);
+    let config = write_config(
+        dir.path(),
+        &[("storage-01", url, "storage")],
+        &format!(
+            "[auth.nodes]\n\"{S1}\" = \"127.0.0.1\"\n[ports]\nimap = {}\npop3 = {}\nsmtp = 1\n",
+            d.imap_port, d.pop3_port
+        ),
+    );
+    let r = mailctl_at(&config, &["--json", "node", "list"], None);
+    d.stop();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let s1 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == S1)
+        .unwrap();
+    let state = |i: usize| s1["services"][i]["state"].as_str().unwrap().to_string();
+    assert_eq!(
+        (state(0), state(1), state(2)),
+        ("up".into(), "up".into(), "down".into()),
+        "{s1}"
+    );
+    assert_eq!(s1["databases"][0]["reachable"], true);
+}
