@@ -652,6 +652,10 @@ fn failover_rejoin_failback() {
         assert_eq!(env.route(n, "gone.example.net").0, S2, "{n}");
         assert_eq!(env.route(n, "ekb.domain.ru").0, S1, "{n}: no backup, stays");
     }
+    assert_eq!(
+        mailmap_route(&env.config, "msk.domain.ru"),
+        format!("{S2} : {S1}")
+    );
     // mailauth on storage-01's side (proxy mode) now sends ivanov to the new primary.
     let auth_cfg = env.root.join("auth.toml");
     let mut text = std::fs::read_to_string(&env.config).unwrap();
@@ -709,6 +713,10 @@ fn failover_rejoin_failback() {
         mailauth_proxy_host(&auth_cfg, "ivanov@msk.domain.ru", "ivanov-pw"),
         None,
         "served by storage-01 again"
+    );
+    assert_eq!(
+        mailmap_route(&env.config, "msk.domain.ru"),
+        format!("{S1} : {S2}")
     );
     assert_eq!(
         mailctl_at(&bad, &["failback", S1], None).code,
@@ -843,6 +851,23 @@ fn mailauth_proxy_host(config: &Path, user: &str, pw: &str) -> Option<String> {
         .lines()
         .find_map(|l| l.strip_prefix("host="))
         .map(str::to_string)
+}
+
+/// `mailmap route DOMAIN` (Exim's route list) with `config`.
+fn mailmap_route(config: &Path, domain: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailmap"))
+        .arg("--config")
+        .arg(config)
+        .args(["route", domain])
+        .env_remove("MAILCLUSTER_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mailmap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
