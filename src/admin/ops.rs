@@ -436,10 +436,11 @@ impl Cluster {
             by_target.entry(&m.to).or_default().push(&m.domain);
         }
         for (t, ds) in &by_target {
+            let args: Vec<String> = ds.iter().map(|d| format!("--domain {d}")).collect();
             next.push(format!(
                 "on {t}: `mailsync promote {}` (raises the next IMAP UID so that UIDs handed \
                  out in the lost window are never reused)",
-                ds.join(" ")
+                args.join(" ")
             ));
         }
         if !outcome.missing.is_empty() {
