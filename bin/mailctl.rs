@@ -854,6 +854,23 @@ fn run(cli: Cli) -> Result<i32> {
                         "drift --repair needs --from NAME: the database whose content is right",
                     ));
                 };
+                let plan = cluster.drift(Some(&from))?;
+                let removals: Vec<String> = plan
+                    .items
+                    .iter()
+                    .filter(|i| i.problem == "extra" && i.repair.is_some())
+                    .map(|i| format!("{} from {}", i.object, i.database))
+                    .collect();
+                if !removals.is_empty() {
+                    eprintln!("the repair removes: {}", removals.join(", "));
+                    prompt::confirm(
+                        &format!(
+                            "remove {} row(s) that {from} does not have?",
+                            removals.len()
+                        ),
+                        cli.yes,
+                    )?;
+                }
                 cluster.repair(&from, None)?
             } else {
                 cluster.drift(from.as_deref())?

@@ -538,6 +538,37 @@ fn unreachable_database_changes_nothing_then_partial_drift_and_repair() {
         vec!["f"; 4]
     );
     env.ok(&["drift"]);
+    // A row only one database has (a hand edit) is removed by a repair only with --yes.
+    env.sql(
+        "smtp-01",
+        "INSERT INTO ldomain (domain, active) VALUES ('rogue', TRUE); \
+         INSERT INTO maps (ldomain_id, mdomain_id, storage1, storage2) \
+         SELECT l.id, m.id, 'x.example', '' FROM ldomain l, mdomain m \
+         WHERE l.domain = 'rogue' AND m.domain = 'domain.ru';",
+    );
+    let r = env.run(&["drift", "--repair", "--from", "storage-01"]);
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("domain rogue.domain.ru from smtp-01"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        env.sql(
+            "smtp-01",
+            "SELECT count(*) FROM ldomain WHERE domain = 'rogue'"
+        ),
+        "1"
+    );
+    env.ok(&["--yes", "drift", "--repair", "--from", "storage-01"]);
+    assert_eq!(
+        env.sql(
+            "smtp-01",
+            "SELECT count(*) FROM ldomain WHERE domain = 'rogue'"
+        ),
+        "0"
+    );
+    env.ok(&["drift"]);
 }
 
 /// Simulate a crash between PREPARE TRANSACTION and COMMIT PREPARED.
