@@ -655,6 +655,35 @@ fn prepared_transactions_left_behind_are_resolved_by_the_next_run() {
         "decision log entry retired"
     );
     env.ok(&["drift"]);
+    // A participant failing after others prepared: the prepared ones are rolled back.
+    env.sql(
+        "storage-02",
+        "INSERT INTO mail (mailbox, ldomain_id, mdomain_id, active) \
+         SELECT 'zoe', l.id, m.id, TRUE FROM ldomain l, mdomain m \
+         WHERE l.domain = 'msk' AND m.domain = 'domain.ru';",
+    );
+    let r = env.run(&["mailbox", "add", "zoe@msk.domain.ru", "--no-password"]);
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("storage-02") && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'zoe'"),
+        vec!["0", "1", "0", "0"]
+    );
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
+        ),
+        vec!["0"; 4]
+    );
+    assert!(
+        state.txns().unwrap().is_empty(),
+        "no decision-log entry left"
+    );
 }
 
 #[test]
