@@ -1235,3 +1235,106 @@ fn node_list_reports_service_health() {
     );
     assert_eq!(s1["databases"][0]["reachable"], true);
 }
+
+/// A pseudo-terminal pair: (master fd, slave path).
+fn open_pty() -> (i32, std::ffi::CString) {
+    // SAFETY: plain libc calls on a descriptor we own; ptsname's buffer is copied at once.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(master >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let name = libc::ptsname(master);
+        assert!(!name.is_null());
+        (master, std::ffi::CStr::from_ptr(name).to_owned())
+    }
+}
+
+#[test]
+fn password_prompt_on_a_terminal_does_not_echo() {
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+    let pg = support::pg_2pc::cluster();
+    let s1 = fixtures::load_pg(pg, "tty_s1");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("storage-01", s1.url.clone(), "storage")], "");
+    let (master, slave) = open_pty();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailctl"));
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["mailbox", "add", "tanya@msk.domain.ru"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: async-signal-safe calls only: a new session whose controlling terminal is
+    // the pty's slave side (what /dev/tty then opens).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::open(slave.as_ptr(), libc::O_RDWR);
+            if fd < 0 || libc::ioctl(fd, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            loop {
+                // SAFETY: reading into a live buffer from our master descriptor.
+                let n = unsafe { libc::read(master, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n as usize]);
+            }
+        })
+    };
+    let wait_for = |text: &str| {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if String::from_utf8_lossy(&seen.lock().unwrap()).contains(text) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "no {text:?} on the terminal: {:?}",
+            String::from_utf8_lossy(&seen.lock().unwrap())
+        );
+    };
+    let type_line = |line: &str| {
+        // SAFETY: writing a live buffer to our master descriptor.
+        let n = unsafe { libc::write(master, line.as_ptr().cast(), line.len()) };
+        assert_eq!(n, line.len() as isize);
+    };
+    wait_for("New password for tanya@msk.domain.ru: ");
+    type_line("Tty-Secret-91\n");
+    wait_for("Again: ");
+    type_line("Tty-Secret-91\n");
+    let out = child.wait_with_output().unwrap();
+    // SAFETY: closing our master descriptor ends the reader.
+    unsafe {
+        libc::close(master);
+    }
+    let _ = reader.join();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(!screen.contains("Tty-Secret-91"), "echoed: {screen:?}");
+    let h = pg.psql(
+        &s1.name,
+        "SELECT password FROM mail WHERE mailbox = 'tanya'",
+    );
+    let bare = h.trim().strip_prefix("{SHA512-CRYPT}").unwrap().to_string();
+    assert!(sha_crypt::sha512_check("Tty-Secret-91", &bare).is_ok());
+}
