@@ -733,8 +733,15 @@ fn failover_rejoin_failback() {
     assert_eq!(r.code, 1);
     assert!(r.stdout.contains("pending for storage-01"), "{}", r.stdout);
     env.unblock("storage-01");
-    // The returning node still believes it is primary until rejoin.
+    // The returning node still believes it is primary until rejoin; mailctl does not read it.
     assert_eq!(env.route("storage-01", "msk.domain.ru").0, S1);
+    let r = env.ok(&["route", "show", "msk.domain.ru"]);
+    assert!(r.stderr.contains("read from storage-02"), "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("msk.domain.ru  {S2}")),
+        "{}",
+        r.stdout
+    );
     let r = env.ok(&["rejoin", S1]);
     assert!(r.stdout.contains("level with"), "{}", r.stdout);
     assert_eq!(
