@@ -5,8 +5,10 @@ use crate::{md5_hex, Cluster, Story, MAILBOXES};
 use mailcluster::auth::api;
 use mailcluster::auth::authenticator::{AuthContext, Authenticator, Outcome};
 use mailcluster::auth::checkpassword::{self, Action, Mode};
+use mailcluster::auth::http::server::{Request, Response};
+use mailcluster::auth::http::Service;
 use mailcluster::auth::scheme::{self, Scheme};
-use mailcluster::config::{DirectoryConfig, Role};
+use mailcluster::config::{Config, DirectoryConfig, Role};
 use mailcluster::{Error, Result};
 
 /// Passwords of the mailboxes mailctl adds in the next chapter (hashed there by the
@@ -201,6 +203,109 @@ pub fn dovecot(story: &mut Story, cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// The proxy host's `mailauth serve` (nginx `auth_http`), reading both storages' databases.
+pub fn proxy_service(cluster: &Cluster, urls: &[String]) -> Result<Service> {
+    let mut text = "node = \"mail.domain.ru\"\ndb_timeout = 1\n".to_string();
+    for (i, url) in urls.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[directory]]\nname = \"db-{}\"\nurl = \"{url}\"\nrole = \"storage\"\n",
+            i + 1
+        ));
+    }
+    text.push_str(
+        "\n[auth.http]\nroute_ttl = 0          # ask the directory every time (default: a short cache)\n\
+         \n[auth.health]\nenabled = false        # the demo runs no IMAP/POP3 servers to probe\n\
+         \n[auth.nodes]\n\"storage-01.domain.ru\" = \"10.0.0.1\"\n\"storage-02.domain.ru\" = \"10.0.0.2\"\n",
+    );
+    let path = cluster.base.join(format!("proxy-{}.toml", urls.len()));
+    std::fs::write(&path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    Service::new(&Config::load(&path)?)
+}
+
+/// One nginx `auth_http` request, as nginx's mail proxy sends it.
+pub fn nginx_auth(svc: &Service, user: &str, password: &str, proto: &str) -> Response {
+    let h = |n: &str, v: &str| (n.to_string(), v.as_bytes().to_vec());
+    let req = Request {
+        method: "GET".to_string(),
+        path: "/auth".to_string(),
+        headers: vec![
+            h("Auth-Method", "plain"),
+            h("Auth-User", user),
+            h("Auth-Pass", password),
+            h("Auth-Protocol", proto),
+            h("Auth-Login-Attempt", "1"),
+            h("Client-IP", "192.0.2.10"),
+        ],
+        body: Vec::new(),
+    };
+    svc.handle(&req, "127.0.0.1")
+}
+
+/// A response's headers on one line.
+pub fn headers(r: &Response) -> String {
+    r.headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Chapter: nginx's mail proxy asks `auth_http` where a user lives.
+pub fn nginx(story: &mut Story, cluster: &Cluster) -> Result<()> {
+    story.chapter("nginx mail proxy on the proxy host (auth_http: `mailauth serve`)");
+    let svc = proxy_service(
+        cluster,
+        &[cluster.urls[0].2.clone(), cluster.urls[1].2.clone()],
+    )?;
+    println!("   nginx asks GET /auth with Auth-User/Auth-Pass; the answer says where to connect:");
+    let cases: &[(&str, &str, &str, Option<&str>)] = &[
+        (
+            "ivanov@msk.domain.ru",
+            "ivanov-pw",
+            "imap",
+            Some("10.0.0.1"),
+        ),
+        (
+            "smirnova@spb.domain.ru",
+            "smirnova-pw",
+            "pop3",
+            Some("10.0.0.2"),
+        ),
+        (
+            "novikova@msk.domain.ru",
+            "novikova-pw",
+            "smtp",
+            Some("10.0.0.1"),
+        ),
+        ("petrova@msk.domain.ru", "wrong-pw", "imap", None),
+        ("sidorov@kzn.domain.ru", "sidorov-pw", "imap", None),
+        ("nobody@msk.domain.ru", "x", "pop3", None),
+    ];
+    for (user, pw, proto, server) in cases {
+        let r = nginx_auth(&svc, user, pw, proto);
+        let ok = match server {
+            Some(ip) => {
+                header(&r, "Auth-Status") == Some("OK") && header(&r, "Auth-Server") == Some(*ip)
+            }
+            None => {
+                header(&r, "Auth-Status").is_some_and(|s| s.contains("Invalid login"))
+                    && header(&r, "Auth-Server").is_none()
+            }
+        };
+        story.check(ok, format!("{user:<23} {proto:<4} -> {}", headers(&r)));
+    }
+    println!("   (a wrong password gets Auth-Wait: nginx delays the client, and repeated failures");
+    println!("   from one address are refused without a password check)");
+    Ok(())
+}
+
 /// Chapter: every database down. Nobody logs in; Dovecot says "try again later".
 pub fn all_down(story: &mut Story, cluster: &Cluster) -> Result<()> {
     story.chapter("Every database down: a temporary failure, and nobody logs in");
@@ -242,6 +347,19 @@ pub fn all_down(story: &mut Story, cluster: &Cluster) -> Result<()> {
         format!(
             "userdb lookup: {} (LMTP answers 4xx, Exim keeps the mail queued), never \"unknown user\"",
             action_text(&act)
+        ),
+    );
+    let svc = proxy_service(
+        cluster,
+        &["postgresql://mail@127.0.0.1:1/mail?connect_timeout=1".to_string()],
+    )?;
+    let r = nginx_auth(&svc, "ivanov@msk.domain.ru", "ivanov-pw", "imap");
+    story.check(
+        header(&r, "Auth-Status").is_some_and(|s| s.contains("Temporary"))
+            && header(&r, "Auth-Server").is_none(),
+        format!(
+            "nginx auth_http: {} (the seed's Perl answered OK with server 0.0.0.0)",
+            headers(&r)
         ),
     );
     let body = br#"{"user":"ivanov@msk.domain.ru","password":"ivanov-pw"}"#;

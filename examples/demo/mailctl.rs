@@ -1,10 +1,9 @@
 //! mailctl chapters: a change written to every node's database at once, drift between the
 //! databases and its repair, failover of a storage node, rejoin and failback.
 
-use crate::logins::NEW_MAILBOXES;
+use crate::logins::{self, NEW_MAILBOXES};
 use crate::{domain, Cluster, Story, STORAGE1, STORAGE2};
 use mailcluster::admin::{self, password, ApplyOptions};
-use mailcluster::auth::authenticator::{AuthContext, Authenticator, Outcome};
 use mailcluster::config::Config;
 use mailcluster::directory::txn::{AdminDb, Change, Snapshot};
 use mailcluster::directory::write::open_writer;
@@ -227,19 +226,23 @@ pub fn drift(story: &mut Story, cluster: &Cluster, admin: &admin::Cluster) -> Re
     Ok(())
 }
 
-/// Where a proxy would send ivanov (Dovecot proxy mode: `proxy=y host=...`).
-fn proxy_host(auth: &Authenticator) -> Result<String> {
-    let ctx = AuthContext {
-        service: "imap".to_string(),
-        ..Default::default()
-    };
+/// Where nginx's mail proxy sends ivanov (`Auth-Server:Auth-Port` from auth_http on the
+/// proxy host, reading storage-01's database, else storage-02's). A fresh service each time:
+/// a pooled SQLite connection would keep reading the file the demo moves away to stand for
+/// storage-01's death, where a real dead database breaks the connection.
+fn proxy_host(cluster: &Cluster) -> Result<String> {
+    let svc = logins::proxy_service(
+        cluster,
+        &[cluster.urls[0].2.clone(), cluster.urls[1].2.clone()],
+    )?;
+    let r = logins::nginx_auth(&svc, "ivanov@msk.domain.ru", "ivanov-pw", "imap");
     Ok(
-        match auth.passdb("ivanov@msk.domain.ru", b"ivanov-pw", &ctx)? {
-            Outcome::Ok(info) => match info.proxy {
-                Some(p) => format!("{}:{}", p.host, p.port),
-                None => "this node".to_string(),
-            },
-            other => format!("{other:?}"),
+        match (
+            logins::header(&r, "Auth-Server"),
+            logins::header(&r, "Auth-Port"),
+        ) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            _ => logins::headers(&r),
         },
     )
 }
@@ -279,22 +282,10 @@ pub fn failover(story: &mut Story, cluster: &Cluster, admin: &admin::Cluster) ->
     story.chapter("mailctl failover: storage-01 dies, its domains move to storage-02");
     let before = snapshots(cluster)?;
 
-    // A Dovecot proxy front end (proxy mode), reading storage-02's database.
-    let proxy_path = cluster.base.join("proxy.toml");
-    write_file(
-        &proxy_path,
-        &format!(
-            "node = \"mail.domain.ru\"\n\n[[directory]]\nname = \"storage-02\"\nurl = \"{}\"\n\
-             role = \"storage\"\n\n[auth]\nproxy_mode = true\n\n[auth.nodes]\n\
-             \"{STORAGE1}\" = \"10.0.0.1\"\n\"{STORAGE2}\" = \"10.0.0.2\"\n",
-            cluster.urls[1].2
-        ),
-    )?;
-    let proxy = Authenticator::new(Config::load(&proxy_path)?)?;
-    let host = proxy_host(&proxy)?;
+    let host = proxy_host(cluster)?;
     story.check(
         host.starts_with("10.0.0.1:"),
-        format!("before: the proxy sends ivanov@msk.domain.ru to {host} (storage-01)"),
+        format!("before: nginx sends ivanov@msk.domain.ru to {host} (storage-01)"),
     );
 
     // storage-01 dies: its database is gone with it.
@@ -335,10 +326,10 @@ pub fn failover(story: &mut Story, cluster: &Cluster, admin: &admin::Cluster) ->
         println!("     next: {s}");
     }
     routing(story, cluster, STORAGE2, STORAGE1)?;
-    let host = proxy_host(&proxy)?;
+    let host = proxy_host(cluster)?;
     story.check(
         host.starts_with("10.0.0.2:"),
-        format!("the proxy now sends ivanov@msk.domain.ru to {host} (storage-02)"),
+        format!("nginx now sends ivanov@msk.domain.ru to {host} (storage-02); logins go on"),
     );
 
     story.chapter("storage-01 returns: `mailctl rejoin` before its Exim starts, then failback");
@@ -383,10 +374,10 @@ pub fn failover(story: &mut Story, cluster: &Cluster, admin: &admin::Cluster) ->
         after == before,
         "every database holds exactly the rows it had before the failover".to_string(),
     );
-    let host = proxy_host(&proxy)?;
+    let host = proxy_host(cluster)?;
     story.check(
         host.starts_with("10.0.0.1:"),
-        format!("the proxy sends ivanov@msk.domain.ru to {host} again"),
+        format!("nginx sends ivanov@msk.domain.ru to {host} again"),
     );
     Ok(())
 }

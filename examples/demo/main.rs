@@ -439,6 +439,7 @@ fn run(story: &mut Story) -> Result<()> {
     logins::schemes(story)?;
     let admin = mailctl::add_everywhere(story, &cluster)?;
     logins::dovecot(story, &cluster)?;
+    logins::nginx(story, &cluster)?;
     logins::all_down(story, &cluster)?;
     mailctl::drift(story, &cluster, &admin)?;
     mailctl::failover(story, &cluster, &admin)?;
