@@ -14,7 +14,7 @@ use serde::Serialize;
 
 /// Administer every node's mail directory database at once.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "mailctl", version, about, long_about = None)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
