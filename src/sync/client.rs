@@ -197,6 +197,10 @@ fn sync_domain_inner(
         ));
     }
     let own = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
+    // Paths this end sent in runs that did not complete (an intent log written before the
+    // operations go out): they came from here, so they are ours to delete.
+    let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
+    let mut sent_log = load_sent(&sent_path, &pair);
 
     // Ask the remote.
     let mut e = Enc::new();
@@ -294,6 +298,13 @@ fn sync_domain_inner(
         _ => (None, listed),
     };
     rep.trusted_record = synced.is_some();
+    let synced = if sent_log.is_empty() {
+        synced
+    } else {
+        let mut s = synced.unwrap_or_default();
+        s.extend(sent_log.iter().map(|p| path_entry(p)));
+        Some(s)
+    };
 
     // Safety rules for deletes.
     let local_has_files = local.entries.iter().any(|e| e.kind != Kind::Dir);
@@ -336,6 +347,23 @@ fn sync_domain_inner(
         rep.deletes = p.deletes() as u64;
         sess.conn.send_flush(t::ABORT, &[])?;
         return Ok(());
+    }
+
+    // Record what is about to be sent, durably, before it goes out.
+    let before = sent_log.len();
+    for op in &p.ops {
+        match op {
+            Op::Put(e) | Op::Link { to: e, .. } => {
+                sent_log.insert(e.path.clone());
+            }
+            Op::Rename { to, .. } => {
+                sent_log.insert(to.clone());
+            }
+            _ => {}
+        }
+    }
+    if sent_log.len() != before {
+        save_sent(&sent_path, &pair, &sent_log)?;
     }
 
     // Stream the operations.
@@ -437,12 +465,22 @@ fn sync_domain_inner(
                     .is_some_and(|p| std::fs::create_dir_all(p).is_ok());
             let exists = std::fs::symlink_metadata(&target).is_ok();
             let mut failed = None;
-            let mut chunks = std::iter::from_fn(|| match sess.conn.expect(t::DATA) {
-                Ok([]) => None,
-                Ok(p) => Some(Ok(p.to_vec())),
-                Err(e) => {
-                    failed = Some(e.message().to_string());
-                    None
+            let mut ended = false;
+            let mut chunks = std::iter::from_fn(|| {
+                if ended {
+                    return None;
+                }
+                match sess.conn.expect(t::DATA) {
+                    Ok([]) => {
+                        ended = true;
+                        None
+                    }
+                    Ok(p) => Some(Ok(p.to_vec())),
+                    Err(e) => {
+                        ended = true;
+                        failed = Some(e.message().to_string());
+                        None
+                    }
                 }
             });
             if !parent_ok || exists {
@@ -528,6 +566,7 @@ fn sync_domain_inner(
         return Ok(());
     }
     m.save(&manifest_path)?;
+    let _ = std::fs::remove_file(&sent_path);
     Ok(())
 }
 
@@ -623,6 +662,56 @@ fn stream_put(
     conn.send(t::DATA, &[])?;
     sent.size = size;
     Ok(sent)
+}
+
+fn path_entry(path: &str) -> Entry {
+    Entry {
+        path: path.to_string(),
+        kind: Kind::File,
+        size: 0,
+        mtime: 0,
+        mtime_ns: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        ino: 0,
+        target: None,
+    }
+}
+
+const SENT_MAGIC: &[u8] = b"mailsync-sent 1\n";
+
+fn load_sent(path: &Path, pair: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(data) = std::fs::read(path) else {
+        return out;
+    };
+    let Some(rest) = data.strip_prefix(SENT_MAGIC) else {
+        return out;
+    };
+    let mut d = Dec::new(rest);
+    if d.str().ok() != Some(pair) {
+        return out;
+    }
+    while !d.at_end() {
+        match d.string() {
+            Ok(p) => {
+                out.insert(p);
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn save_sent(path: &Path, pair: &str, paths: &std::collections::BTreeSet<String>) -> Result<()> {
+    let mut e = Enc::new();
+    e.buf.extend_from_slice(SENT_MAGIC);
+    e.str(pair);
+    for p in paths {
+        e.str(p);
+    }
+    super::fsops::write_file_atomic(path, &e.buf, true)
 }
 
 fn with_meta(entry: &Entry, meta: &std::fs::Metadata) -> Entry {

@@ -44,6 +44,10 @@ pub struct Entry {
 impl Entry {
     /// Same content and attributes as far as replication cares (not owner, not inode).
     pub fn same(&self, other: &Entry) -> bool {
+        if self.kind == Kind::Symlink || other.kind == Kind::Symlink {
+            // Symlink times and modes are not kept; the target is what matters.
+            return self.kind == other.kind && self.target == other.target;
+        }
         if self.kind == Kind::Dir || other.kind == Kind::Dir {
             // Directory mtimes are not replicated (Dovecot watches them for changes).
             return self.kind == other.kind && (self.mode & 0o7777) == (other.mode & 0o7777);
@@ -147,12 +151,14 @@ pub fn digest(entries: &[Entry], pair: &str) -> String {
     for e in entries {
         h.update(e.path.as_bytes());
         h.update([0, e.kind as u8]);
-        if e.kind != Kind::Dir {
+        if e.kind == Kind::File {
             h.update(e.size.to_le_bytes());
             h.update(e.mtime.to_le_bytes());
             h.update(e.mtime_ns.to_le_bytes());
         }
-        h.update((e.mode & 0o7777).to_le_bytes());
+        if e.kind != Kind::Symlink {
+            h.update((e.mode & 0o7777).to_le_bytes());
+        }
         if let Some(t) = &e.target {
             h.update(t.as_bytes());
         }
