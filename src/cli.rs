@@ -1,8 +1,9 @@
 //! Shared command-line plumbing: `--config` / `--db` handling and exit-code mapping.
-//! Every binary flattens [`CommonArgs`] into its clap parser, calls [`CommonArgs::load`],
-//! and ends with [`exit`].
+//! Every binary parses with [`parse`] (usage errors exit 64), flattens [`CommonArgs`] into
+//! its clap parser, calls [`CommonArgs::load`], and ends with [`exit`].
 
 use crate::config::{default_config_path, Config, DirectoryConfig, Role, CONFIG_ENV};
+use crate::directory::Directory;
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 
@@ -45,6 +46,12 @@ impl CommonArgs {
             Config::load(&path)?
         };
         if let Some(url) = &self.db {
+            if crate::config::url_password(url).is_some() {
+                log::warn!(
+                    "a password in --db is visible to every user in the process list: put the \
+                     directory in the configuration file (mode 640) instead"
+                );
+            }
             config.directories = vec![DirectoryConfig {
                 name: "cli".to_string(),
                 url: url.clone(),
@@ -53,20 +60,56 @@ impl CommonArgs {
         }
         Ok(config)
     }
+
+    /// Load the configuration and open the first reachable directory.
+    pub fn open(&self) -> Result<(Config, Box<dyn Directory>)> {
+        let config = self.load()?;
+        let directory = config.open_directory()?;
+        Ok((config, directory))
+    }
+}
+
+/// Parse the command line like `P::parse()`, but with the toolkit's exit codes: `--help`
+/// and `--version` exit 0, a usage error exits 64 (EX_USAGE; clap's own code is 2).
+pub fn parse<P: clap::Parser>() -> P {
+    match P::try_parse() {
+        Ok(p) => p,
+        Err(e) => {
+            let code = usage_exit_code(&e);
+            let _ = e.print();
+            std::process::exit(code)
+        }
+    }
+}
+
+/// The exit code for a clap error: 0 for `--help` / `--version`, else 64.
+pub fn usage_exit_code(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind as K;
+    match e.kind() {
+        K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand => {
+            crate::error::exit::OK
+        }
+        _ => crate::error::exit::USAGE,
+    }
 }
 
 /// Print an error the way a Unix tool does (`prog: message`) and return its exit code.
+/// When logging goes to syslog the error is logged there too (stderr may be discarded).
 pub fn report(prog: &str, err: &Error) -> i32 {
-    log::debug!("{prog}: {err}");
+    if crate::logging::is_syslog() {
+        log::error!("{err}");
+    }
     eprintln!("{prog}: {err}");
     err.exit_code()
 }
 
 /// Exit the process with the code of `result` (Ok(code) or the error's code, reported).
+/// Standard output is flushed first.
 pub fn exit(prog: &str, result: Result<i32>) -> ! {
     let code = match result {
         Ok(code) => code,
         Err(err) => report(prog, &err),
     };
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     std::process::exit(code)
 }

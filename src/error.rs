@@ -159,5 +159,27 @@ mod tests {
         assert_eq!(Error::config("x").exit_code(), 78);
         assert!(Error::internal("x").is_temporary());
         assert!(!Error::not_found("x").is_temporary());
+        assert!(!Error::config("x").is_temporary());
+        assert_eq!(Error::denied("x").exit_code(), 1);
+        assert_eq!(Error::internal("x").exit_code(), 70);
+    }
+
+    #[test]
+    fn io_errors_are_never_not_found() {
+        use std::io::{Error as IoError, ErrorKind as IoKind};
+        let e = Error::io("reading /x", IoError::from(IoKind::TimedOut));
+        assert_eq!(e.kind(), ErrorKind::Temporary);
+        let e = Error::io("reading /x", IoError::from(IoKind::NotFound));
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(e.is_temporary());
+        assert!(e.to_string().starts_with("reading /x: "));
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn context_keeps_the_kind() {
+        let e = Error::temporary("connection refused").context("directory storage-01");
+        assert_eq!(e.kind(), ErrorKind::Temporary);
+        assert_eq!(e.to_string(), "directory storage-01: connection refused");
     }
 }

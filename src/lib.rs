@@ -12,6 +12,7 @@ pub mod error;
 pub mod logging;
 pub mod lookup;
 pub mod names;
+pub mod paths;
 pub mod sync;
 
 pub use error::{Error, ErrorKind, Result};

@@ -137,6 +137,15 @@ impl AsRef<str> for Domain {
     }
 }
 
+/// Parses with [`Strictness::Admin`] (a clear *bad input* error): for command-line
+/// arguments (`clap` uses `FromStr`).
+impl std::str::FromStr for Domain {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Domain> {
+        Domain::parse(s, Strictness::Admin)
+    }
+}
+
 /// A validated, lower-case local part (mailbox name) such as `ivanov` or `i.petrov`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
@@ -181,6 +190,10 @@ impl LocalPart {
         }
         if input.starts_with(SUBADDRESS_SEPARATOR) {
             return Err("cannot start with '+'");
+        }
+        if input.starts_with('-') {
+            // Never let a name look like an option to a program it may be handed to.
+            return Err("cannot start with '-'");
         }
         Ok(())
     }
@@ -233,6 +246,15 @@ impl Address {
     /// The address of the mailbox this address delivers to (subaddress removed).
     pub fn mailbox_address(&self) -> String {
         format!("{}@{}", self.local.mailbox(), self.domain)
+    }
+}
+
+/// Parses with [`Strictness::Admin`] (a clear *bad input* error): for command-line
+/// arguments (`clap` uses `FromStr`).
+impl std::str::FromStr for Address {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Address> {
+        Address::parse(s, Strictness::Admin)
     }
 }
 
@@ -302,6 +324,30 @@ mod tests {
             assert!(Address::parse(bad, Strictness::Lookup).is_err(), "{bad:?}");
         }
         assert!(LocalPart::parse_mailbox("a+b", Strictness::Admin).is_err());
+        assert!(LocalPart::parse("-rf", Strictness::Admin).is_err());
+        assert!(LocalPart::parse("a-b_c.d", Strictness::Admin).is_ok());
+        let long = format!("{}@x.ru", "a".repeat(10_000));
+        assert_eq!(
+            Address::parse(&long, Strictness::Lookup)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
+        let a: Address = "Ivanov@Branch.Company.RU".parse().unwrap();
+        assert_eq!(a.to_string(), "ivanov@branch.company.ru");
+        let e = "a b@x.ru".parse::<Address>().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadInput);
+        let d: Domain = "Branch.Company.ru.".parse().unwrap();
+        assert_eq!(d.as_str(), "branch.company.ru");
+        assert_eq!(
+            parse_node_name("Storage-01.Domain.RU.", Strictness::Admin).unwrap(),
+            "storage-01.domain.ru"
+        );
+        assert_eq!(
+            parse_node_name("storage-01", Strictness::Admin).unwrap(),
+            "storage-01"
+        );
+        assert!(parse_node_name("storage 01", Strictness::Admin).is_err());
         let msg = Address::parse("a\nb@x.ru", Strictness::Admin)
             .unwrap_err()
             .to_string();

@@ -11,7 +11,11 @@ use std::time::Duration;
 
 pub mod postgres;
 pub mod schema;
+mod sql;
 pub mod sqlite;
+pub mod write;
+
+pub use write::{open_writer, DirectoryWriter};
 
 /// Where a domain's row lives in the seed's schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
