@@ -5,7 +5,7 @@
 use clap::{Args, Parser, Subcommand};
 use mailcluster::cli::{self, CommonArgs};
 use mailcluster::config::Config;
-use mailcluster::directory::{self, Directory};
+use mailcluster::directory::Directory;
 use mailcluster::error::{Error, Result};
 use mailcluster::logging::{self, LogTarget};
 use mailcluster::names::{self, Domain, Strictness};
@@ -156,14 +156,7 @@ fn open_directory(config: &Config) -> Result<Option<Box<dyn Directory>>> {
     if config.directories.is_empty() {
         return Ok(None);
     }
-    let mut last = None;
-    for d in &config.directories {
-        match directory::open(&d.url, config.db_timeout()) {
-            Ok(dir) => return Ok(Some(dir)),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::temporary("no directory reachable")))
+    config.open_directory().map(Some)
 }
 
 fn home_file(name: &str) -> PathBuf {
@@ -172,7 +165,7 @@ fn home_file(name: &str) -> PathBuf {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli: Cli = cli::parse();
     let verbose = cli.run.verbose;
     let result = match cli.cmd {
         Some(Cmd::Serve {

@@ -845,3 +845,83 @@ fn over_ssh_parallel_domains() {
     assert_eq!(x, y);
     let _ = SystemTime::now();
 }
+
+#[test]
+fn fencing_on_both_ends_and_domains_from_the_directory() {
+    let e = env();
+    let db = support::fixtures::sqlite_seed(&e.sa);
+    let s1 = "storage-01.domain.ru";
+    // Domains whose primary is storage-01, each with a little mail.
+    let mine = [
+        "msk.domain.ru",
+        "kzn.domain.ru",
+        "ekb.domain.ru",
+        "old.domain.ru",
+        "both.domain.ru",
+    ];
+    for d in mine {
+        let md = e.a.join(d).join("u/Maildir/cur");
+        fs::create_dir_all(&md).unwrap();
+        fs::write(md.join("1.M1P1.h,S=2:2,S"), "hi").unwrap();
+    }
+    fs::create_dir_all(e.a.join("spb.domain.ru/u/Maildir/cur")).unwrap();
+    let (a, b) = (e.a.to_str().unwrap(), e.b.to_str().unwrap());
+    // The seed's call: LOCAL REMOTE, domains from the directory.
+    let v = ok(sync(&["--db", &db, "--root", a, s1, b]));
+    let got: BTreeSet<String> = v["per_domain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["domain"].as_str().unwrap().to_string())
+        .collect();
+    let mut want: BTreeSet<String> = mine.iter().map(|s| s.to_string()).collect();
+    // An inactive domain is still replicated (its mail still exists); here it has no
+    // directory on either side, which is fine.
+    want.insert("gone.example.net".to_string());
+    assert_eq!(got, want);
+    assert!(e
+        .b
+        .join("msk.domain.ru/u/Maildir/cur/1.M1P1.h,S=2:2,S")
+        .exists());
+    assert!(!e.b.join("spb.domain.ru").exists());
+    // The sender refuses a domain it is not the primary of; the others still go.
+    let (rc, v, _) = sync(&[
+        "--db",
+        &db,
+        "--root",
+        a,
+        "--domain",
+        "spb.domain.ru",
+        "--domain",
+        "msk.domain.ru",
+        s1,
+        b,
+    ]);
+    assert_ne!(rc, 0);
+    let per = v["per_domain"].as_array().unwrap();
+    let spb = per.iter().find(|d| d["domain"] == "spb.domain.ru").unwrap();
+    assert!(
+        spb["errors"][0].as_str().unwrap().contains("fencing"),
+        "{spb}"
+    );
+    let msk = per.iter().find(|d| d["domain"] == "msk.domain.ru").unwrap();
+    assert_eq!(msk["ok"], true, "{msk}");
+    // The receiver refuses a domain its own directory says it is the primary of.
+    let serve = format!("{BIN} serve --db {db} --node {s1}");
+    let (rc, v, _) = sync(&[
+        "--root",
+        a,
+        "--domain",
+        "msk.domain.ru",
+        "--remote-command",
+        &serve,
+        "storage-02.domain.ru",
+        b,
+    ]);
+    assert_ne!(rc, 0);
+    let err = v["per_domain"][0]["errors"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("refused") && err.contains("fencing"), "{err}");
+}

@@ -190,12 +190,6 @@ fn sync_domain_inner(
     for e in &local.errors {
         rep.error(format!("local scan: {e}"));
     }
-    if local.missing {
-        rep.error(format!(
-            "local domain directory {} is missing; nothing deleted",
-            base.display()
-        ));
-    }
     let own = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
     // Paths this end sent in runs that did not complete (an intent log written before the
     // operations go out): they came from here, so they are ours to delete.
@@ -312,7 +306,14 @@ fn sync_domain_inner(
     let mut allow_delete = local.errors.is_empty() && !local.missing;
     if !local_has_files && remote_has_files {
         allow_delete = false;
-        rep.error("the local domain is empty but the remote is not; nothing deleted");
+        rep.error(if local.missing {
+            format!(
+                "the local domain directory {} is missing but the remote has files; nothing deleted",
+                base.display()
+            )
+        } else {
+            "the local domain is empty but the remote is not; nothing deleted".to_string()
+        });
     }
     let mut p = plan(
         &local.entries,
