@@ -191,6 +191,7 @@ fn sync_domain_inner(
         rep.error(format!("local scan: {e}"));
     }
     let own = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
+    let own_digest = own.as_ref().map(|m| m.digest.clone());
     // Paths this end sent in runs that did not complete (an intent log written before the
     // operations go out): they came from here, so they are ours to delete.
     let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
@@ -566,7 +567,9 @@ fn sync_domain_inner(
         let _ = std::fs::remove_file(&manifest_path);
         return Ok(());
     }
-    m.save(&manifest_path)?;
+    if own_digest.as_deref() != Some(m.digest.as_str()) {
+        m.save(&manifest_path)?;
+    }
     let _ = std::fs::remove_file(&sent_path);
     Ok(())
 }

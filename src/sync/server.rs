@@ -194,7 +194,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
         e.str(err);
     }
     conn.send_flush(t::LIST_END, &e.buf)?;
-    drop(record);
+    let old_digest = record.map(|m| m.digest);
 
     // Operations.
     let mut applier = Applier::new(base.clone(), listing.entries);
@@ -278,7 +278,12 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                     .filter(|e| !keep_out.contains(&e.path))
                     .collect();
                 let m = Manifest::new(&pair, entries);
-                let r = m.save(&manifest_path);
+                // Unchanged record: nothing to write.
+                let r = if old_digest.as_deref() == Some(m.digest.as_str()) {
+                    Ok(())
+                } else {
+                    m.save(&manifest_path)
+                };
                 let mut e = Enc::new();
                 match r {
                     Ok(()) => {
