@@ -463,6 +463,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn known_messages_are_not_stated_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for sub in ["u/Maildir/cur", "u/Maildir/new", "u/Maildir/tmp"] {
+            fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for i in 0..5 {
+            fs::write(d.join(format!("u/Maildir/cur/{i}.M1P1.h:2,S")), "x").unwrap();
+        }
+        fs::write(d.join("u/Maildir/tmp/partial"), "x").unwrap();
+        fs::write(d.join("u/Maildir/dovecot-uidlist.lock"), "").unwrap();
+        fs::write(d.join("u/Maildir/dovecot-uidlist"), "3 V1 N1\n").unwrap();
+        let f = Filter::new(vec![], false);
+        let (s1, c1) = scan(d, &f, &Cache::default());
+        assert!(s1.errors.is_empty());
+        // 5 messages + the uidlist; nothing from tmp/, no lock file.
+        assert_eq!(s1.stats, 6);
+        assert_eq!(s1.messages(), 5);
+        assert!(!s1
+            .entries
+            .iter()
+            .any(|e| e.path.contains("tmp/") || e.path.ends_with(".lock")));
+        // A flag change: the directory is listed again, only the new name is stat'ed (plus
+        // the control file, which may change in place).
+        fs::rename(
+            d.join("u/Maildir/cur/0.M1P1.h:2,S"),
+            d.join("u/Maildir/cur/0.M1P1.h:2,RS"),
+        )
+        .unwrap();
+        let (s2, _) = scan(d, &f, &c1);
+        assert_eq!(s2.stats, 2);
+        assert_eq!(s2.messages(), 5);
+        assert!(s2.entries.iter().any(|e| e.path.ends_with("0.M1P1.h:2,RS")));
+    }
+
+    #[test]
     fn globs() {
         assert!(glob(b"dovecot.index*", b"dovecot.index.log"));
         assert!(glob(b"*.tmp", b"a.tmp"));
