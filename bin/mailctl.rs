@@ -128,7 +128,7 @@ fn role_name(r: Role) -> &'static str {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli: Cli = cli::parse();
     logging::init("mailctl", LogTarget::Stderr, cli.verbose);
     cli::exit("mailctl", run(cli))
 }

@@ -235,7 +235,19 @@ impl Config {
     /// `#[serde(deny_unknown_fields)]` on `T` so that a misspelt key is refused with its line.
     pub fn section<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
         let Some((path, text)) = &self.source else {
-            return Ok(T::default());
+            // Built in code (no file): read the in-memory table.
+            let table = match name {
+                "map" => &self.map,
+                "auth" => &self.auth,
+                "sync" => &self.sync,
+                "ctl" => &self.ctl,
+                _ => return Ok(T::default()),
+            };
+            if table.is_empty() {
+                return Ok(T::default());
+            }
+            return T::deserialize(toml::Value::Table(table.clone()))
+                .map_err(|e| Error::config(format!("[{name}] {}", e.message())));
         };
         let doc: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, text, &e, &[]))?;
         let secrets = find_secrets(&doc);

@@ -84,3 +84,94 @@ fn load_with_db_and_no_system_file_uses_defaults() {
     assert_eq!(e.kind(), mailcluster::ErrorKind::Config);
     assert!(e.to_string().contains("--config"), "{e}");
 }
+
+/// Run the real `mailctl` with a clean environment plus `env`.
+fn mailctl(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mailctl"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_mode(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn the_binaries_read_config_then_env_then_system_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let conf = |name: &str| {
+        let path = dir.join(format!("{name}.toml"));
+        let text = format!(
+            "[[directory]]\nname = \"{name}\"\nurl = \"sqlite:{}\"\n",
+            dir.join(format!("{name}.sqlite")).display()
+        );
+        write_mode(&path, &text, 0o644);
+        path
+    };
+    let (env_conf, arg_conf) = (conf("env"), conf("arg"));
+    let env = [("MAILCLUSTER_CONFIG", env_conf.as_path())];
+
+    let (code, out, err) = mailctl(&["schema", "init"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(dir.join("env.sqlite").exists());
+    assert!(!dir.join("arg.sqlite").exists());
+
+    let arg = arg_conf.to_str().unwrap();
+    let (code, out, err) = mailctl(&["schema", "init", "--config", arg], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(dir.join("arg.sqlite").exists());
+
+    // --db replaces the configured directories.
+    let db = format!("sqlite:{}", dir.join("db.sqlite").display());
+    let (code, out, err) = mailctl(&["schema", "init", "--config", arg, "--db", &db], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(dir.join("db.sqlite").exists());
+}
+
+#[test]
+fn the_binaries_exit_78_on_bad_files_without_showing_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    write_mode(&bad, "node = \"a.b\"\nnode_name = \"x\"\n", 0o644);
+    let (code, _, err) = mailctl(&["schema", "check", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains(&format!("{}:2:", bad.display())), "{err}");
+    assert!(err.contains("node_name"), "{err}");
+
+    let secret = tmp.path().join("secret.toml");
+    write_mode(
+        &secret,
+        "[[directory]]\nname = \"pg\"\nurl = \"postgresql://mail:Zz9SecretPw@127.0.0.1:1/mail\"\n",
+        0o644,
+    );
+    let (code, out, err) = mailctl(
+        &["schema", "check", "--config", secret.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("chmod 640"), "{err}");
+    assert!(
+        !err.contains("Zz9SecretPw") && !out.contains("Zz9SecretPw"),
+        "{err}"
+    );
+
+    // A missing file named explicitly is a configuration error too.
+    let missing = tmp.path().join("missing.toml");
+    let (code, _, err) = mailctl(&["schema", "check"], &[("MAILCLUSTER_CONFIG", &missing)]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("missing.toml"), "{err}");
+}

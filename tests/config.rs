@@ -190,6 +190,14 @@ fn sections_are_read_with_lines_and_unknown_keys_refused() {
     let sync: AuthSection = c.section("sync").unwrap();
     assert_eq!(sync.listen, "");
 
+    // A configuration built in code reads its in-memory tables.
+    let mut built = Config::default();
+    built
+        .auth
+        .insert("listen".into(), toml::Value::String("[::1]:80".into()));
+    let auth: AuthSection = built.section("auth").unwrap();
+    assert_eq!(auth.listen, "[::1]:80");
+
     let text = "[auth]\nlisten = \"x\"\nshared_secret = \"hunter2hunter2\"\nlisetn = 1\n";
     let path = write(dir.path(), "s.toml", text, 0o600);
     let c = Config::load(&path).unwrap();

@@ -54,7 +54,7 @@ fn schema_init_and_check_on_sqlite() {
     assert!(out.contains("missing column: mail.password"), "{out}");
     // bad usage
     let (code, _, _) = mailctl(&["schema", "check", "--role", "bogus", "--db", &url]);
-    assert_eq!(code, 2, "clap's usage error");
+    assert_eq!(code, 64, "usage error");
 }
 
 #[test]

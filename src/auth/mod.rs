@@ -2,8 +2,10 @@
 //! Dovecot Lua/checkpassword JSON API), throttling and backend health checks.
 
 pub mod api;
+pub mod authenticator;
 pub mod checkpassword;
 pub mod health;
 pub mod http;
+pub mod iterate;
 pub mod scheme;
 pub mod throttle;

@@ -9,6 +9,7 @@ use crate::names::{Domain, LocalPart};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+mod pgtls;
 pub mod postgres;
 pub mod schema;
 mod sql;
@@ -80,6 +81,10 @@ pub trait Directory: Send {
     fn route(&mut self, domain: &Domain) -> Result<Option<DomainRecord>>;
 
     /// The mailbox `mailbox@domain` (the legacy pseudo-mailbox `dir` is never returned).
+    /// `mailbox` is matched as given (strip a `+tag` subaddress before calling).
+    /// Only ldomain domains hold mailboxes: `mail.ldomain_id` references `ldomain`, so
+    /// co_domain recipients are not mailboxes in this schema (Ok(None) here; the lookup
+    /// layer decides what a co_domain recipient means).
     fn mailbox(&mut self, mailbox: &LocalPart, domain: &Domain) -> Result<Option<MailboxRecord>>;
 
     /// All domains, or those whose primary is `primary` (with their backup).
@@ -96,7 +101,11 @@ pub trait Directory: Send {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Open a directory from a connection string: `sqlite:PATH`, `postgres://…`,
-/// `postgresql://…`, or libpq `key=value` pairs.
+/// `postgresql://…`, or libpq `key=value` pairs (TLS: `sslmode`, `sslrootcert`; see
+/// [`postgres`]). A missing SQLite file is a configuration error (never created here).
+/// PostgreSQL connects lazily, on the first call, and reconnects after a failure; every
+/// wait is bounded by `timeout` (see [`DEFAULT_TIMEOUT`], `Config::db_timeout`). For
+/// writes, see [`open_writer`].
 pub fn open(url: &str, timeout: Duration) -> Result<Box<dyn Directory>> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         Ok(Box::new(sqlite::SqliteDirectory::open(path, timeout)?))

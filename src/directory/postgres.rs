@@ -19,19 +19,19 @@
 //! `verify-full` (chain and host name verified). `sslrootcert=PATH` names the CA file
 //! (default: the system trust store); `sslcert`/`sslkey` a client certificate.
 
+use super::pgtls::{MakeTls, TlsFiles, Verify};
 use super::sql::{self, Param, Sql, Val};
 use super::{Directory, DomainRecord, MailboxRecord};
 use crate::config::Role;
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{Domain, LocalPart};
-use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
-use postgres_openssl::MakeTlsConnector;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::mem::ManuallyDrop;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Config};
+use tokio_postgres::{Client, Config, Statement};
 
 /// libpq's sslmode, including the verifying modes tokio-postgres does not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,46 +273,33 @@ impl ConnInfo {
         self.tls_mode
     }
 
-    fn tls_connector(&self) -> Result<MakeTlsConnector> {
-        let ssl_err = |e: openssl::error::ErrorStack| {
-            Error::config(format!("{}: cannot set up TLS: {e}", self.describe))
+    fn tls_connector(&self) -> Result<MakeTls> {
+        let verify = match self.tls_mode {
+            TlsMode::Disable | TlsMode::Prefer | TlsMode::Require => Verify::None,
+            TlsMode::VerifyCa => Verify::Chain,
+            TlsMode::VerifyFull => Verify::Full,
         };
-        let mut builder = SslConnector::builder(SslMethod::tls()).map_err(ssl_err)?;
-        let verify = matches!(self.tls_mode, TlsMode::VerifyCa | TlsMode::VerifyFull);
-        if verify {
-            builder.set_verify(SslVerifyMode::PEER);
-            if let Some(ca) = &self.root_cert {
+        let files = TlsFiles {
+            root_cert: self.root_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        };
+        if verify != Verify::None {
+            if let Some(ca) = &files.root_cert {
                 if !std::path::Path::new(ca).is_file() {
                     return Err(Error::config(format!(
                         "{}: sslrootcert {ca}: no such file",
                         self.describe
                     )));
                 }
-                builder.set_ca_file(ca).map_err(|e| {
-                    Error::config(format!("{}: sslrootcert {ca}: {e}", self.describe))
-                })?;
             }
-        } else {
-            builder.set_verify(SslVerifyMode::NONE);
         }
-        if let Some(cert) = &self.client_cert {
-            builder
-                .set_certificate_chain_file(cert)
-                .map_err(|e| Error::config(format!("{}: sslcert {cert}: {e}", self.describe)))?;
-            let key = self.client_key.clone().unwrap_or_else(|| cert.clone());
-            builder
-                .set_private_key_file(&key, SslFiletype::PEM)
-                .map_err(|e| Error::config(format!("{}: sslkey {key}: {e}", self.describe)))?;
-        }
-        let mut connector = MakeTlsConnector::new(builder.build());
-        let check_host = self.tls_mode == TlsMode::VerifyFull;
-        connector.set_callback(move |cfg, _domain| {
-            if !check_host {
-                cfg.set_verify_hostname(false);
-            }
-            Ok(())
-        });
-        Ok(connector)
+        MakeTls::new(verify, &files).map_err(|e| {
+            Error::config(format!(
+                "{}: cannot set up TLS ({}): {}",
+                self.describe, e.what, e.error
+            ))
+        })
     }
 }
 
@@ -343,12 +330,25 @@ fn describe_config(c: &Config) -> String {
 /// failure; every wait is bounded by the timeout given to [`PgDirectory::connect`].
 pub struct PgDirectory {
     info: ConnInfo,
-    tls: MakeTlsConnector,
+    tls: MakeTls,
     timeout: Duration,
-    rt: tokio::runtime::Runtime,
+    /// Dropped with `shutdown_background` (see `Drop`), so that dropping a directory inside
+    /// an async context does not panic.
+    rt: ManuallyDrop<tokio::runtime::Runtime>,
     client: Option<Client>,
     conn_task: Option<tokio::task::JoinHandle<()>>,
     has_password: Option<bool>,
+    /// Prepared statements of this connection, by SQL text (a few constants).
+    stmts: HashMap<String, Statement>,
+}
+
+impl Drop for PgDirectory {
+    fn drop(&mut self) {
+        self.disconnect();
+        // SAFETY: `rt` is never used again: this is the destructor.
+        let rt = unsafe { ManuallyDrop::take(&mut self.rt) };
+        rt.shutdown_background();
+    }
 }
 
 /// What a failed call means.
@@ -374,6 +374,7 @@ fn classify(e: &tokio_postgres::Error) -> (ErrorKind, bool) {
     let text = e.to_string();
     let kind = if text.contains("password missing")
         || text.contains("certificate")
+        || text.contains("does not support TLS")
         || text.contains("invalid configuration")
     {
         ErrorKind::Config
@@ -404,10 +405,11 @@ impl PgDirectory {
             info,
             tls,
             timeout,
-            rt,
+            rt: ManuallyDrop::new(rt),
             client: None,
             conn_task: None,
             has_password: None,
+            stmts: HashMap::new(),
         })
     }
 
@@ -416,9 +418,41 @@ impl PgDirectory {
         self.timeout
     }
 
+    /// Run a future on the private runtime. Inside another runtime's context (where tokio
+    /// forbids blocking) it runs on a short-lived helper thread instead of panicking.
+    fn block_on<F>(&self, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.rt.block_on(fut);
+        }
+        let rt: &tokio::runtime::Runtime = &self.rt;
+        std::thread::scope(|scope| match scope.spawn(move || rt.block_on(fut)).join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        })
+    }
+
+    /// Run `fut` on the private runtime, giving up at `deadline`.
+    fn bounded<F>(
+        &self,
+        deadline: Instant,
+        fut: F,
+    ) -> std::result::Result<F::Output, tokio::time::error::Elapsed>
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        // The timer is made inside the runtime (it needs its time driver).
+        self.block_on(async move { tokio::time::timeout_at(deadline, fut).await })
+    }
+
     fn disconnect(&mut self) {
         self.client = None;
         self.has_password = None;
+        self.stmts.clear();
         if let Some(task) = self.conn_task.take() {
             task.abort();
         }
@@ -435,6 +469,7 @@ impl PgDirectory {
 
     fn fail(&mut self, what: &str, e: tokio_postgres::Error) -> Error {
         let (kind, usable) = classify(&e);
+        self.stmts.clear();
         if !usable {
             self.disconnect();
         }
@@ -459,9 +494,7 @@ impl PgDirectory {
         self.disconnect();
         let config = self.info.config.clone();
         let tls = self.tls.clone();
-        let res = self
-            .rt
-            .block_on(async move { tokio::time::timeout_at(deadline, config.connect(tls)).await });
+        let res = self.bounded(deadline, async move { config.connect(tls).await });
         match res {
             Err(_) => Err(self.timed_out("connecting")),
             Ok(Err(e)) => Err(self.fail("cannot connect", e)),
@@ -536,24 +569,45 @@ fn row_vals(row: &tokio_postgres::Row) -> Vec<Val> {
     out
 }
 
+impl PgDirectory {
+    /// The prepared statement for `sql` (prepared once per connection).
+    fn statement(&mut self, sql: &str, deadline: Instant) -> Result<Statement> {
+        self.ensure(deadline)?;
+        if let Some(st) = self.stmts.get(sql) {
+            return Ok(st.clone());
+        }
+        let Some(client) = self.client.as_ref() else {
+            return Err(self.not_connected());
+        };
+        let res = self.bounded(deadline, client.prepare(sql));
+        match res {
+            Err(_) => Err(self.timed_out("preparing a query")),
+            Ok(Err(e)) => Err(self.fail("query failed", e)),
+            Ok(Ok(st)) => {
+                self.stmts.insert(sql.to_string(), st.clone());
+                Ok(st)
+            }
+        }
+    }
+
+    fn not_connected(&self) -> Error {
+        Error::temporary(format!("{}: not connected", self.info.describe))
+    }
+}
+
 impl Sql for PgDirectory {
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Val>>> {
         let deadline = self.deadline();
-        self.ensure(deadline)?;
+        let st = self.statement(sql, deadline)?;
         let Some(client) = self.client.as_ref() else {
-            return Err(Error::temporary(format!(
-                "{}: not connected",
-                self.info.describe
-            )));
+            return Err(self.not_connected());
         };
         let boxed = to_sql_params(params);
         let refs: Vec<&(dyn ToSql + Sync)> = boxed
             .iter()
             .map(|b| b.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        let res = self
-            .rt
-            .block_on(async { tokio::time::timeout_at(deadline, client.query(sql, &refs)).await });
+        let res = self.bounded(deadline, client.query(&st, &refs));
         match res {
             Err(_) => Err(self.timed_out("query")),
             Ok(Err(e)) => Err(self.fail("query failed", e)),
@@ -563,21 +617,16 @@ impl Sql for PgDirectory {
 
     fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
         let deadline = self.deadline();
-        self.ensure(deadline)?;
+        let st = self.statement(sql, deadline)?;
         let Some(client) = self.client.as_ref() else {
-            return Err(Error::temporary(format!(
-                "{}: not connected",
-                self.info.describe
-            )));
+            return Err(self.not_connected());
         };
         let boxed = to_sql_params(params);
         let refs: Vec<&(dyn ToSql + Sync)> = boxed
             .iter()
             .map(|b| b.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        let res = self.rt.block_on(async {
-            tokio::time::timeout_at(deadline, client.execute(sql, &refs)).await
-        });
+        let res = self.bounded(deadline, client.execute(&st, &refs));
         match res {
             Err(_) => Err(self.timed_out("statement")),
             Ok(Err(e)) => Err(self.fail("statement failed", e)),
@@ -639,9 +688,20 @@ impl Sql for PgDirectory {
         if let Some(h) = self.has_password {
             return Ok(h);
         }
-        let h = self
-            .columns("mail")?
-            .is_some_and(|c| c.iter().any(|(n, _)| n.eq_ignore_ascii_case("password")));
+        // The catalog directly (information_schema.columns is a slow view); `mail` is
+        // resolved through the search_path like the queries' own `mail`.
+        let rows = self.query(
+            "SELECT count(*) FROM pg_catalog.pg_attribute \
+             WHERE attrelid = to_regclass('mail') AND attname = 'password' \
+               AND NOT attisdropped AND attnum > 0",
+            &[],
+        )?;
+        let h = rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(Val::int)
+            .unwrap_or(0)
+            > 0;
         // Cached for this connection (a reconnect looks again).
         self.has_password = Some(h);
         Ok(h)
@@ -726,5 +786,26 @@ mod tests {
         let e = ConnInfo::parse("host=h user=u password='topsecret").unwrap_err();
         assert!(!e.to_string().contains("topsecret"));
         assert!(ConnInfo::parse("dbname=mail user=mail").is_err());
+        // Hostile strings never panic.
+        for s in [
+            "",
+            "=",
+            "==",
+            "a=b=c",
+            "host='",
+            "host=\\",
+            "host='\\",
+            "postgresql://",
+            "postgresql://%",
+            "postgresql://h/db?%",
+            "postgresql://h/db?sslmode=%zz&sslrootcert=%e2%82",
+            "postgresql://h/db?&&=&",
+            "host=дом user=я",
+            "host=h user=u\0",
+            "\0=\0",
+        ] {
+            let _ = ConnInfo::parse(s);
+        }
+        assert_eq!(percent_decode("%2Fa%2f%zz%"), "/a/%zz%");
     }
 }

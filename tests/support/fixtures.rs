@@ -51,7 +51,7 @@ use std::path::Path;
 pub const S1: &str = "storage-01.domain.ru";
 pub const S2: &str = "storage-02.domain.ru";
 
-/// The seed's DDL, verbatim (seed text lines 64-96).
+/// The seed's DDL, verbatim (seed text lines 65-94).
 pub const SEED_DDL: &str = r#"CREATE TABLE mail (
 "id" BIGSERIAL PRIMARY KEY,
 "mailbox" CHARACTER VARYING(32) not null,

@@ -7,6 +7,10 @@
 //!   SIGSTOP of the postmaster and all its children) the server, so that other tests in
 //!   the same binary are not affected.
 //!
+//! The postmaster runs in the foreground as a child of the test process (as `postgres`
+//! when root), with a parent-death signal: even a test binary killed by SIGKILL leaves no
+//! server behind. `stop()` is a fast shutdown that waits for every server process.
+//!
 //! Every cluster listens on a unix socket directory under its temp dir and on
 //! 127.0.0.1 at a free high port, with SSL on (a throwaway CA + server certificate for
 //! `localhost`/127.0.0.1; the CA is at [`Pg::ca_cert`]).
@@ -21,9 +25,9 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";
@@ -39,6 +43,44 @@ pub struct Pg {
     hung: Mutex<bool>,
     /// Remove `root` on drop.
     owned: bool,
+    /// The postmaster, our direct child (foreground `postgres -D`).
+    child: Mutex<Option<Child>>,
+    /// The thread that forks the postmaster (see [`Keeper`]).
+    keeper: Keeper,
+}
+
+/// A thread that lives as long as its cluster and forks the postmaster. The postmaster
+/// gets `PR_SET_PDEATHSIG = SIGQUIT` (immediate shutdown) bound to this thread, so that a
+/// test binary that is killed (timeout, SIGKILL: no atexit, no Drop) leaves no server
+/// running. (Linux-only, like the rest of this test support.)
+struct Keeper {
+    tx: Mutex<mpsc::Sender<(Command, mpsc::Sender<std::io::Result<Child>>)>>,
+}
+
+impl Keeper {
+    fn new() -> Keeper {
+        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<std::io::Result<Child>>)>();
+        std::thread::Builder::new()
+            .name("pg-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawn pg-keeper thread");
+        Keeper { tx: Mutex::new(tx) }
+    }
+
+    fn spawn(&self, cmd: Command) -> std::io::Result<Child> {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        tx.send((cmd, reply_tx))
+            .map_err(|_| std::io::Error::other("pg-keeper thread is gone"))?;
+        drop(tx);
+        reply_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("pg-keeper thread is gone"))?
+    }
 }
 
 static SHARED: OnceLock<Pg> = OnceLock::new();
@@ -66,7 +108,7 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Run a PostgreSQL server program (initdb, pg_ctl): as `postgres` when we are root.
+/// Run a PostgreSQL server program (initdb): as `postgres` when we are root.
 fn pg_command(prog: &str) -> Command {
     let path = format!("{PGBIN}/{prog}");
     if is_root() {
@@ -93,16 +135,21 @@ fn run(mut cmd: Command, what: &str) {
     }
 }
 
+/// uid and gid of the `postgres` user.
+fn postgres_ids() -> (libc::uid_t, libc::gid_t) {
+    // SAFETY: getpwnam with a NUL-terminated literal; we copy the ids out immediately.
+    unsafe {
+        let pw = libc::getpwnam(c"postgres".as_ptr());
+        assert!(!pw.is_null(), "no 'postgres' user");
+        ((*pw).pw_uid, (*pw).pw_gid)
+    }
+}
+
 fn chown_postgres(path: &Path) {
     if !is_root() {
         return;
     }
-    // SAFETY: getpwnam with a NUL-terminated literal; we copy the ids out immediately.
-    let (uid, gid) = unsafe {
-        let pw = libc::getpwnam(c"postgres".as_ptr());
-        assert!(!pw.is_null(), "no 'postgres' user");
-        ((*pw).pw_uid, (*pw).pw_gid)
-    };
+    let (uid, gid) = postgres_ids();
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
 }
 
@@ -162,6 +209,8 @@ impl Pg {
                 port,
                 hung: Mutex::new(false),
                 owned: true,
+                child: Mutex::new(None),
+                keeper: Keeper::new(),
             };
             match pg.try_start() {
                 Ok(()) => {
@@ -182,25 +231,76 @@ impl Pg {
         panic!("cannot start PostgreSQL: {last_err}");
     }
 
+    /// Start the postmaster as our child (as `postgres` when root) and wait until
+    /// postmaster.pid says "ready" (what `pg_ctl -w` waits for).
     fn try_start(&self) -> Result<(), String> {
-        let out = pg_command("pg_ctl")
-            .arg("-D")
+        use std::os::unix::process::CommandExt;
+        let log_path = self.root.join("postgres.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("open {}: {e}", log_path.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(format!("{PGBIN}/postgres"));
+        cmd.arg("-D")
             .arg(&self.data)
-            .arg("-l")
-            .arg(self.root.join("postgres.log"))
-            .args(["-w", "-t", "30", "start"])
             .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            let log = std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default();
-            Err(format!(
-                "pg_ctl start: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                log
-            ))
+            .stdout(log)
+            .stderr(log2);
+        let ids = is_root().then(postgres_ids);
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some((uid, gid)) = ids {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // After setuid (a credential change clears it): stop with our keeper thread.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = self
+            .keeper
+            .spawn(cmd)
+            .map_err(|e| format!("spawn postgres: {e}"))?;
+        let pid = child.id() as i32;
+        *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let exited = {
+                let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+                match guard.as_mut().map(|c| c.try_wait()) {
+                    Some(Ok(Some(status))) => {
+                        guard.take();
+                        Some(status.to_string())
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(status) = exited {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!("postgres exited ({status}):\n{log}"));
+            }
+            if let Ok(text) = std::fs::read_to_string(self.data.join("postmaster.pid")) {
+                let mut lines = text.lines();
+                let same = lines.next().map(str::trim) == Some(&pid.to_string());
+                if same && lines.nth(6).map(str::trim) == Some("ready") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                return Err("postgres did not become ready within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -325,17 +425,35 @@ impl Pg {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Stop the server (fast shutdown). Connections then fail with "connection refused".
+    /// Stop the server (fast shutdown) and wait until every server process is gone.
+    /// Connections then fail with "connection refused".
     pub fn stop(&self) {
         self.resume();
-        let _ = pg_command("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", "30", "stop"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let pids = self.server_pids();
+        let child = self.child.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut child) = child {
+            // SAFETY: signalling our own child. SIGINT = fast shutdown.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGINT);
+            }
+            let exited = Pg::wait_until(Duration::from_secs(10), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if !exited {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        let gone = Pg::wait_until(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p)));
+        if !gone {
+            for pid in pids.iter().filter(|p| alive(**p)) {
+                // SAFETY: signalling a server process we started.
+                unsafe {
+                    libc::kill(*pid, libc::SIGKILL);
+                }
+            }
+            Pg::wait_until(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p)));
+        }
     }
 
     /// Start a stopped server again (same port).
@@ -345,10 +463,13 @@ impl Pg {
         }
     }
 
-    /// The postmaster's pid, from postmaster.pid (None when not running).
+    /// The postmaster's pid (None when not running).
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
+        self.child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.id() as i32)
     }
 
     /// The postmaster and all its children (Linux /proc; test code only).
@@ -422,26 +543,8 @@ impl Pg {
 
     /// Stop the server for good (idempotent; used at exit and on drop).
     fn shutdown(&self) {
-        self.resume();
         if self.postmaster_pid().is_some() {
-            let ok = pg_command("pg_ctl")
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-m", "immediate", "-w", "-t", "10", "stop"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                if let Some(pid) = self.postmaster_pid() {
-                    // SAFETY: signalling the postmaster we started.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
-            }
+            self.stop();
         }
         if self.owned {
             let _ = std::fs::remove_dir_all(&self.root);
@@ -464,6 +567,20 @@ impl Pg {
 impl Drop for Pg {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Is `pid` a live (not zombie) process? (Linux /proc; test code only.)
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .unwrap_or("X");
+            state != "Z" && state != "X"
+        }
     }
 }
 
