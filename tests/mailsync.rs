@@ -925,3 +925,55 @@ fn fencing_on_both_ends_and_domains_from_the_directory() {
         .to_string();
     assert!(err.contains("refused") && err.contains("fencing"), "{err}");
 }
+
+#[test]
+fn over_ssh_with_a_forced_command_key() {
+    let s = support::sshd::sshd();
+    let e = env();
+    populate(&e.a, 12);
+    let port = s.port.to_string();
+    let (a, sa) = (e.a.to_str().unwrap(), e.sa.to_str().unwrap());
+    let key = s.restricted_key.to_str().unwrap();
+    // The sender's own command and --remote-root are replaced by the forced command.
+    let args = vec![
+        "--root",
+        a,
+        "--remote-root",
+        "/nonexistent",
+        "--domain",
+        D,
+        "--state-dir",
+        sa,
+        "--port",
+        &port,
+        "-i",
+        key,
+        "--known-hosts",
+        s.known_hosts.to_str().unwrap(),
+        "--user",
+        "root",
+        "node-a",
+        "127.0.0.1",
+    ];
+    let v = ok(sync(&args));
+    assert!(n(&v, "files_sent") > 30);
+    assert_equal(&e.a, &s.restricted_root);
+    // The key runs nothing else: a shell command is fed to `mailsync serve` and fails.
+    let out = Command::new("ssh")
+        .args(["-p", &port, "-i", key, "-o"])
+        .arg(format!("UserKnownHostsFile={}", s.known_hosts.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .args(["-F", "/dev/null", "root@127.0.0.1", "id"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("uid=0"));
+    assert!(!out.status.success());
+}

@@ -19,6 +19,10 @@ pub struct Sshd {
     pub known_hosts: PathBuf,
     /// The host's public key line (`ssh-ed25519 AAAA...`).
     pub host_key: String,
+    /// A second key, restricted in authorized_keys to `mailsync serve --root RESTRICTED_ROOT`
+    /// (the `command=` line of examples/mailsync-authorized_keys).
+    pub restricted_key: PathBuf,
+    pub restricted_root: PathBuf,
     pub pid: u32,
 }
 
@@ -62,10 +66,24 @@ fn start() -> Result<Sshd, String> {
     let client = dir.join("client_key");
     keygen(&host, "test-host")?;
     keygen(&client, "test-client")?;
+    let restricted = dir.join("restricted_key");
+    keygen(&restricted, "test-restricted")?;
+    let restricted_root = dir.join("restricted-root");
+    std::fs::create_dir_all(&restricted_root).map_err(|e| e.to_string())?;
     let client_pub =
         std::fs::read_to_string(dir.join("client_key.pub")).map_err(|e| e.to_string())?;
+    let restricted_pub =
+        std::fs::read_to_string(dir.join("restricted_key.pub")).map_err(|e| e.to_string())?;
     let ak = dir.join("authorized_keys");
-    std::fs::write(&ak, client_pub).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &ak,
+        format!(
+            "{client_pub}command=\"{} serve --no-fence --root {}\",from=\"127.0.0.1\",restrict {restricted_pub}",
+            env!("CARGO_BIN_EXE_mailsync"),
+            restricted_root.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
     let host_pub =
         std::fs::read_to_string(dir.join("ssh_host_ed25519_key.pub")).map_err(|e| e.to_string())?;
     let host_key: String = host_pub
@@ -121,6 +139,8 @@ fn start() -> Result<Sshd, String> {
                     client_key: client,
                     known_hosts,
                     host_key,
+                    restricted_key: restricted.clone(),
+                    restricted_root: restricted_root.clone(),
                     pid,
                 });
             }
