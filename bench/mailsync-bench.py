@@ -7,8 +7,8 @@
 
 Tools (each from an empty destination, on a `cp -al` copy of the same generated base tree):
   mailsync     mailsync --compress --jobs 2 (one SSH session per worker)
-  rsync-seed   the seed's mailrsync.pl: per domain `rsync -H --delete-during -azz`, two domains
-               at a time
+  rsync-seed   the seed's mailrsync.pl: per domain `rsync -H --delete-during -azz`, one thread
+               per pair of domains, all threads at once
   rsync-fast   rsync's fastest mode here: one whole-tree `rsync -aH --delete` (no compression
                on loopback)
 Phases: initial copy, no-change run, run after a day of activity (mailsync-gen.py mutate).
@@ -146,17 +146,28 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
                  "--rsync-path", rpath, "%s/%s/" % (src, d), "root@127.0.0.1:%s/%s/" % (dst, d)]
                 for d in domains
             ]
-            procs = []
+            # The seed's mailrsync.pl: one thread per pair of domains, all threads at once,
+            # each thread syncing its two domains one after the other.
+            import threading
+
             outs = []
-            for j in jobs:
-                while len([p for p in procs if p.poll() is None]) >= 2:
-                    time.sleep(0.005)
-                procs.append(subprocess.Popen(timed + j, stdout=subprocess.PIPE, text=True))
-            for p in procs:
-                o, _ = p.communicate()
-                if p.returncode != 0:
-                    raise SystemExit("rsync failed")
-                outs.append(o)
+            failed = []
+
+            def pair_worker(pair):
+                for j in pair:
+                    r = subprocess.run(timed + j, capture_output=True, text=True)
+                    if r.returncode != 0:
+                        failed.append(r.stderr[-500:])
+                    outs.append(r.stdout)
+
+            threads = [threading.Thread(target=pair_worker, args=(jobs[i:i + 2],))
+                       for i in range(0, len(jobs), 2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if failed:
+                raise SystemExit("rsync failed: %s" % failed[0])
             wire = sum(rsync_stats(o) for o in outs)
         else:
             r = subprocess.run(

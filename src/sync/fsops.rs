@@ -176,10 +176,15 @@ impl UidlistLock {
                 .open(&path)
             {
                 Ok(mut f) => {
-                    let _ = writeln!(f, "{}", std::process::id());
+                    // Dovecot's dotlock content: "pid:host" (a dead pid on this host = stale).
+                    let _ = write!(f, "{}:{}", std::process::id(), this_host());
                     return Ok(UidlistLock { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if holder_is_dead(&path) {
+                        let _ = fs::remove_file(&path);
+                        continue;
+                    }
                     // A lock left by a dead process: Dovecot's rule, older than the stale
                     // timeout and not touched.
                     if let Ok(m) = fs::symlink_metadata(&path) {
@@ -208,6 +213,38 @@ impl UidlistLock {
             }
         }
     }
+}
+
+fn this_host() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// A dotlock whose content names a process on this host that no longer exists is stale
+/// (Dovecot's rule too): e.g. left by a `kill -9`.
+fn holder_is_dead(path: &Path) -> bool {
+    let Ok((data, _)) = read_bounded(path, 256) else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&data);
+    let (pid, host) = match text.trim().split_once(':') {
+        Some((p, h)) => (p, Some(h)),
+        None => (text.trim(), None),
+    };
+    if host.is_some_and(|h| h != this_host()) {
+        return false;
+    }
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 impl Drop for UidlistLock {

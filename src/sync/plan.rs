@@ -247,6 +247,9 @@ pub fn plan(local: &[Entry], remote: &[Entry], synced: Option<&[Entry]>, rules: 
         }
     }
 
+    // Expunges before the control files that no longer list them.
+    p.ops.append(&mut deletes);
+
     // 4. Other files (control files, sieve, symlinks): whole, after the messages.
     for l in others {
         match rpath.get(l.path.as_str()) {

@@ -262,7 +262,10 @@ impl Conn {
         self.flush()?;
         let reader = std::mem::replace(&mut self.reader, Box::new(std::io::empty()));
         let writer = std::mem::replace(&mut self.writer, Box::new(std::io::sink()));
-        let dec = zstd::stream::read::Decoder::new(reader)
+        let mut dec = zstd::stream::read::Decoder::new(reader)
+            .map_err(|e| Error::io("starting decompression", e))?;
+        // Bound the memory a peer can make us allocate (we compress with a 1 MiB window).
+        dec.window_log_max(22)
             .map_err(|e| Error::io("starting decompression", e))?;
         let mut enc = zstd::stream::write::Encoder::new(writer, 3)
             .map_err(|e| Error::io("starting compression", e))?;
