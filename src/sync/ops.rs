@@ -48,9 +48,10 @@ pub fn encode_op(op: &Op, e: &mut Enc) {
     }
 }
 
-/// Most pending (written, not yet durable and renamed) message files on the receiver.
-const BATCH_FILES: usize = 256;
-const BATCH_BYTES: u64 = 32 << 20;
+/// Most message files written but not yet durable and renamed (open descriptors).
+const QUEUE: usize = 256;
+/// Threads making message files durable (fsync costs ~0.6-5 ms a file; they overlap).
+const SYNC_THREADS: usize = 12;
 /// Errors kept verbatim (more are only counted).
 const MAX_ERRORS: usize = 50;
 
@@ -60,14 +61,128 @@ struct Pending {
     dest: PathBuf,
 }
 
+#[derive(Default)]
+struct DurState {
+    in_flight: usize,
+    dirs: BTreeSet<PathBuf>,
+    failures: Vec<(PathBuf, Error)>,
+}
+
+/// A pool that fsyncs written message files and renames them into place while the receiver
+/// goes on reading; [`Durability::barrier`] waits for all of it and fsyncs the directories.
+struct Durability {
+    tx: Option<std::sync::mpsc::SyncSender<Pending>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    state: std::sync::Arc<(std::sync::Mutex<DurState>, std::sync::Condvar)>,
+}
+
+impl Durability {
+    fn new() -> Durability {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(QUEUE);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let state = std::sync::Arc::new((
+            std::sync::Mutex::new(DurState::default()),
+            std::sync::Condvar::new(),
+        ));
+        let workers = (0..SYNC_THREADS)
+            .map(|_| {
+                let rx = rx.clone();
+                let state = state.clone();
+                std::thread::spawn(move || loop {
+                    let next = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(p) = next else { return };
+                    let r = p
+                        .file
+                        .sync_all()
+                        .map_err(|e| Error::io(format!("fsync {}", p.tmp.display()), e))
+                        .and_then(|_| {
+                            fs::rename(&p.tmp, &p.dest).map_err(|e| {
+                                Error::io(format!("cannot rename to {}", p.dest.display()), e)
+                            })
+                        });
+                    drop(p.file);
+                    if r.is_err() {
+                        let _ = fs::remove_file(&p.tmp);
+                    }
+                    let (lock, cv) = &*state;
+                    if let Ok(mut st) = lock.lock() {
+                        match r {
+                            Ok(()) => {
+                                if let Some(d) = p.dest.parent() {
+                                    st.dirs.insert(d.to_path_buf());
+                                }
+                            }
+                            Err(e) => st.failures.push((p.dest.clone(), e)),
+                        }
+                        st.in_flight -= 1;
+                        cv.notify_all();
+                    }
+                })
+            })
+            .collect();
+        Durability {
+            tx: Some(tx),
+            workers,
+            state,
+        }
+    }
+
+    fn submit(&self, p: Pending) -> Result<()> {
+        let (lock, _) = &*self.state;
+        if let Ok(mut st) = lock.lock() {
+            st.in_flight += 1;
+        }
+        let sent = self.tx.as_ref().map(|tx| tx.send(p));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => {
+                if let Ok(mut st) = lock.lock() {
+                    st.in_flight -= 1;
+                }
+                Err(Error::internal("the fsync pool is gone"))
+            }
+        }
+    }
+
+    /// Wait for every submitted file; returns (directories to fsync, failures).
+    fn barrier(&self) -> (BTreeSet<PathBuf>, Vec<(PathBuf, Error)>) {
+        let (lock, cv) = &*self.state;
+        let Ok(mut st) = lock.lock() else {
+            return (BTreeSet::new(), Vec::new());
+        };
+        while st.in_flight > 0 {
+            st = match cv.wait(st) {
+                Ok(s) => s,
+                Err(_) => return (BTreeSet::new(), Vec::new()),
+            };
+        }
+        (
+            std::mem::take(&mut st.dirs),
+            std::mem::take(&mut st.failures),
+        )
+    }
+}
+
+impl Drop for Durability {
+    fn drop(&mut self) {
+        self.tx = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
 /// Applies operations inside one domain directory and tracks the resulting tree.
 pub struct Applier {
     pub base: PathBuf,
     /// The domain tree as it is now (scan + applied operations), by path.
     pub tree: HashMap<String, Entry>,
     known_dirs: HashSet<String>,
-    pending: Vec<Pending>,
-    pending_bytes: u64,
+    durability: Option<Durability>,
+    pending: usize,
     pub errors: Vec<String>,
     pub error_count: usize,
     pub applied: u64,
@@ -79,8 +194,8 @@ impl Applier {
             base,
             tree: entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
             known_dirs: HashSet::new(),
-            pending: Vec::new(),
-            pending_bytes: 0,
+            durability: None,
+            pending: 0,
             errors: Vec::new(),
             error_count: 0,
             applied: 0,
@@ -344,12 +459,10 @@ impl Applier {
         }
         e.ino = 0;
         if is_message {
-            self.pending.push(Pending { file, tmp, dest });
-            self.pending_bytes += size;
+            let d = self.durability.get_or_insert_with(Durability::new);
+            d.submit(Pending { file, tmp, dest })?;
+            self.pending += 1;
             self.tree.insert(e.path.clone(), e);
-            if self.pending.len() >= BATCH_FILES || self.pending_bytes >= BATCH_BYTES {
-                self.flush();
-            }
             return Ok(());
         }
         // Control and other files: after the messages they describe.
@@ -375,49 +488,20 @@ impl Applier {
         Ok(())
     }
 
-    /// Make pending message files durable (fsync in parallel), rename them into place, and
-    /// fsync the directories they landed in.
+    /// Wait until every message file written so far is durable and in place, and fsync the
+    /// directories they landed in.
     pub fn flush(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending == 0 {
             return;
         }
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        let threads = 4.min(pending.len());
-        let per = pending.len().div_ceil(threads);
-        let results: Vec<Vec<std::io::Result<()>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = pending
-                .chunks(per)
-                .map(|chunk| s.spawn(move || chunk.iter().map(|p| p.file.sync_all()).collect()))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
-        let results: Vec<std::io::Result<()>> = results.into_iter().flatten().collect();
-        let mut dirs = BTreeSet::new();
-        for (i, p) in pending.into_iter().enumerate() {
-            let ok = matches!(results.get(i), Some(Ok(())));
-            drop(p.file);
-            if !ok {
-                let _ = fs::remove_file(&p.tmp);
-                self.fail(Error::internal(format!("fsync {} failed", p.tmp.display())));
-                self.forget(&p.dest);
-                continue;
-            }
-            if let Err(err) = fs::rename(&p.tmp, &p.dest) {
-                let _ = fs::remove_file(&p.tmp);
-                self.fail(Error::io(
-                    format!("cannot rename to {}", p.dest.display()),
-                    err,
-                ));
-                self.forget(&p.dest);
-                continue;
-            }
-            if let Some(d) = p.dest.parent() {
-                dirs.insert(d.to_path_buf());
-            }
+        self.pending = 0;
+        let Some(d) = self.durability.as_ref() else {
+            return;
+        };
+        let (dirs, failures) = d.barrier();
+        for (dest, err) in failures {
+            self.fail(err);
+            self.forget(&dest);
         }
         for d in dirs {
             if let Err(e) = fsops::sync_dir(&d) {
