@@ -83,6 +83,13 @@ class Sshd:
             "-o IdentitiesOnly=yes -o BatchMode=yes -F /dev/null" % (self.port, self.key, self.kh)
         )
 
+    def setup_time(self):
+        """Wall time of `ssh host true`: the per-connection cost every tool pays (key
+        exchange, authentication, the remote user's shell start-up)."""
+        t = time.time()
+        subprocess.run(self.ssh.split() + ["root@127.0.0.1", "true"], check=True)
+        return time.time() - t
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait()
@@ -224,6 +231,10 @@ def main():
     try:
         reps = [(i, False) for i in range(a.reps)] + ([(a.reps, True)] if a.cold else [])
         for rep, cold in reps:
+            setup = statistics.median(sshd.setup_time() for _ in range(3))
+            results.setdefault(("ssh-setup", "true", "cold" if cold else "warm"), []).append(
+                dict(wall=setup, cpu=0.0, wire=0, rss_local_kb=0, rss_remote_kb=0, data=None))
+            print("ssh setup (ssh host true) rep %d: %.2fs" % (rep, setup), flush=True)
             for tool in a.tools.split(","):
                 src = os.path.join(a.work, "src")
                 dst = os.path.join(a.work, "dst")
@@ -250,12 +261,21 @@ def main():
                 changed = [l for l in diff.splitlines() if l and not l.startswith(".d")]
                 if changed:
                     print("WARNING: %s left differences: %s" % (tool, changed[:5]), flush=True)
+        # Empty-tree baseline for mailsync's memory per message tracked.
+        empty = os.path.join(a.work, "empty")
+        empty_dst = os.path.join(a.work, "empty-dst")
+        for d in (empty, empty_dst, os.path.join(a.work, "state")):
+            shutil.rmtree(d, ignore_errors=True)
+        for d in sorted(x for x in os.listdir(base) if not x.startswith(".")):
+            os.makedirs(os.path.join(empty, d))
+        os.makedirs(empty_dst)
+        if "mailsync" in a.tools:
+            r = run_tool("mailsync", empty, empty_dst, a, sshd, os.path.join(a.work, "state"),
+                         os.path.join(a.work, "t.local"), os.path.join(a.work, "t.remote"))
+            results[("mailsync", "empty-tree", "warm")] = [r]
+            print("mailsync on an empty tree: %s" % r, flush=True)
     finally:
         sshd.stop()
-    # Empty-tree baseline for mailsync's memory per message.
-    empty = os.path.join(a.work, "empty")
-    shutil.rmtree(empty, ignore_errors=True)
-    os.makedirs(os.path.join(empty, "b00.domain.ru"))
     summary = {"messages": nmsg, "bytes": int(size), "tag": tag, "results": {}}
     for (tool, phase, cache), rs in sorted(results.items()):
         med = {k: statistics.median([r[k] for r in rs if r[k] is not None])

@@ -173,33 +173,12 @@ fn sync_domain_inner(
     let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
 
-    // Local scan.
-    let (local, local_dir) = {
-        let old = Cache::load(&cache_path);
-        let (s, cache) = scan::scan(&base, &opts.filter, &old);
-        drop(old);
-        if !opts.dry_run && s.errors.is_empty() {
-            let _ = cache.save(&cache_path);
-        }
-        let dir = std::fs::symlink_metadata(&base)
-            .ok()
-            .map(|m| scan::entry_from_meta(String::new(), &m, None));
-        (s, dir)
-    };
-    rep.local_messages = local.messages() as u64;
-    for e in &local.errors {
-        rep.error(format!("local scan: {e}"));
-    }
-    let own = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
-    let own_digest = own.as_ref().map(|m| m.digest.clone());
-    // Paths this end sent in runs that did not complete (an intent log written before the
-    // operations go out): they came from here, so they are ours to delete.
-    let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
-    let mut sent_log = load_sent(&sent_path, &pair);
-
     // Ask the remote.
     let mut e = Enc::new();
     e.str(domain.as_str());
+    let local_dir = std::fs::symlink_metadata(&base)
+        .ok()
+        .map(|m| scan::entry_from_meta(String::new(), &m, None));
     let dir_entry = local_dir.unwrap_or(Entry {
         path: String::new(),
         kind: Kind::Dir,
@@ -219,6 +198,27 @@ fn sync_domain_inner(
         e.str(x);
     }
     sess.conn.send_flush(t::DOMAIN, &e.buf)?;
+    // Local scan, while the remote scans its side.
+    let local = {
+        let old = Cache::load(&cache_path);
+        let (s, cache) = scan::scan(&base, &opts.filter, &old);
+        drop(old);
+        if !opts.dry_run && s.errors.is_empty() {
+            let _ = cache.save(&cache_path);
+        }
+        s
+    };
+    rep.local_messages = local.messages() as u64;
+    for e in &local.errors {
+        rep.error(format!("local scan: {e}"));
+    }
+    let own = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
+    let own_digest = own.as_ref().map(|m| m.digest.clone());
+    // Paths this end sent in runs that did not complete (an intent log written before the
+    // operations go out): they came from here, so they are ours to delete.
+    let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
+    let mut sent_log = load_sent(&sent_path, &pair);
+
     let (remote_digest, remote_has_record, _remote_missing) = {
         let p = sess.conn.expect(t::DOMAIN_INFO)?;
         let mut d = Dec::new(p);
