@@ -17,7 +17,12 @@ use std::time::Duration;
 /// Replicate Maildirs between the two storage nodes (primary -> backup), rename-aware,
 /// with safe deletes, over SSH.
 #[derive(Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about = "Replicate Maildirs from each domain's primary storage node to its backup \
+             (rename-aware, safe deletes, over SSH)",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
