@@ -1,4 +1,5 @@
-//! mailauth: password schemes, Dovecot checkpassword (passdb + userdb), user iteration.
+//! mailauth: password schemes, Dovecot checkpassword (passdb + userdb), user iteration,
+//! and the auth daemon (`serve`: nginx auth_http, the JSON API, metrics).
 //! The library does the work (`mailcluster::auth`); this file parses arguments and maps
 //! results to exit codes.
 
@@ -42,6 +43,9 @@ enum Command {
     /// Write every user as a Dovecot passwd-file (no passwords) for an iteration-only userdb
     /// (`doveadm ... -A`). Atomic replace.
     PasswdFile(PasswdFileArgs),
+    /// Run the auth daemon: nginx auth_http (/auth), the JSON API for checkpassword and
+    /// Dovecot's Lua passdb/userdb (/passdb, /userdb, /users) and /metrics.
+    Serve(mailcluster::auth::http::ServeArgs),
 }
 
 #[derive(Args)]
@@ -111,6 +115,15 @@ fn main() {
         Command::PasswdFile(a) => {
             logging::init(PROG, LogTarget::Auto, cli.verbose);
             mailcluster::cli::exit(PROG, run_passwd_file(&cli.common, a))
+        }
+        Command::Serve(a) => {
+            logging::init(PROG, a.log_target(), cli.verbose);
+            let result = cli
+                .common
+                .load()
+                .and_then(|config| mailcluster::auth::http::serve(&config, a))
+                .map(|()| 0);
+            mailcluster::cli::exit(PROG, result)
         }
     }
 }

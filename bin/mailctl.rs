@@ -1,55 +1,139 @@
-//! mailctl: administration of the mailcluster directory.
-use clap::{Parser, Subcommand, ValueEnum};
-use mailcluster::cli::{self, CommonArgs};
-use mailcluster::config::Role;
-use mailcluster::directory::schema;
-use mailcluster::error::{exit, Error, Result};
-use mailcluster::logging::{self, LogTarget};
+//! mailctl: administer every node's database at once — schema, domains, mailboxes, routing,
+//! failover and failback, drift. Parses arguments, calls `mailcluster::admin`, prints tables
+//! (or JSON with --json) and maps errors to exit codes.
 
-/// mailctl (mailcluster): administration of the directory databases.
+use clap::{Parser, Subcommand};
+use mailcluster::admin::drift::DriftReport;
+use mailcluster::admin::ops::{self, DomainView, MailboxView, MoveReport};
+use mailcluster::admin::{password, prompt, ApplyOptions, Cluster, Outcome};
+use mailcluster::cli::CommonArgs;
+use mailcluster::config::Role;
+use mailcluster::directory::txn::{Change, DomainKind};
+use mailcluster::error::{Error, Result};
+use serde::Serialize;
+
+/// Administer every node's mail directory database at once.
 #[derive(Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(version, about, long_about = None)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
-
-    /// Log debug details to stderr.
-    #[arg(short, long, global = true)]
+    /// Machine-readable output (JSON) for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Do not ask before destructive commands.
+    #[arg(long, short = 'y', global = true)]
+    yes: bool,
+    /// Apply to the databases that answer, one by one, and record what is missing as drift
+    /// (instead of all-or-nothing).
+    #[arg(long, global = true)]
+    partial: bool,
+    /// More log output.
+    #[arg(long, short = 'v', global = true)]
     verbose: bool,
-
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create or check the directory tables (mail, ldomain, mdomain, maps, co_domain, co_maps).
+    /// Create, check or upgrade the tables in every configured database.
     Schema {
         #[command(subcommand)]
-        action: SchemaAction,
+        action: SchemaCmd,
+    },
+    /// Domains: third-level (ldomain.mdomain) or whole co_domains, with their nodes.
+    Domain {
+        #[command(subcommand)]
+        action: DomainCmd,
+    },
+    /// Mailboxes.
+    Mailbox {
+        #[command(subcommand)]
+        action: MailboxCmd,
+    },
+    /// The routing table (maps / co_maps): primary and backup node of a domain.
+    Route {
+        #[command(subcommand)]
+        action: RouteCmd,
+    },
+    /// Nodes.
+    Node {
+        #[command(subcommand)]
+        action: NodeCmd,
+    },
+    /// Unplanned: make the backup primary of every domain whose primary is NODE.
+    Failover {
+        /// The failed node (as in maps.storage1).
+        #[arg(long = "from", value_name = "NODE")]
+        node: String,
+        /// The new primary (default: each domain's backup).
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+        /// Only these domains.
+        #[arg(long = "domain", value_name = "DOMAIN")]
+        domains: Vec<String>,
+    },
+    /// Bring a returning node's database(s) up to date, before its services start.
+    Rejoin {
+        node: String,
+        /// Reference database (default: the first other storage database that answers).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    /// Planned: sync NODE's domains to the target with mailsync, then make it primary.
+    Switchover {
+        #[arg(long = "from", value_name = "NODE")]
+        node: String,
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+        #[arg(long = "domain", value_name = "DOMAIN")]
+        domains: Vec<String>,
+        /// Do not run mailsync (you synced yourself).
+        #[arg(long)]
+        skip_sync: bool,
+    },
+    /// Planned return of NODE after a failover: sync back, restore the saved maps rows.
+    Failback {
+        node: String,
+        #[arg(long)]
+        skip_sync: bool,
+    },
+    /// Compare all databases by domain and mailbox names; --repair fixes from --from.
+    Drift {
+        #[arg(long)]
+        repair: bool,
+        /// Reference database (required with --repair).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    /// Resolve transactions an interrupted mailctl left prepared (every command does it too).
+    Recover {
+        /// Also those prepared by mailctl on another host (presumed abort unless this
+        /// host's decision log says commit).
+        #[arg(long)]
+        foreign: bool,
     },
 }
 
 #[derive(Subcommand)]
-enum SchemaAction {
-    /// Create the tables and indexes that are missing (idempotent; creates a missing
-    /// SQLite file). Without --db: every configured directory, each with its role.
+enum SchemaCmd {
+    /// Create the tables (idempotent).
     Init {
-        /// Role of the database (storage: full tables; smtp: mail without password).
-        /// Default: storage for --db, the configured role otherwise.
-        #[arg(long, value_enum)]
+        /// Only the databases of this role (default: each with its configured role).
+        #[arg(long)]
         role: Option<RoleArg>,
     },
-    /// Say whether the database has every table and column the toolkit needs.
-    /// Exit 0 when it does, 78 naming what is missing otherwise, 75 when unreachable.
+    /// Say what is missing, and whether the password column holds the configured scheme.
     Check {
-        /// Role of the database (see `schema init`).
-        #[arg(long, value_enum)]
+        #[arg(long)]
         role: Option<RoleArg>,
     },
+    /// Widen mail.password so that the configured scheme's hashes fit.
+    Upgrade,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum RoleArg {
     Storage,
     Smtp,
@@ -64,71 +148,728 @@ impl From<RoleArg> for Role {
     }
 }
 
-/// (name, url, role) of each directory to work on.
-type Targets = Vec<(String, String, Role)>;
+#[derive(Subcommand)]
+enum DomainCmd {
+    /// Add a domain: branch.company.ru (under company.ru), or --co for a whole domain.
+    Add {
+        domain: String,
+        #[arg(long, value_name = "NODE")]
+        primary: String,
+        #[arg(long, value_name = "NODE")]
+        backup: Option<String>,
+        /// A co_domain (a whole domain outside the ldomain.mdomain scheme; routing only).
+        #[arg(long)]
+        co: bool,
+        /// Add it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    List {
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    Show {
+        domain: String,
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    Enable {
+        domain: String,
+    },
+    Disable {
+        domain: String,
+    },
+    /// Remove a domain and its mailboxes from every database (Maildirs stay on disk).
+    Remove {
+        domain: String,
+    },
+}
 
-fn targets(common: &CommonArgs, role: Option<RoleArg>) -> Result<(Targets, std::time::Duration)> {
-    let config = common.load()?;
-    let timeout = config.db_timeout();
-    let dirs: Targets = config
-        .directories
-        .iter()
-        .map(|d| {
-            (
-                d.name.clone(),
-                d.url.clone(),
-                role.map_or(d.role, Role::from),
-            )
-        })
-        .collect();
-    if dirs.is_empty() {
-        return Err(Error::config(
-            "no directory: give --db URL or [[directory]] entries in the configuration",
-        ));
+#[derive(Subcommand)]
+enum MailboxCmd {
+    /// Add a mailbox; the password is asked on the terminal (or read from stdin).
+    Add {
+        address: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// No password (the mailbox cannot log in until `mailbox passwd`).
+        #[arg(long, conflicts_with = "password_stdin")]
+        no_password: bool,
+        #[arg(long)]
+        disabled: bool,
+    },
+    List {
+        /// Only this domain.
+        domain: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    Show {
+        address: String,
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    /// Set the password (asked on the terminal, or from stdin).
+    Passwd {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    Enable {
+        address: String,
+    },
+    Disable {
+        address: String,
+    },
+    /// Remove a mailbox from every database (its Maildir stays on disk).
+    Remove {
+        address: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCmd {
+    Show {
+        domain: String,
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    Set {
+        domain: String,
+        #[arg(long, value_name = "NODE")]
+        primary: String,
+        #[arg(long, value_name = "NODE")]
+        backup: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Domains and mailboxes per node, database reachability, service health.
+    List {
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+        /// Do not probe the nodes' service ports.
+        #[arg(long)]
+        no_probe: bool,
+    },
+}
+
+fn main() {
+    let cli: Cli = mailcluster::cli::parse();
+    mailcluster::logging::init(
+        "mailctl",
+        mailcluster::logging::LogTarget::Stderr,
+        cli.verbose,
+    );
+    mailcluster::cli::exit("mailctl", run(cli))
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::internal(format!("encoding JSON: {e}")))?;
+    println!("{s}");
+    Ok(())
+}
+
+/// A plain-text table with a header line.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.len());
+            }
+        }
     }
-    Ok((dirs, timeout))
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn yn(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
+fn print_outcome(json: bool, o: &Outcome) -> Result<i32> {
+    if json {
+        print_json(o)?;
+    } else {
+        for n in &o.notes {
+            eprintln!("note: {n}");
+        }
+        for c in &o.changes {
+            println!("{c}");
+        }
+        println!(
+            "applied to: {} ({})",
+            if o.applied.is_empty() {
+                "none".to_string()
+            } else {
+                o.applied.join(", ")
+            },
+            o.method
+        );
+        for m in &o.missing {
+            println!(
+                "NOT applied to {}: {} (recorded; repair with `mailctl drift --repair --from NAME` \
+                 or `mailctl rejoin`)",
+                m.database, m.reason
+            );
+        }
+    }
+    Ok(if o.missing.is_empty() { 0 } else { 75 })
+}
+
+fn domain_rows(v: &[DomainView]) -> Vec<Vec<String>> {
+    v.iter()
+        .map(|d| {
+            vec![
+                d.domain.clone(),
+                d.kind.to_string(),
+                yn(d.active),
+                d.primary.clone(),
+                d.backup.clone().unwrap_or_else(|| "-".into()),
+                d.mailboxes.to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn mailbox_rows(v: &[MailboxView]) -> Vec<Vec<String>> {
+    v.iter()
+        .map(|m| {
+            vec![
+                m.address.clone(),
+                yn(m.active),
+                yn(m.domain_active),
+                match m.has_password {
+                    None => "(smtp db)".into(),
+                    Some(false) => "none".into(),
+                    Some(true) => m.scheme.clone().unwrap_or_default(),
+                },
+            ]
+        })
+        .collect()
+}
+
+fn print_moves(json: bool, r: &MoveReport) -> Result<i32> {
+    if json {
+        print_json(r)?;
+        return Ok(if r.outcome.missing.is_empty() { 0 } else { 75 });
+    }
+    table(
+        &["domain", "from", "to", "backup"],
+        &r.moves
+            .iter()
+            .map(|m| {
+                vec![
+                    m.domain.clone(),
+                    m.from.clone(),
+                    m.to.clone(),
+                    m.backup.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    if !r.synced.is_empty() {
+        println!("synced with mailsync first: {}", r.synced.join(", "));
+    }
+    for s in &r.skipped {
+        println!("not moved: {s}");
+    }
+    let code = print_outcome(false, &r.outcome)?;
+    if !r.next_steps.is_empty() {
+        println!("next steps:");
+        for (i, s) in r.next_steps.iter().enumerate() {
+            println!("  {}. {s}", i + 1);
+        }
+    }
+    // A failover that recorded the failed node's change as pending did its job.
+    Ok(if r.next_steps.is_empty() { code } else { 0 })
+}
+
+fn print_drift(json: bool, r: &DriftReport) -> Result<i32> {
+    if json {
+        print_json(r)?;
+    } else {
+        for n in &r.notes {
+            eprintln!("note: {n}");
+        }
+        println!(
+            "reference: {}; compared: {}",
+            r.reference,
+            if r.compared.is_empty() {
+                "none".to_string()
+            } else {
+                r.compared.join(", ")
+            }
+        );
+        for c in &r.repaired {
+            println!("repaired {c}");
+        }
+        if !r.items.is_empty() {
+            table(
+                &["database", "object", "problem", "detail"],
+                &r.items
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.database.clone(),
+                            i.object.clone(),
+                            i.problem.to_string(),
+                            i.detail.clone(),
+                        ]
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        for u in &r.unreachable {
+            println!("unreachable: {}: {}", u.database, u.reason);
+        }
+        for p in &r.pending {
+            println!("pending for {}: {} ({})", p.database, p.change, p.reason);
+        }
+        if r.is_clean() {
+            println!("no drift");
+        }
+    }
+    Ok(if r.is_clean() { 0 } else { 1 })
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    let config = cli.common.load()?;
+    let json = cli.json;
+    let opts = ApplyOptions {
+        partial: cli.partial,
+        defer: Vec::new(),
+    };
+    if let Command::Schema { action } = &cli.command {
+        return schema(&config, action, json);
+    }
+    let cluster = Cluster::from_config(&config)?;
+    let apply = |changes: Vec<Change>| -> Result<i32> {
+        let o = cluster.apply(&changes, &opts)?;
+        print_outcome(json, &o)
+    };
     match cli.command {
-        Command::Schema { action } => match action {
-            SchemaAction::Init { role } => {
-                let (dirs, timeout) = targets(&cli.common, role)?;
-                for (name, url, role) in dirs {
-                    schema::init_with_timeout(&url, role, timeout)
-                        .map_err(|e| e.context(format!("directory {name}")))?;
-                    println!("{name}: schema ok ({} role)", role_name(role));
+        Command::Schema { .. } => Ok(0),
+        Command::Domain { action } => match action {
+            DomainCmd::Add {
+                domain,
+                primary,
+                backup,
+                co,
+                disabled,
+            } => {
+                let domain = ops::parse_domain(&domain)?;
+                let primary = ops::parse_node(&primary)?;
+                let backup = backup.as_deref().map(ops::parse_node).transpose()?;
+                if !co && domain.split_first().is_none() {
+                    return Err(Error::bad_input(format!(
+                        "{domain} is a second-level domain: add a third-level domain under it \
+                         (branch.{domain}), or the whole domain with --co"
+                    )));
                 }
-                Ok(exit::OK)
+                apply(vec![Change::AddDomain {
+                    domain,
+                    kind: if co {
+                        DomainKind::CoDomain
+                    } else {
+                        DomainKind::Ldomain
+                    },
+                    primary,
+                    backup,
+                    active: !disabled,
+                }])
             }
-            SchemaAction::Check { role } => {
-                let (dirs, timeout) = targets(&cli.common, role)?;
-                let mut code = exit::OK;
-                for (name, url, role) in dirs {
-                    let report = schema::check_with_timeout(&url, role, timeout)
-                        .map_err(|e| e.context(format!("directory {name}")))?;
-                    for line in report.to_string().lines() {
-                        println!("{name}: {line}");
+            DomainCmd::List { from } => {
+                let (src, v) = cluster.domain_list(from.as_deref())?;
+                if json {
+                    print_json(&v)?;
+                } else {
+                    eprintln!("(read from {src})");
+                    table(
+                        &["domain", "kind", "active", "primary", "backup", "mailboxes"],
+                        &domain_rows(&v),
+                    );
+                }
+                Ok(0)
+            }
+            DomainCmd::Show { domain, from } => {
+                let domain = ops::parse_domain(&domain)?;
+                let (src, d, m) = cluster.domain_show(&domain, from.as_deref())?;
+                if json {
+                    #[derive(Serialize)]
+                    struct Show<'a> {
+                        domain: &'a DomainView,
+                        mailboxes: &'a [MailboxView],
                     }
-                    if !report.is_ok() {
-                        code = exit::CONFIG;
+                    print_json(&Show {
+                        domain: &d,
+                        mailboxes: &m,
+                    })?;
+                } else {
+                    eprintln!("(read from {src})");
+                    table(
+                        &["domain", "kind", "active", "primary", "backup", "mailboxes"],
+                        &domain_rows(std::slice::from_ref(&d)),
+                    );
+                    if !m.is_empty() {
+                        println!();
+                        table(
+                            &["mailbox", "active", "domain active", "password"],
+                            &mailbox_rows(&m),
+                        );
+                    }
+                }
+                Ok(0)
+            }
+            DomainCmd::Enable { domain } => {
+                let domain = ops::parse_domain(&domain)?;
+                let code = apply(vec![Change::SetDomainActive {
+                    domain: domain.clone(),
+                    active: true,
+                }])?;
+                if let Ok((_, d, _)) = cluster.domain_show(&domain, None) {
+                    if !d.active {
+                        let parent = domain.split_first().map(|(_, p)| p).unwrap_or("");
+                        eprintln!(
+                            "note: {domain} stays inactive: its second-level domain {parent} is \
+                             disabled (mdomain.active, shared by all its third-level domains)"
+                        );
                     }
                 }
                 Ok(code)
             }
+            DomainCmd::Disable { domain } => apply(vec![Change::SetDomainActive {
+                domain: ops::parse_domain(&domain)?,
+                active: false,
+            }]),
+            DomainCmd::Remove { domain } => {
+                let domain = ops::parse_domain(&domain)?;
+                let (_, d, m) = cluster.domain_show(&domain, None)?;
+                let dir = ops::home_path(&cluster.mail.home, &domain, "");
+                let dir = dir.trim_end_matches('/');
+                let nodes = match &d.backup {
+                    Some(b) => format!("{} (primary) and {b} (backup)", d.primary),
+                    None => format!("{} (primary)", d.primary),
+                };
+                let note = format!(
+                    "the Maildirs of its {} mailbox(es) under {dir} on {nodes} are NOT deleted: \
+                     mailctl only edits the databases and mailsync stops replicating the \
+                     domain; archive or delete them by hand on both nodes",
+                    m.len()
+                );
+                if !json {
+                    eprintln!("{note}");
+                }
+                prompt::confirm(
+                    &format!(
+                        "remove domain {domain} and its {} mailbox(es) from every database?",
+                        m.len()
+                    ),
+                    cli.yes,
+                )?;
+                apply(vec![Change::RemoveDomain { domain }])
+            }
         },
+        Command::Mailbox { action } => match action {
+            MailboxCmd::Add {
+                address,
+                password_stdin,
+                no_password,
+                disabled,
+            } => {
+                let (mailbox, domain) = ops::parse_mailbox_address(&address)?;
+                let password = if no_password {
+                    None
+                } else {
+                    let plain =
+                        prompt::new_password(&format!("{mailbox}@{domain}"), password_stdin)?;
+                    Some(password::hash(&cluster.settings.password_scheme, &plain)?)
+                };
+                apply(vec![Change::AddMailbox {
+                    mailbox,
+                    domain,
+                    password,
+                    active: !disabled,
+                }])
+            }
+            MailboxCmd::List { domain, from } => {
+                let domain = domain.as_deref().map(ops::parse_domain).transpose()?;
+                let (src, v) = cluster.mailbox_list(domain.as_ref(), from.as_deref())?;
+                if json {
+                    print_json(&v)?;
+                } else {
+                    eprintln!("(read from {src})");
+                    table(
+                        &["mailbox", "active", "domain active", "password"],
+                        &mailbox_rows(&v),
+                    );
+                }
+                Ok(0)
+            }
+            MailboxCmd::Show { address, from } => {
+                let (mailbox, domain) = ops::parse_mailbox_address(&address)?;
+                let (src, v) = cluster.mailbox_show(&mailbox, &domain, from.as_deref())?;
+                if json {
+                    print_json(&v)?;
+                } else {
+                    eprintln!("(read from {src})");
+                    table(
+                        &["mailbox", "active", "domain active", "password"],
+                        &mailbox_rows(std::slice::from_ref(&v)),
+                    );
+                    println!(
+                        "home: {}",
+                        ops::home_path(&cluster.mail.home, &domain, mailbox.as_str())
+                    );
+                }
+                Ok(0)
+            }
+            MailboxCmd::Passwd {
+                address,
+                password_stdin,
+            } => {
+                let (mailbox, domain) = ops::parse_mailbox_address(&address)?;
+                let plain = prompt::new_password(&format!("{mailbox}@{domain}"), password_stdin)?;
+                let hash = password::hash(&cluster.settings.password_scheme, &plain)?;
+                apply(vec![Change::SetPassword {
+                    mailbox,
+                    domain,
+                    password: Some(hash),
+                }])
+            }
+            MailboxCmd::Enable { address } => {
+                let (mailbox, domain) = ops::parse_mailbox_address(&address)?;
+                apply(vec![Change::SetMailboxActive {
+                    mailbox,
+                    domain,
+                    active: true,
+                }])
+            }
+            MailboxCmd::Disable { address } => {
+                let (mailbox, domain) = ops::parse_mailbox_address(&address)?;
+                apply(vec![Change::SetMailboxActive {
+                    mailbox,
+                    domain,
+                    active: false,
+                }])
+            }
+            MailboxCmd::Remove { address } => {
+                let (mailbox, domain) = ops::parse_mailbox_address(&address)?;
+                let (_, d) = cluster.route_show(&domain, None)?;
+                let home = ops::home_path(&cluster.mail.home, &domain, mailbox.as_str());
+                let nodes = match &d.backup {
+                    Some(b) => format!("{} (primary) and {b} (backup)", d.primary),
+                    None => format!("{} (primary)", d.primary),
+                };
+                if !json {
+                    eprintln!(
+                        "the Maildir {home} on {nodes} is NOT deleted: mailctl only edits the \
+                         databases; mailsync keeps the backup's copy as it is; archive or delete \
+                         it by hand on both nodes"
+                    );
+                }
+                prompt::confirm(
+                    &format!("remove mailbox {mailbox}@{domain} from every database?"),
+                    cli.yes,
+                )?;
+                apply(vec![Change::RemoveMailbox { mailbox, domain }])
+            }
+        },
+        Command::Route { action } => match action {
+            RouteCmd::Show { domain, from } => {
+                let domain = ops::parse_domain(&domain)?;
+                let (src, d) = cluster.route_show(&domain, from.as_deref())?;
+                if json {
+                    print_json(&d)?;
+                } else {
+                    eprintln!("(read from {src})");
+                    table(
+                        &["domain", "primary", "backup"],
+                        &[vec![
+                            d.domain.clone(),
+                            d.primary.clone(),
+                            d.backup.clone().unwrap_or_else(|| "-".into()),
+                        ]],
+                    );
+                }
+                Ok(0)
+            }
+            RouteCmd::Set {
+                domain,
+                primary,
+                backup,
+            } => apply(vec![Change::SetRoute {
+                domain: ops::parse_domain(&domain)?,
+                primary: ops::parse_node(&primary)?,
+                backup: backup.as_deref().map(ops::parse_node).transpose()?,
+            }]),
+        },
+        Command::Node { action } => match action {
+            NodeCmd::List { from, no_probe } => {
+                let v = cluster.node_list(from.as_deref(), !no_probe)?;
+                if json {
+                    print_json(&v)?;
+                } else {
+                    let rows: Vec<Vec<String>> = v
+                        .iter()
+                        .map(|n| {
+                            vec![
+                                n.node.clone(),
+                                n.primary_of.to_string(),
+                                n.backup_of.to_string(),
+                                n.mailboxes.to_string(),
+                                if n.databases.is_empty() {
+                                    "-".into()
+                                } else {
+                                    n.databases
+                                        .iter()
+                                        .map(|d| {
+                                            format!(
+                                                "{}:{}",
+                                                d.name,
+                                                if d.reachable { "up" } else { "DOWN" }
+                                            )
+                                        })
+                                        .collect::<Vec<_>>()
+                                        .join(" ")
+                                },
+                                if n.services.is_empty() {
+                                    "-".into()
+                                } else {
+                                    n.services
+                                        .iter()
+                                        .map(|s| format!("{}:{}", s.service, s.state))
+                                        .collect::<Vec<_>>()
+                                        .join(" ")
+                                },
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "node",
+                            "primary of",
+                            "backup of",
+                            "mailboxes",
+                            "databases",
+                            "services",
+                        ],
+                        &rows,
+                    );
+                }
+                Ok(0)
+            }
+        },
+        Command::Failover { node, to, domains } => {
+            let domains = domains
+                .iter()
+                .map(|d| ops::parse_domain(d))
+                .collect::<Result<Vec<_>>>()?;
+            let r = cluster.failover(&node, to.as_deref(), &domains, cli.partial)?;
+            print_moves(json, &r)
+        }
+        Command::Rejoin { node, from } => {
+            let r = cluster.rejoin(&node, from.as_deref())?;
+            if json {
+                print_json(&r)?;
+            } else {
+                for p in &r.pending_applied {
+                    println!("applied pending: {p}");
+                }
+                for c in &r.drift.repaired {
+                    println!("repaired {c}");
+                }
+                println!(
+                    "{} ({}) is level with {}",
+                    r.node,
+                    r.databases.join(", "),
+                    r.reference
+                );
+                println!("next steps:");
+                for (i, s) in r.next_steps.iter().enumerate() {
+                    println!("  {}. {s}", i + 1);
+                }
+            }
+            Ok(0)
+        }
+        Command::Switchover {
+            node,
+            to,
+            domains,
+            skip_sync,
+        } => {
+            let domains = domains
+                .iter()
+                .map(|d| ops::parse_domain(d))
+                .collect::<Result<Vec<_>>>()?;
+            let r = cluster.switchover(&node, to.as_deref(), &domains, skip_sync)?;
+            print_moves(json, &r)
+        }
+        Command::Failback { node, skip_sync } => {
+            let r = cluster.failback(&node, skip_sync)?;
+            print_moves(json, &r)
+        }
+        Command::Drift { repair, from } => {
+            let r = if repair {
+                let Some(from) = from else {
+                    return Err(Error::bad_input(
+                        "drift --repair needs --from NAME: the database whose content is right",
+                    ));
+                };
+                cluster.repair(&from, None)?
+            } else {
+                cluster.drift(from.as_deref())?
+            };
+            print_drift(json, &r)
+        }
+        Command::Recover { foreign } => {
+            let mut cluster = cluster;
+            cluster.foreign = foreign;
+            let notes = cluster.recover_now()?;
+            if json {
+                print_json(&notes)?;
+            } else if notes.is_empty() {
+                println!("nothing to recover");
+            } else {
+                for n in notes {
+                    println!("{n}");
+                }
+            }
+            Ok(0)
+        }
     }
 }
 
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Storage => "storage",
-        Role::Smtp => "smtp",
+fn schema(config: &mailcluster::config::Config, action: &SchemaCmd, json: bool) -> Result<i32> {
+    use mailcluster::admin::schema;
+    let (lines, ok) = match action {
+        SchemaCmd::Init { role } => (schema::init(config, role.map(Role::from))?, true),
+        SchemaCmd::Check { role } => schema::check(config, role.map(Role::from))?,
+        SchemaCmd::Upgrade => (schema::upgrade(config)?, true),
+    };
+    if json {
+        print_json(&serde_json::json!({ "ok": ok, "lines": lines }))?;
+    } else {
+        for l in lines {
+            println!("{l}");
+        }
     }
-}
-
-fn main() {
-    let cli: Cli = cli::parse();
-    logging::init("mailctl", LogTarget::Stderr, cli.verbose);
-    cli::exit("mailctl", run(cli))
+    Ok(if ok { 0 } else { 78 })
 }

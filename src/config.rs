@@ -190,8 +190,7 @@ impl Config {
     /// Read a configuration file. A file holding a secret (see [`Config::secrets`]) must not
     /// be readable by everyone, and no configuration file may be writable by everyone.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = read_bounded(path)?;
-        let (text, mode) = text;
+        let (text, mode) = read_bounded(path)?;
         let doc: Option<toml::Table> = toml::from_str(&text).ok();
         if let Some(mode) = mode {
             check_mode(
@@ -740,8 +739,8 @@ struct Secret {
 }
 
 /// Keys whose string value is a secret: a word `password`, `passwd`, `passphrase`, `secret`
-/// or `token` in the key (split at `_` and `-`), unless the key names a file, path or scheme
-/// (`password_file`, `secret_path`, `password_scheme`).
+/// or `token` in the key (split at `_` and `-`), unless the key names a file, path, scheme,
+/// header or name (`password_file`, `secret_path`, `password_scheme`, `secret_header`).
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     let words: Vec<&str> = key.split(['_', '-']).collect();
@@ -753,7 +752,7 @@ pub fn is_secret_key(key: &str) -> bool {
     });
     let names_a_place = matches!(
         words.last(),
-        Some(&("file" | "path" | "dir" | "scheme" | "command" | "cmd"))
+        Some(&("file" | "path" | "dir" | "scheme" | "command" | "cmd" | "header" | "name"))
     );
     secret_word && !names_a_place
 }
@@ -1041,6 +1040,7 @@ mod tests {
         }
         for k in [
             "password_file",
+            "secret_header",
             "default_password_scheme",
             "secret_path",
             "key",

@@ -175,3 +175,29 @@ fn the_binaries_exit_78_on_bad_files_without_showing_secrets() {
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("missing.toml"), "{err}");
 }
+
+#[test]
+fn every_binary_has_help_and_version() {
+    for (name, exe) in [
+        ("mailmap", env!("CARGO_BIN_EXE_mailmap")),
+        ("mailauth", env!("CARGO_BIN_EXE_mailauth")),
+        ("mailsync", env!("CARGO_BIN_EXE_mailsync")),
+        ("mailctl", env!("CARGO_BIN_EXE_mailctl")),
+    ] {
+        for arg in ["--help", "--version"] {
+            let out = std::process::Command::new(exe)
+                .arg(arg)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{name} {arg}: {stdout}");
+            assert!(!stdout.trim().is_empty(), "{name} {arg}");
+        }
+        let out = std::process::Command::new(exe)
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    }
+}

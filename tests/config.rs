@@ -340,3 +340,19 @@ fn the_example_file_loads() {
     assert_eq!((c.mail.uid, c.mail.gid), (d.mail.uid, d.mail.gid));
     assert_eq!(c.db_timeout(), d.db_timeout());
 }
+
+#[test]
+fn the_other_example_files_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for (name, dirs, role) in [
+        ("smtp-node.toml", 1, Role::Smtp),
+        ("proxy.toml", 2, Role::Storage),
+    ] {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = Config::parse(&text, &path).unwrap();
+        assert_eq!(c.directories.len(), dirs, "{name}");
+        assert!(c.directories.iter().all(|d| d.role == role), "{name}");
+        assert!(c.secrets().is_empty(), "{name}");
+    }
+}

@@ -150,13 +150,11 @@ impl Authenticator {
                  password column); add one or pass --db URL",
             ));
         }
-        let node = match &config.node {
-            Some(n) => n.to_ascii_lowercase(),
-            None => hostname::get()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_default()
-                .to_ascii_lowercase(),
+        // Only proxy mode needs this node's name.
+        let node = if settings.proxy_mode {
+            config.node_name()?
+        } else {
+            config.node_name().unwrap_or_default()
         };
         let pool_size = settings.pool_size.clamp(1, 64);
         let pool = (0..pool_size)
@@ -268,27 +266,22 @@ impl Authenticator {
         self.with_directory(|d| d.mailbox(&mailbox, &domain))
     }
 
-    /// The home directory of a mailbox, from `[mail] home`.
-    pub fn home(&self, mailbox: &LocalPart, domain: &Domain) -> String {
-        home_path(&self.config.mail.home, mailbox, domain)
-    }
-
-    fn user_info(&self, rec: &MailboxRecord) -> UserInfo {
-        let home = self.home(&rec.mailbox, &rec.domain);
-        let maildir = self.config.mail.maildir.trim_matches('/');
-        let mail = if maildir.is_empty() {
-            format!("maildir:{home}")
-        } else {
-            format!("maildir:{home}/{maildir}")
+    /// The userdb fields of a mailbox: home and Maildir from `[mail]` (core's path
+    /// templates, checked to stay under the mail root), uid/gid from `[mail] uid/gid`.
+    fn user_info(&self, rec: &MailboxRecord) -> Result<UserInfo> {
+        let home = self.config.home(&rec.mailbox, &rec.domain)?;
+        let maildir = self.config.maildir(&rec.mailbox, &rec.domain)?;
+        let (Some(home), Some(maildir)) = (home.to_str(), maildir.to_str()) else {
+            return Err(Error::config("[mail] home gives a path that is not UTF-8"));
         };
-        UserInfo {
+        Ok(UserInfo {
             user: rec.address(),
-            home,
-            mail,
+            home: home.to_string(),
+            mail: format!("maildir:{maildir}"),
             uid: self.config.mail.uid,
             gid: self.config.mail.gid,
             proxy: None,
-        }
+        })
     }
 
     /// Verify a login. `Err` only for temporary failures (database down or hung) and
@@ -335,7 +328,7 @@ impl Authenticator {
             );
             return Ok(Outcome::UserDisabled);
         }
-        let mut info = self.user_info(&rec);
+        let mut info = self.user_info(&rec)?;
         if self.settings.proxy_mode {
             info.proxy = self.proxy_target(&rec.domain, &ctx.service)?;
         }
@@ -346,7 +339,7 @@ impl Authenticator {
     /// domain still answers, so that mail already accepted is delivered.
     pub fn userdb(&self, user: &str) -> Result<Outcome> {
         match self.lookup(user)? {
-            Some(rec) => Ok(Outcome::Ok(self.user_info(&rec))),
+            Some(rec) => Ok(Outcome::Ok(self.user_info(&rec)?)),
             None => Ok(Outcome::UserUnknown),
         }
     }
@@ -354,7 +347,7 @@ impl Authenticator {
     /// Every mailbox, as userdb entries, sorted by address (for iteration).
     pub fn users(&self) -> Result<Vec<UserInfo>> {
         let recs = self.with_directory(|d| d.mailboxes())?;
-        Ok(recs.iter().map(|r| self.user_info(r)).collect())
+        recs.iter().map(|r| self.user_info(r)).collect()
     }
 
     fn proxy_target(&self, domain: &Domain, service: &str) -> Result<Option<ProxyTarget>> {
@@ -394,17 +387,6 @@ impl Authenticator {
     }
 }
 
-/// Expand a home template: `{domain}`, `{ldomain}` (first label), `{mdomain}` (the rest),
-/// `{mailbox}`.
-pub fn home_path(template: &str, mailbox: &LocalPart, domain: &Domain) -> String {
-    let (l, m) = domain.split_first().unwrap_or((domain.as_str(), ""));
-    template
-        .replace("{domain}", domain.as_str())
-        .replace("{ldomain}", l)
-        .replace("{mdomain}", m)
-        .replace("{mailbox}", mailbox.as_str())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,19 +400,5 @@ mod tests {
         ] {
             assert!(Authenticator::parse_user(bad).is_none(), "{bad}");
         }
-    }
-
-    #[test]
-    fn home_template() {
-        let m = LocalPart::parse_mailbox("ivanov", Strictness::Lookup).unwrap();
-        let d = Domain::parse("branch.domain.ru", Strictness::Lookup).unwrap();
-        assert_eq!(
-            home_path("/usr/mail/{domain}/{mailbox}", &m, &d),
-            "/usr/mail/branch.domain.ru/ivanov"
-        );
-        assert_eq!(
-            home_path("/m/{mdomain}/{ldomain}/{mailbox}", &m, &d),
-            "/m/domain.ru/branch/ivanov"
-        );
     }
 }

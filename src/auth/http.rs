@@ -1,1 +1,404 @@
-//! The auth daemon's HTTP/1.0 server: nginx auth_http (/auth), the JSON API, /metrics.
+//! The auth daemon's HTTP/1.0 server (`mailauth serve`): nginx `auth_http` (`GET /auth`),
+//! the JSON API for Dovecot's Lua passdb/userdb (`POST /passdb`, `POST /userdb`,
+//! `GET /users`), and Prometheus counters (`GET /metrics`).
+//!
+//! It runs on the proxy host and reads whichever directory answers; it routes each user to
+//! the primary storage of their domain, or to the backup when the primary's service does
+//! not greet ([`crate::auth::health`]); it throttles failures ([`crate::auth::throttle`]).
+
+pub mod config;
+pub mod nginx;
+pub mod pool;
+pub mod server;
+pub mod verify;
+
+use crate::auth::api;
+use crate::auth::authenticator::Authenticator;
+use crate::auth::health::{HealthChecker, Protocol, Target};
+use crate::auth::throttle::{HashGate, Throttle};
+use crate::config::{Config, PortsConfig};
+use crate::directory::DomainRecord;
+use crate::error::{Error, Result};
+use config::AuthSection;
+use pool::DirectoryPool;
+use server::{Header, Listen, Request, Response};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+/// Default listen address (the seed's port, on loopback).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8185";
+
+/// Arguments of `mailauth serve`. Besides `--listen`, the daemon listens on `[auth] socket`
+/// when it is set (where `mailauth checkpassword` looks for it).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Listen on ADDR: IP:PORT or unix:/path (repeatable) [default: [auth.http] listen,
+    /// else 127.0.0.1:8185]
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Where to log: auto (stderr on a terminal, else syslog), stderr or syslog
+    #[arg(long, value_name = "TARGET", default_value = "auto")]
+    pub log: String,
+}
+
+impl ServeArgs {
+    /// The `--log` choice.
+    pub fn log_target(&self) -> crate::logging::LogTarget {
+        match self.log.as_str() {
+            "stderr" => crate::logging::LogTarget::Stderr,
+            "syslog" => crate::logging::LogTarget::Syslog,
+            _ => crate::logging::LogTarget::Auto,
+        }
+    }
+}
+
+/// Run the daemon (never returns unless it cannot start).
+pub fn serve(config: &Config, args: &ServeArgs) -> Result<()> {
+    let service = Arc::new(Service::new(config)?);
+    let mut listen = args.listen.clone();
+    if listen.is_empty() {
+        listen = service.settings.http.listen.clone();
+    }
+    if listen.is_empty() {
+        listen.push(DEFAULT_LISTEN.to_string());
+    }
+    let mut listens: Vec<Listen> = listen
+        .iter()
+        .map(|l| Listen::parse(l))
+        .collect::<Result<_>>()?;
+    // `mailauth checkpassword` asks the daemon at `[auth] socket`: listen there too.
+    if let Some(socket) = service.auth.settings().socket.clone() {
+        let l = Listen::Unix(socket);
+        if !listens.contains(&l) {
+            listens.push(l);
+        }
+    }
+    let bound = server::bind(&listens, service.settings.http.socket_mode()?)?;
+    // Tell whoever started us where we listen (port 0 resolved): tests and scripts read it.
+    let mut shown: Vec<String> = bound.tcp_addrs().iter().map(|a| a.to_string()).collect();
+    shown.extend(
+        listens
+            .iter()
+            .filter(|l| matches!(l, Listen::Unix(_)))
+            .map(|l| l.to_string()),
+    );
+    for a in &shown {
+        println!("listening on {a}");
+        log::info!("listening on {a}");
+    }
+    let http = &service.settings.http;
+    let limits = server::Limits {
+        max_head: http.max_head.clamp(1024, 1 << 20),
+        max_headers: http.max_headers.clamp(8, 1000),
+        max_body: http.max_body.clamp(1024, 16 << 20),
+        timeout: http.timeout(),
+    };
+    let (workers, queue) = (http.workers.clamp(1, 1024), http.queue.clamp(1, 65536));
+    let svc = Arc::clone(&service);
+    let handler: Arc<server::Handler> =
+        Arc::new(move |req: &Request, peer: &str| svc.handle(req, peer));
+    let svc = Arc::clone(&service);
+    let overload: Arc<server::OverloadHook> = Arc::new(move || {
+        svc.metrics.overload.fetch_add(1, Ordering::Relaxed);
+    });
+    server::run(bound, workers, queue, limits, handler, overload)
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    requests: [AtomicU64; 7],
+    outcomes: [AtomicU64; 6],
+    backup_routes: AtomicU64,
+    overload: AtomicU64,
+    bad_secret: AtomicU64,
+}
+
+const PATHS: [&str; 7] = [
+    "/auth", "/passdb", "/userdb", "/users", "/metrics", "other", "invalid",
+];
+
+/// Node name → address cache.
+struct Resolver {
+    overrides: HashMap<String, IpAddr>,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (IpAddr, Instant)>>,
+}
+
+impl Resolver {
+    fn resolve(&self, node: &str) -> std::result::Result<IpAddr, String> {
+        if let Some(ip) = self.overrides.get(node) {
+            return Ok(*ip);
+        }
+        if let Ok(ip) = node.parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        let now = Instant::now();
+        if let Some((ip, at)) = lock(&self.cache).get(node) {
+            if now.duration_since(*at) < self.ttl {
+                return Ok(*ip);
+            }
+        }
+        let found = (node, 0u16)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve node {node}: {e}"))?
+            .map(|a| a.ip())
+            .min_by_key(|ip| ip.is_ipv6()) // prefer IPv4, as the seed's nslookup did
+            .ok_or_else(|| format!("node {node} has no address"));
+        match found {
+            Ok(ip) => {
+                lock(&self.cache).insert(node.to_string(), (ip, now));
+                Ok(ip)
+            }
+            Err(e) => {
+                // A stale address beats none while DNS is down.
+                if let Some((ip, _)) = lock(&self.cache).get(node) {
+                    return Ok(*ip);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Everything a request needs, shared by the worker threads.
+pub struct Service {
+    pub settings: AuthSection,
+    /// The authenticator behind the JSON API (shared with `mailauth checkpassword`).
+    auth: Authenticator,
+    ports: PortsConfig,
+    pool: DirectoryPool,
+    throttle: Throttle,
+    gate: HashGate,
+    health: HealthChecker,
+    resolver: Resolver,
+    metrics: Metrics,
+}
+
+impl Service {
+    pub fn new(config: &Config) -> Result<Service> {
+        let settings: AuthSection = config.section("auth")?;
+        let mut overrides = HashMap::new();
+        for (name, ip) in &settings.nodes {
+            let parsed = ip.parse::<IpAddr>().map_err(|_| {
+                Error::config(format!(
+                    "[auth.nodes] {name}: {} is not an IP address",
+                    crate::names::printable(ip)
+                ))
+            })?;
+            overrides.insert(name.to_ascii_lowercase(), parsed);
+        }
+        let pool = DirectoryPool::new(config, settings.http.workers.max(1))?;
+        let auth = Authenticator::new(config.clone())?;
+        Ok(Service {
+            auth,
+            ports: config.ports.clone(),
+            pool,
+            throttle: Throttle::new(settings.throttle.clone()),
+            gate: HashGate::new(
+                settings.throttle.hash_concurrency,
+                settings.throttle.hash_wait,
+            ),
+            health: HealthChecker::start(settings.health.clone()),
+            resolver: Resolver {
+                overrides,
+                ttl: settings.http.resolve_ttl(),
+                cache: Mutex::new(HashMap::new()),
+            },
+            metrics: Metrics::default(),
+            settings,
+        })
+    }
+
+    fn port(&self, proto: Protocol) -> u16 {
+        match proto {
+            Protocol::Imap => self.ports.imap,
+            Protocol::Pop3 => self.ports.pop3,
+            Protocol::Smtp => self.ports.smtp,
+        }
+    }
+
+    /// The node to send a user of `route` to: the primary when its service greets, else
+    /// the backup when it does; else a reason for a temporary failure.
+    fn choose_node(
+        &self,
+        route: &DomainRecord,
+        proto: Protocol,
+    ) -> std::result::Result<(String, IpAddr, u16), String> {
+        let port = self.port(proto);
+        let mut reasons = Vec::new();
+        let candidates = std::iter::once(&route.primary).chain(route.backup.iter());
+        for (i, node) in candidates.enumerate() {
+            let ip = match self.resolver.resolve(node) {
+                Ok(ip) => ip,
+                Err(e) => {
+                    reasons.push(e);
+                    continue;
+                }
+            };
+            let target = Target {
+                node: node.clone(),
+                addr: SocketAddr::new(ip, port),
+                proto,
+            };
+            if self.health.is_up(&target) {
+                if i > 0 {
+                    self.metrics.backup_routes.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok((node.clone(), ip, port));
+            }
+            reasons.push(format!("{node} {} is down", proto.as_str()));
+        }
+        Err(reasons.join("; "))
+    }
+
+    fn secret_ok(&self, req: &Request) -> bool {
+        let Some(secret) = self.settings.http.secret.as_deref() else {
+            return true;
+        };
+        match req.header(&self.settings.http.secret_header) {
+            Header::One(v) => bool::from(v.ct_eq(secret.as_bytes())),
+            _ => false,
+        }
+    }
+
+    /// Route one request.
+    pub fn handle(&self, req: &Request, peer: &str) -> Response {
+        let idx = PATHS.iter().position(|p| *p == req.path).unwrap_or(5);
+        self.metrics.requests[idx].fetch_add(1, Ordering::Relaxed);
+        if req.path == "/metrics" && req.method == "GET" {
+            return Response::new(200).text(self.render_metrics());
+        }
+        if !self.secret_ok(req) {
+            self.metrics.bad_secret.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "request from {peer} without the right {}",
+                self.settings.http.secret_header
+            );
+            return Response::new(403).header(
+                "Auth-Status",
+                "Temporary authentication failure, try again later",
+            );
+        }
+        match req.path.as_str() {
+            "/auth" => {
+                let start = Instant::now();
+                let (response, l) = nginx::handle(self, req);
+                self.metrics.outcomes[nginx::Outcome::ALL
+                    .iter()
+                    .position(|o| *o == l.outcome)
+                    .unwrap_or(5)]
+                .fetch_add(1, Ordering::Relaxed);
+                if self.settings.http.log_requests {
+                    let line = format!(
+                        "auth user={} client={} proto={} method={} attempt={} result={} node={} ms={:.1}{}",
+                        crate::names::printable(&l.user),
+                        if l.client.is_empty() { "-" } else { &l.client },
+                        l.proto,
+                        crate::names::printable(&l.method),
+                        l.attempt,
+                        l.outcome.as_str(),
+                        l.node,
+                        start.elapsed().as_secs_f64() * 1000.0,
+                        if l.why.is_empty() { String::new() } else { format!(" why={}", crate::names::printable(&l.why)) },
+                    );
+                    if l.outcome == nginx::Outcome::TempFail {
+                        log::warn!("{line}");
+                    } else {
+                        log::info!("{line}");
+                    }
+                }
+                response
+            }
+            "/passdb" | "/userdb" | "/users" => self.api(req, peer),
+            _ => Response::new(404)
+                .header("Auth-Status", "Invalid request")
+                .text("not found\n"),
+        }
+    }
+
+    /// The JSON API of [`crate::auth::api`]; password checks share the hashing semaphore.
+    fn api(&self, req: &Request, peer: &str) -> Response {
+        let method_ok = match req.path.as_str() {
+            "/users" => req.method == "GET",
+            _ => req.method == "POST",
+        };
+        if !method_ok {
+            return Response::new(405)
+                .json(r#"{"result":"internal_failure","reason":"method not allowed"}"#);
+        }
+        let answer = if req.path == "/passdb" {
+            let Some(_permit) = self.gate.acquire() else {
+                return Response::new(503).json(
+                    r#"{"result":"internal_failure","reason":"password hashing overloaded"}"#,
+                );
+            };
+            api::handle(&self.auth, &req.path, &req.body)
+        } else {
+            api::handle(&self.auth, &req.path, &req.body)
+        };
+        if self.settings.http.log_requests {
+            log::info!("api path={} peer={peer} status={}", req.path, answer.status);
+        }
+        let mut r = Response::new(answer.status);
+        r.content_type = answer.content_type;
+        r.body = answer.body;
+        r
+    }
+
+    fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        let mut out = String::new();
+        out.push_str("# HELP mailauth_http_requests_total HTTP requests by path.\n# TYPE mailauth_http_requests_total counter\n");
+        for (i, p) in PATHS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "mailauth_http_requests_total{{path=\"{p}\"}} {}",
+                m.requests[i].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP mailauth_auth_total nginx auth_http answers by result.\n# TYPE mailauth_auth_total counter\n");
+        for (i, o) in nginx::Outcome::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "mailauth_auth_total{{result=\"{}\"}} {}",
+                o.as_str(),
+                m.outcomes[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE mailauth_auth_backup_routes_total counter\nmailauth_auth_backup_routes_total {}", m.backup_routes.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# TYPE mailauth_http_overload_total counter\nmailauth_http_overload_total {}",
+            m.overload.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE mailauth_http_bad_secret_total counter\nmailauth_http_bad_secret_total {}",
+            m.bad_secret.load(Ordering::Relaxed)
+        );
+        let (pairs, ips) = self.throttle.sizes();
+        let _ = writeln!(out, "# TYPE mailauth_throttle_entries gauge\nmailauth_throttle_entries{{kind=\"pair\"}} {pairs}\nmailauth_throttle_entries{{kind=\"ip\"}} {ips}");
+        out.push_str("# HELP mailauth_backend_up Last health check of a storage service (1 = greeted).\n# TYPE mailauth_backend_up gauge\n");
+        for (t, up, _) in self.health.snapshot() {
+            let _ = writeln!(
+                out,
+                "mailauth_backend_up{{node=\"{}\",proto=\"{}\",addr=\"{}\"}} {}",
+                t.node,
+                t.proto.as_str(),
+                t.addr,
+                u8::from(up)
+            );
+        }
+        out
+    }
+}

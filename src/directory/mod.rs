@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod schema;
 mod sql;
 pub mod sqlite;
+pub mod txn;
 pub mod write;
 
 pub use write::{open_writer, DirectoryWriter};

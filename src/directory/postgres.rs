@@ -273,6 +273,12 @@ impl ConnInfo {
         self.tls_mode
     }
 
+    /// The driver configuration and the TLS connector, for mailctl's transactional
+    /// handle (`txn.rs`), which keeps one session per transaction.
+    pub(crate) fn connector(&self) -> Result<(Config, MakeTls)> {
+        Ok((self.config.clone(), self.tls_connector()?))
+    }
+
     fn tls_connector(&self) -> Result<MakeTls> {
         let verify = match self.tls_mode {
             TlsMode::Disable | TlsMode::Prefer | TlsMode::Require => Verify::None,

@@ -7,4 +7,5 @@ pub mod exim;
 pub mod fixtures;
 pub mod nginx;
 pub mod pg;
+pub mod pg_2pc;
 pub mod sshd;

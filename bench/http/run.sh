@@ -1,0 +1,207 @@
+#!/bin/bash
+# Benchmark of `mailauth serve` (nginx auth_http) against the ceiling (a static nginx reply
+# of the same headers) and the seed's handler (nginx perl, two new PostgreSQL connections
+# per request), all side by side in one run on loopback, PostgreSQL behind the services.
+#
+#   bench/http/run.sh            (as root on Debian 12: postgresql 15, nginx + perl module,
+#                                 libdbd-pg-perl, wrk, rustc; CARGO_TARGET_DIR honoured)
+# Knobs: RUNS=3 DURATION=10 CONC=32 RATE=2000 SHA_RATE=200 SEED_RATE=100 NUSERS=1000
+#
+# Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
+# nginx does), random users and client IPs. Latency: bench/http/ratebench.rs, open loop
+# at a fixed rate, latency from each request's scheduled time. Medians of RUNS runs.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+RUNS=${RUNS:-3} DURATION=${DURATION:-10} CONC=${CONC:-32} RATE=${RATE:-2000}
+SHA_RATE=${SHA_RATE:-200} SEED_RATE=${SEED_RATE:-100} NUSERS=${NUSERS:-1000}
+PGBIN=/usr/lib/postgresql/15/bin
+
+ROOT=$(mktemp -d /tmp/mailauth-bench.XXXXXX)
+chmod 755 "$ROOT"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    [ -d "$ROOT/pg/data" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$ROOT/pg/data" -m fast -w stop >/dev/null 2>&1 || true
+    [ -n "${KEEP:-}" ] || rm -rf "$ROOT"
+}
+trap cleanup EXIT
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+echo "== build"
+(cd "$REPO" && cargo build --release --quiet --bin mailauth)
+rustc -O "$HERE/ratebench.rs" -o "$ROOT/ratebench"
+MAILAUTH="$TARGET/release/mailauth"
+
+echo "== PostgreSQL"
+PGPORT=$(free_port)
+mkdir -p "$ROOT/pg/data" "$ROOT/pg/sock"
+chown -R postgres:postgres "$ROOT/pg"
+runuser -u postgres -- "$PGBIN/initdb" -D "$ROOT/pg/data" -U postgres --auth-local=trust \
+    --auth-host=md5 -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+cat >>"$ROOT/pg/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$ROOT/pg/sock'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+CONF
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$ROOT/pg/data" -l "$ROOT/pg/log" -w -t 30 start >/dev/null
+PSQL=(psql -h "$ROOT/pg/sock" -p "$PGPORT" -X -q -v ON_ERROR_STOP=1)
+"${PSQL[@]}" -U postgres -c "CREATE ROLE mail LOGIN PASSWORD 'mailpw'" -c "CREATE DATABASE mail OWNER mail"
+SHA_HASH=$(doveadm pw -s SHA512-CRYPT -p pwsha)
+"${PSQL[@]}" -U mail -d mail <<SQL
+CREATE TABLE mail (id BIGSERIAL PRIMARY KEY, mailbox VARCHAR(32) NOT NULL, password VARCHAR(128),
+  ldomain_id int NOT NULL, mdomain_id int NOT NULL, active BOOLEAN DEFAULT TRUE NOT NULL);
+CREATE TABLE ldomain (id BIGSERIAL PRIMARY KEY, domain VARCHAR(32) NOT NULL UNIQUE, active BOOLEAN DEFAULT TRUE NOT NULL);
+CREATE TABLE mdomain (id BIGSERIAL PRIMARY KEY, domain VARCHAR(32) NOT NULL UNIQUE, active BOOLEAN DEFAULT TRUE NOT NULL);
+CREATE TABLE maps (id SERIAL PRIMARY KEY, ldomain_id int NOT NULL UNIQUE, mdomain_id int NOT NULL,
+  storage1 VARCHAR(32) NOT NULL, storage2 VARCHAR(32) NOT NULL);
+CREATE TABLE co_domain (id BIGSERIAL PRIMARY KEY, domain VARCHAR(255) NOT NULL UNIQUE, active BOOLEAN DEFAULT TRUE NOT NULL);
+CREATE TABLE co_maps (id SERIAL PRIMARY KEY, domain_id int NOT NULL UNIQUE, storage1 VARCHAR(32) NOT NULL, storage2 VARCHAR(32) NOT NULL);
+INSERT INTO mdomain (id, domain) VALUES (1, 'example.test');
+INSERT INTO ldomain (id, domain) SELECT i, 'd' || i FROM generate_series(1, 50) i;
+INSERT INTO maps (ldomain_id, mdomain_id, storage1, storage2)
+  SELECT i, 1, CASE WHEN i % 2 = 0 THEN 'storage-01' ELSE 'storage-02' END,
+               CASE WHEN i % 2 = 0 THEN 'storage-02' ELSE 'storage-01' END FROM generate_series(1, 50) i;
+-- the seed's bare MD5 hex
+INSERT INTO mail (mailbox, password, ldomain_id, mdomain_id)
+  SELECT 'u' || i, md5('pw' || i), 1 + i % 50, 1 FROM generate_series(1, $NUSERS) i;
+INSERT INTO mail (mailbox, password, ldomain_id, mdomain_id)
+  SELECT 'sha' || i, '$SHA_HASH', 1 + i % 50, 1 FROM generate_series(1, $NUSERS) i;
+-- what any schema init adds: an index for the lookups by (domain, mailbox)
+CREATE INDEX mail_ldomain_mailbox_i ON mail (ldomain_id, lower(mailbox));
+ANALYZE;
+SQL
+for i in $(seq 1 "$NUSERS"); do printf 'u%d@d%d.example.test\tpw%d\n' "$i" $((1 + i % 50)) "$i"; done >"$ROOT/md5.tsv"
+for i in $(seq 1 "$NUSERS"); do printf 'sha%d@d%d.example.test\tpwsha\n' "$i" $((1 + i % 50)); done >"$ROOT/sha.tsv"
+
+echo "== services"
+MA_PORT=$(free_port)
+cat >"$ROOT/mailcluster.toml" <<TOML
+db_timeout = 5
+[[directory]]
+name = "bench"
+url = "host=$ROOT/pg/sock port=$PGPORT user=mail dbname=mail"
+[auth.http]
+workers = 32
+[auth.health]
+# no storages run in this benchmark; the check is a cached lookup per request anyway
+enabled = false
+[auth.throttle]
+hash_concurrency = 2
+[auth.nodes]
+storage-01 = "127.0.0.2"
+storage-02 = "127.0.0.3"
+TOML
+"$MAILAUTH" --config "$ROOT/mailcluster.toml" serve --log stderr --listen "127.0.0.1:$MA_PORT" \
+    >/dev/null 2>"$ROOT/mailauth.log" &
+PIDS+=($!)
+
+NG_STATIC=$(free_port) NG_SEED=$(free_port)
+mkdir -p "$ROOT/nginx/logs" "$ROOT/nginx/tmp"
+cat >"$ROOT/nginx/nginx.conf" <<NGX
+load_module /usr/lib/nginx/modules/ngx_http_perl_module.so;
+pid $ROOT/nginx/nginx.pid;
+error_log $ROOT/nginx/logs/error.log warn;
+lock_file $ROOT/nginx/nginx.lock;
+worker_processes 2;
+user www-data www-data;
+env BENCH_PGHOST=$ROOT/pg/sock;
+env BENCH_PGPORT=$PGPORT;
+env BENCH_PGDB=mail;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_timeout 0;
+    client_body_temp_path $ROOT/nginx/tmp/body;
+    proxy_temp_path $ROOT/nginx/tmp/proxy;
+    fastcgi_temp_path $ROOT/nginx/tmp/fastcgi;
+    uwsgi_temp_path $ROOT/nginx/tmp/uwsgi;
+    scgi_temp_path $ROOT/nginx/tmp/scgi;
+    perl_modules $HERE;
+    perl_require seed_mailauth.pm;
+    server {
+        listen 127.0.0.1:$NG_STATIC;
+        location /auth {
+            add_header Auth-Status OK;
+            add_header Auth-Server 127.0.0.2;
+            add_header Auth-Port 143;
+            return 200 "";
+        }
+    }
+    server {
+        listen 127.0.0.1:$NG_SEED;
+        location /auth { perl seed_mailauth::handler; }
+    }
+}
+NGX
+nginx -p "$ROOT/nginx/" -c "$ROOT/nginx/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+for i in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$MA_PORT) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$NG_SEED) 2>/dev/null && break
+    sleep 0.05
+done
+check() { # one request, must be OK
+    local port=$1 user=$2 pass=$3
+    curl -s -o /dev/null -D - "http://127.0.0.1:$port/auth" -H "Auth-Method: plain" -H "Auth-User: $user" \
+        -H "Auth-Pass: $pass" -H "Auth-Protocol: imap" -H "Auth-Login-Attempt: 1" -H "Client-IP: 10.0.0.1" \
+        | grep -q '^Auth-Status: OK' || { echo "sanity check failed on port $port" >&2; exit 1; }
+}
+check "$MA_PORT" u1@d2.example.test pw1
+check "$MA_PORT" sha1@d2.example.test pwsha
+check "$NG_SEED" u1@d2.example.test pw1
+check "$NG_STATIC" x y
+
+RES="$ROOT/results.txt"
+: >"$RES"
+wrk_run() { # name port users-file
+    local out
+    out=$(USERS=$3 wrk -t2 -c"$CONC" -d"${DURATION}s" -s "$HERE/wrk_auth.lua" "http://127.0.0.1:$2/auth" | grep '^RESULT')
+    echo "wrk $1 $out" | tee -a "$RES"
+}
+rate_run() { # name port users-file rate
+    local out
+    out=$("$ROOT/ratebench" "127.0.0.1:$2" "$4" "$DURATION" "$3" 64)
+    echo "rate $1@$4 $out" | tee -a "$RES"
+}
+for run in $(seq 1 "$RUNS"); do
+    echo "== run $run/$RUNS"
+    wrk_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv"
+    wrk_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv"
+    wrk_run mailauth-sha512 "$MA_PORT" "$ROOT/sha.tsv"
+    wrk_run seed-perl-md5 "$NG_SEED" "$ROOT/md5.tsv"
+    rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
+    rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
+    rate_run mailauth-sha512 "$MA_PORT" "$ROOT/sha.tsv" "$SHA_RATE"
+    rate_run seed-perl-md5 "$NG_SEED" "$ROOT/md5.tsv" "$SEED_RATE"
+done
+
+echo "== medians of $RUNS runs (CONC=$CONC, DURATION=${DURATION}s, $(nproc) CPUs)"
+/usr/bin/python3 - "$RES" <<'PY'
+import re, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    kind, name, rest = line.split(' ', 2)
+    kv = dict(re.findall(r'(\S+?)=([0-9.]+)', rest))
+    rows.setdefault((kind, name), []).append(kv)
+med = lambda k, key: statistics.median(float(r[key]) for r in rows[k])
+seed = med(('wrk', 'seed-perl-md5'), 'rps')
+print("| throughput (wrk) | req/s | x seed | not OK |")
+print("|---|---:|---:|---:|")
+for (kind, name) in rows:
+    if kind == 'wrk':
+        rps = med((kind, name), 'rps')
+        print(f"| {name} | {rps:.0f} | {rps/seed:.1f} | {med((kind, name), 'not_ok'):.0f} |")
+print()
+print("| latency (fixed rate) | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | failed |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for (kind, name) in rows:
+    if kind == 'rate':
+        k = (kind, name)
+        print(f"| {name}/s | {med(k,'rate'):.0f} | {med(k,'p50'):.3f} | {med(k,'p90'):.3f} | {med(k,'p99'):.3f} | {med(k,'p99.9'):.3f} | {med(k,'failed'):.0f} |")
+PY
