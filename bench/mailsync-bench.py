@@ -7,6 +7,7 @@
 
 Tools (each from an empty destination, on a `cp -al` copy of the same generated base tree):
   mailsync     mailsync --compress --jobs 2 (one SSH session per worker)
+  mailsync-plain  the same without --compress (opt-in: --tools mailsync-plain,...)
   rsync-seed   the seed's mailrsync.pl: per domain `rsync -H --delete-during -azz`, one thread
                per pair of domains, all threads at once
   rsync-fast   rsync's fastest mode here: one whole-tree `rsync -aH --delete` (no compression
@@ -128,10 +129,12 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
     t0 = time.time()
     wire = 0
     data = None
-    if tool == "mailsync":
+    if tool.startswith("mailsync"):
+        compress = [] if tool == "mailsync-plain" else ["--compress"]
         cmd = timed + [
             a.bin, "--root", src, "--remote-root", dst, "--state-dir", state, "--jobs", "2",
-            "--compress", "--json", "--no-progress", "-i", sshd.key, "--known-hosts", sshd.kh,
+        ] + compress + [
+            "--json", "--no-progress", "-i", sshd.key, "--known-hosts", sshd.kh,
             "--port", str(sshd.port), "--user", "root", "--remote-command",
             "/usr/bin/time -a -o %s -f '%s' %s serve --no-fence" % (tfile_r, TIMEFMT, a.bin),
         ]
@@ -269,7 +272,7 @@ def main():
         for d in sorted(x for x in os.listdir(base) if not x.startswith(".")):
             os.makedirs(os.path.join(empty, d))
         os.makedirs(empty_dst)
-        if "mailsync" in a.tools:
+        if "mailsync" in a.tools.split(","):
             r = run_tool("mailsync", empty, empty_dst, a, sshd, os.path.join(a.work, "state"),
                          os.path.join(a.work, "t.local"), os.path.join(a.work, "t.remote"))
             results[("mailsync", "empty-tree", "warm")] = [r]
