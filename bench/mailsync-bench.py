@@ -251,6 +251,9 @@ def main():
                     if phase == "day":
                         sh(["/usr/bin/python3", GEN, "mutate", src, "--seed", "7"],
                            stdout=subprocess.DEVNULL)
+                    # No tool pays for the previous one's writeback (mailsync fsyncs, and an
+                    # fsync on ext4 waits for other dirty data too; rsync never fsyncs).
+                    subprocess.run(["sync"])
                     if cold:
                         drop_caches()
                     r = run_tool(tool, src, dst, a, sshd, state, tl, tr)
