@@ -752,6 +752,21 @@ fn over_ssh_copies_and_checks_host_keys() {
     let v = ok(sync(&compressed));
     assert_eq!(n(&v, "files_sent"), 0);
 
+    // A remote command that does not exist: the remote shell's message comes back.
+    let mut missing = args.clone();
+    let rc_i = missing
+        .iter()
+        .position(|x| *x == "--remote-command")
+        .unwrap();
+    missing[rc_i + 1] = "/nonexistent/mailsync serve";
+    let (rc, v, _) = sync(&missing);
+    assert_ne!(rc, 0);
+    let msg = v["per_domain"][0]["errors"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("/nonexistent/mailsync"), "{msg}");
+
     // Unknown host key: refused, with the line to add.
     let empty = e.sa.join("empty_known_hosts");
     fs::write(&empty, "").unwrap();

@@ -157,11 +157,22 @@ impl RunReport {
 }
 
 fn connect(target: &Target, opts: &RunOptions) -> Result<client::Session> {
-    let (conn, keep) = match target {
+    let (conn, mut keep) = match target {
         Target::Path(root) => transport::local(&opts.local_command, root, opts.bwlimit)?,
         Target::Host(host) => transport::ssh(host, &opts.remote_root, &opts.ssh, opts.bwlimit)?,
     };
-    client::Session::start(conn, target.to_string(), opts.compress, Some(keep))
+    match client::Session::start(conn, target.to_string(), opts.compress, None) {
+        Ok(mut s) => {
+            s.keep = Some(keep);
+            Ok(s)
+        }
+        // The remote end did not speak the protocol: its exit status and stderr say why
+        // (e.g. "mailsync: command not found", a configuration error).
+        Err(e) => match keep.finish() {
+            Err(why) => Err(why.context(format!("{target}"))),
+            Ok(()) => Err(e),
+        },
+    }
 }
 
 /// Replicate the domains, `opts.jobs` at a time, each worker with its own connection.
