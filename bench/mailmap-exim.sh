@@ -43,9 +43,10 @@ port = $PORT
 unix_socket_directories = '$SOCKDIR'
 fsync = off
 CONF
-runuser -u postgres -- $PGBIN/pg_ctl -D "$ROOT/data" -l "$ROOT/pg.log" -w start >/dev/null
+runuser -u postgres -- $PGBIN/pg_ctl -D "$ROOT/data" -l "$ROOT/data/pg.log" -w start >/dev/null
 PSQL="psql -h $SOCKDIR -p $PORT -X -q -v ON_ERROR_STOP=1"
-$PSQL -U postgres -d postgres -c "CREATE ROLE mail LOGIN PASSWORD 'mailpw'; CREATE DATABASE mail OWNER mail;"
+$PSQL -U postgres -d postgres -c "CREATE ROLE mail LOGIN PASSWORD 'mailpw'"
+$PSQL -U postgres -d postgres -c "CREATE DATABASE mail OWNER mail"
 $PSQL -U mail -d mail <<'SQL'
 CREATE TABLE mail ("id" BIGSERIAL PRIMARY KEY, "mailbox" CHARACTER VARYING(32) not null,
   "ldomain_id" int NOT NULL, "mdomain_id" int NOT NULL, active BOOLEAN DEFAULT TRUE NOT NULL,
@@ -72,7 +73,7 @@ INSERT INTO maps (ldomain_id, mdomain_id, storage1, storage2)
 INSERT INTO mail (mailbox, ldomain_id, mdomain_id) SELECT 'user' || g, g, 1 FROM generate_series(1, 10000) g;
 INSERT INTO co_domain (id, domain) SELECT g, 'co' || g || '.example.org' FROM generate_series(1, 100) g;
 INSERT INTO co_maps (domain_id, storage1, storage2) SELECT g, '192.0.2.12', '192.0.2.11' FROM generate_series(1, 100) g;
-ANALYZE;
+ANALYZE mail; ANALYZE ldomain; ANALYZE mdomain; ANALYZE maps; ANALYZE co_domain; ANALYZE co_maps;
 SQL
 
 URL="host=$SOCKDIR port=$PORT user=mail dbname=mail"
