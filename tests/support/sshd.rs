@@ -30,7 +30,25 @@ static SSHD: OnceLock<Sshd> = OnceLock::new();
 
 /// The shared sshd (started on first use).
 pub fn sshd() -> &'static Sshd {
-    SSHD.get_or_init(|| start().unwrap_or_else(|e| panic!("cannot start sshd: {e}")))
+    SSHD.get_or_init(|| {
+        let s = start().unwrap_or_else(|e| panic!("cannot start sshd: {e}"));
+        // SAFETY: registering a plain extern "C" fn without captured state.
+        unsafe {
+            libc::atexit(cleanup);
+        }
+        s
+    })
+}
+
+/// At exit: stop sshd and remove its directory.
+extern "C" fn cleanup() {
+    if let Some(s) = SSHD.get() {
+        // SAFETY: signalling the sshd we started.
+        unsafe {
+            libc::kill(s.pid as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
 }
 
 fn keygen(path: &Path, comment: &str) -> Result<(), String> {
