@@ -215,7 +215,11 @@ fn serve(
 ) -> Result<i32> {
     let config = load_config(common)?;
     let node = node_name(node.as_deref(), &config)?;
-    let state_dir = state_dir.unwrap_or_else(|| root.join(".mailsync"));
+    let sc: SyncConfig = config.section("sync")?;
+    // The same records in both roles, so that a reversed direction finds them.
+    let state_dir = state_dir
+        .or(sc.state_dir)
+        .unwrap_or_else(|| root.join(".mailsync"));
     let fence: Option<sync::server::Fence> = if no_fence || config.directories.is_empty() {
         None
     } else {
