@@ -18,6 +18,7 @@ use std::time::Duration;
 /// with safe deletes, over SSH.
 #[derive(Parser)]
 #[command(
+    name = "mailsync",
     version,
     about = "Replicate Maildirs from each domain's primary storage node to its backup \
              (rename-aware, safe deletes, over SSH)",
