@@ -2,6 +2,7 @@
 //! databases and its repair, failover of a storage node, rejoin and failback.
 
 use crate::logins::{self, NEW_MAILBOXES};
+use crate::replication::{self, Node};
 use crate::{domain, Cluster, Story, STORAGE1, STORAGE2};
 use mailcluster::admin::{self, password, ApplyOptions};
 use mailcluster::config::Config;
@@ -278,7 +279,12 @@ fn routing(story: &mut Story, cluster: &Cluster, primary: &str, backup: &str) ->
 }
 
 /// Chapter: storage-01 fails; its domains move to storage-02; it comes back and fails back.
-pub fn failover(story: &mut Story, cluster: &Cluster, admin: &admin::Cluster) -> Result<()> {
+pub fn failover(
+    story: &mut Story,
+    cluster: &Cluster,
+    admin: &admin::Cluster,
+    nodes: &[Node; 2],
+) -> Result<()> {
     story.chapter("mailctl failover: storage-01 dies, its domains move to storage-02");
     let before = snapshots(cluster)?;
 
@@ -331,6 +337,7 @@ pub fn failover(story: &mut Story, cluster: &Cluster, admin: &admin::Cluster) ->
         host.starts_with("10.0.0.2:"),
         format!("nginx now sends ivanov@msk.domain.ru to {host} (storage-02); logins go on"),
     );
+    let new_msg = replication::deliver_during_failover(story, &nodes[1])?;
 
     story.chapter("storage-01 returns: `mailctl rejoin` before its Exim starts, then failback");
     std::fs::rename(&moved, &db1).map_err(|e| Error::io("restarting storage-01", e))?;
@@ -354,10 +361,10 @@ pub fn failover(story: &mut Story, cluster: &Cluster, admin: &admin::Cluster) ->
         ),
     );
 
-    println!(
-        "   `mailctl failback {STORAGE1}` (planned: it runs mailsync storage-02 -> storage-01"
-    );
-    println!("   for each domain first; the demo has no Maildirs to move, so --skip-sync):");
+    println!("   The domains go home: first their mail, storage-02 -> storage-01 (what");
+    println!("   `mailctl failback` runs mailsync for before it flips maps):");
+    replication::sync_back(story, &nodes[0], &nodes[1], &new_msg)?;
+    println!("   `mailctl failback {STORAGE1} --skip-sync` (the mail was just synced):");
     let back = admin.failback(STORAGE1, true)?;
     for m in &back.moves {
         println!(

@@ -6,10 +6,11 @@
 //! It prints a story and checks every answer on the way; it exits 1 if one is wrong.
 //! Chapters 1-8 (this file): the directory and the lookups. `logins.rs`: password schemes,
 //! Dovecot's passdb/userdb, databases down. `mailctl.rs`: changes written to every node,
-//! drift, failover, rejoin and failback.
+//! drift, failover, rejoin and failback. `replication.rs`: mailsync between the storages.
 
 mod logins;
 mod mailctl;
+mod replication;
 
 use mailcluster::config::{Config, DirectoryConfig, Role};
 use mailcluster::directory::write::{open_writer, DirectoryWriter};
@@ -442,7 +443,21 @@ fn run(story: &mut Story) -> Result<()> {
     logins::nginx(story, &cluster)?;
     logins::all_down(story, &cluster)?;
     mailctl::drift(story, &cluster, &admin)?;
-    mailctl::failover(story, &cluster, &admin)?;
+    // Each storage's mail root (its /usr/mail) for mailsync.
+    let nodes = [
+        replication::Node {
+            name: STORAGE1,
+            root: base.join("storage-01-mail"),
+            db_url: cluster.urls[0].2.clone(),
+        },
+        replication::Node {
+            name: STORAGE2,
+            root: base.join("storage-02-mail"),
+            db_url: cluster.urls[1].2.clone(),
+        },
+    ];
+    replication::replicate(story, &nodes[0], &nodes[1])?;
+    mailctl::failover(story, &cluster, &admin, &nodes)?;
     Ok(())
 }
 
