@@ -7,7 +7,7 @@
 #   daemon  - `mailauth checkpassword` asking `mailauth serve` over its unix socket (only if
 #             this build has `mailauth serve`),
 # all on the same throwaway PostgreSQL 15 with the seed's bare MD5 hashes, auth cache off.
-# Rounds interleave the variants; medians over rounds are reported.
+# Variants alternate at every call; medians and best rounds are reported.
 # Also: wall time and peak RSS of one `mailauth checkpassword` call, verify cost per scheme
 # and stored length (the seed's column is varchar(128)).
 #
@@ -81,7 +81,7 @@ INSERT INTO maps (ldomain_id, mdomain_id, storage1, storage2)
 INSERT INTO mail (mailbox, password, ldomain_id, mdomain_id)
   SELECT 'user' || g, md5('pw' || g), l.id, m.id
   FROM generate_series(1, 20) g, ldomain l, mdomain m;
-ANALYZE;
+ANALYZE mail; ANALYZE ldomain; ANALYZE mdomain; ANALYZE maps;
 SQL
 
 # --- Dovecot instances --------------------------------------------------------------------
@@ -184,16 +184,27 @@ for v in "${VARIANTS[@]}"; do start_dovecot "$v"; done
 # --- measure -------------------------------------------------------------------------------
 users=()
 for i in $(seq 1 "$N"); do users+=("user$(( (i % 20) + 1 ))@b$(( (i % 50) + 1 )).domain.ru"); done
-run_variant() { # name -> prints ms per auth
-    local v=$1 t0 t1 u pw
-    t0=$(date +%s%N)
+# Variants alternate at every authentication (native, direct, daemon, native, ...), so that
+# load from other processes hits them alike; bash's $EPOCHREALTIME times each call without a
+# fork.
+run_round() { # -> one line "v=ms_per_auth ..." for every variant
+    local -A sum=()
+    local u pw v t0 t1
+    for v in "${VARIANTS[@]}"; do sum[$v]=0; done
     for u in "${users[@]}"; do
         pw="pw${u%%@*}"; pw="pw${pw#pwuser}"
-        doveadm -c "$ROOT/$v/dovecot.conf" auth test -x service=imap "$u" "$pw" >/dev/null \
-            || { echo "auth failed for $u on $v" >&2; tail "$ROOT/$v/dovecot.log" >&2; exit 1; }
+        for v in "${VARIANTS[@]}"; do
+            t0=${EPOCHREALTIME/./}
+            doveadm -c "$ROOT/$v/dovecot.conf" auth test -x service=imap "$u" "$pw" >/dev/null \
+                || { echo "auth failed for $u on $v" >&2; tail "$ROOT/$v/dovecot.log" >&2; exit 1; }
+            t1=${EPOCHREALTIME/./}
+            sum[$v]=$(( sum[$v] + t1 - t0 ))
+        done
     done
-    t1=$(date +%s%N)
-    echo "scale=3; ($t1 - $t0) / 1000000 / $N" | bc
+    for v in "${VARIANTS[@]}"; do
+        printf '%s=%s ' "$v" "$(echo "scale=3; ${sum[$v]} / 1000 / $N" | bc)"
+    done
+    echo
 }
 # Warm up every variant (first auth process start, connection setup).
 for v in "${VARIANTS[@]}"; do
@@ -201,37 +212,48 @@ for v in "${VARIANTS[@]}"; do
 done
 declare -A results
 for r in $(seq 1 "$ROUNDS"); do
+    line=$(run_round)
     for v in "${VARIANTS[@]}"; do
-        results[$v]+="$(run_variant "$v") "
+        val=$(echo "$line" | tr ' ' '\n' | grep "^$v=" | cut -d= -f2)
+        results[$v]+="$val "
     done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+minimum() { tr ' ' '\n' | grep -v '^$' | sort -n | head -1; }
 echo
-echo "doveadm auth test x $N, $ROUNDS rounds (ms per authentication, median of rounds):"
+echo "doveadm auth test x $N per variant, $ROUNDS rounds, variants alternating per call"
+echo "(ms per authentication; ratio to native; median and best round):"
 native_ms=$(echo "${results[native]}" | median)
+native_min=$(echo "${results[native]}" | minimum)
 for v in "${VARIANTS[@]}"; do
     m=$(echo "${results[$v]}" | median)
-    printf '  %-7s %8s ms   ratio %s   (rounds: %s)\n' "$v" "$m" "$(echo "scale=2; $m / $native_ms" | bc)" "${results[$v]}"
+    b=$(echo "${results[$v]}" | minimum)
+    printf '  %-7s median %8s ms (ratio %s)   best %8s ms (ratio %s)   rounds: %s\n' "$v" \
+        "$m" "$(echo "scale=2; $m / $native_ms" | bc)" "$b" "$(echo "scale=2; $b / $native_min" | bc)" "${results[$v]}"
 done
 
-# One checkpassword call: wall time and peak RSS (reply program /bin/true).
-echo
-echo "mailauth checkpassword, one call (direct database connection), 50 calls:"
-walls=() ; rss=()
-for _ in $(seq 50); do
-    out=$( { /usr/bin/time -f '%e %M' "$MAILAUTH" --config "$ROOT/direct/mailcluster.toml" checkpassword /bin/true \
-        3< <(printf 'user1@b1.domain.ru\0pw1\0\0') ; } 2>&1 >/dev/null | tail -1)
-    walls+=("$(echo "$out" | cut -d' ' -f1)"); rss+=("$(echo "$out" | cut -d' ' -f2)")
-done
-echo "  wall median $(printf '%s ' "${walls[@]}" | median) s, peak RSS median $(printf '%s ' "${rss[@]}" | median) KiB"
-if [[ " ${VARIANTS[*]} " == *" daemon "* ]]; then
-    walls=(); rss=()
-    for _ in $(seq 50); do
-        out=$( { /usr/bin/time -f '%e %M' "$MAILAUTH" --config "$ROOT/daemon/mailcluster.toml" checkpassword /bin/true \
-            3< <(printf 'user1@b1.domain.ru\0pw1\0\0') ; } 2>&1 >/dev/null | tail -1)
-        walls+=("$(echo "$out" | cut -d' ' -f1)"); rss+=("$(echo "$out" | cut -d' ' -f2)")
+# One checkpassword call: wall time (hyperfine, shell start subtracted) and peak RSS
+# (/usr/bin/time), reply program /bin/true.
+printf 'user1@b1.domain.ru\0pw1\0\0' >"$ROOT/request"
+one_call() { # label config
+    local json=$ROOT/hf-$1.json rss=()
+    hyperfine --warmup 5 --runs 100 --export-json "$json" \
+        "$MAILAUTH --config $2 checkpassword /bin/true 3< $ROOT/request" >/dev/null 2>&1
+    for _ in $(seq 20); do
+        rss+=("$( { /usr/bin/time -f '%M' "$MAILAUTH" --config "$2" checkpassword /bin/true 3<"$ROOT/request" ; } 2>&1 | tail -1)")
     done
-    echo "  through the daemon: wall median $(printf '%s ' "${walls[@]}" | median) s, peak RSS median $(printf '%s ' "${rss[@]}" | median) KiB"
+    /usr/bin/python3 - "$json" "$1" "$(printf '%s ' "${rss[@]}" | median)" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"][0]
+print("  %-28s wall median %.1f ms (mean %.1f +- %.1f), peak RSS median %s KiB"
+      % (sys.argv[2], r["median"] * 1000, r["mean"] * 1000, r["stddev"] * 1000, sys.argv[3]))
+PY
+}
+echo
+echo "mailauth checkpassword, one call (hyperfine 100 runs; /usr/bin/time for RSS):"
+one_call "direct database connection" "$ROOT/direct/mailcluster.toml"
+if [[ " ${VARIANTS[*]} " == *" daemon "* ]]; then
+    one_call "through the daemon socket" "$ROOT/daemon/mailcluster.toml"
 fi
 
 echo

@@ -19,7 +19,7 @@ const PROG: &str = "mailauth";
 
 /// mailauth (mailcluster): Dovecot password schemes, checkpassword passdb/userdb, user lists.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "mailauth", version, about)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
@@ -92,7 +92,11 @@ fn main() {
             eprintln!("{PROG}: {e}");
             std::process::exit(EXIT_TEMPFAIL);
         }
-        Err(e) => e.exit(),
+        Err(e) => {
+            let code = mailcluster::cli::usage_exit_code(&e);
+            let _ = e.print();
+            std::process::exit(code)
+        }
     };
     match &cli.command {
         Command::Checkpassword(a) => {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 /// Administer every node's mail directory database at once.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "mailctl", version, about, long_about = None)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
@@ -450,6 +450,16 @@ fn print_drift(json: bool, r: &DriftReport) -> Result<i32> {
     Ok(if r.is_clean() { 0 } else { 1 })
 }
 
+/// Warn about node names nobody has heard of (a typo routes mail to nowhere).
+fn warn_unknown_nodes(cluster: &Cluster, nodes: &[&str]) {
+    for n in cluster.unknown_nodes(nodes) {
+        eprintln!(
+            "warning: node {n} appears nowhere in the routing table and has no [[directory]]; \
+             check the spelling (mail for the domain goes to that host)"
+        );
+    }
+}
+
 fn run(cli: Cli) -> Result<i32> {
     let config = cli.common.load()?;
     let json = cli.json;
@@ -478,6 +488,9 @@ fn run(cli: Cli) -> Result<i32> {
                 let domain = ops::parse_domain(&domain)?;
                 let primary = ops::parse_node(&primary)?;
                 let backup = backup.as_deref().map(ops::parse_node).transpose()?;
+                let mut nodes = vec![primary.as_str()];
+                nodes.extend(backup.as_deref());
+                warn_unknown_nodes(&cluster, &nodes);
                 if !co && domain.split_first().is_none() {
                     return Err(Error::bad_input(format!(
                         "{domain} is a second-level domain: add a third-level domain under it \
@@ -715,11 +728,19 @@ fn run(cli: Cli) -> Result<i32> {
                 domain,
                 primary,
                 backup,
-            } => apply(vec![Change::SetRoute {
-                domain: ops::parse_domain(&domain)?,
-                primary: ops::parse_node(&primary)?,
-                backup: backup.as_deref().map(ops::parse_node).transpose()?,
-            }]),
+            } => {
+                let domain = ops::parse_domain(&domain)?;
+                let primary = ops::parse_node(&primary)?;
+                let backup = backup.as_deref().map(ops::parse_node).transpose()?;
+                let mut nodes = vec![primary.as_str()];
+                nodes.extend(backup.as_deref());
+                warn_unknown_nodes(&cluster, &nodes);
+                apply(vec![Change::SetRoute {
+                    domain,
+                    primary,
+                    backup,
+                }])
+            }
         },
         Command::Node { action } => match action {
             NodeCmd::List { from, no_probe } => {
@@ -833,6 +854,23 @@ fn run(cli: Cli) -> Result<i32> {
                         "drift --repair needs --from NAME: the database whose content is right",
                     ));
                 };
+                let plan = cluster.drift(Some(&from))?;
+                let removals: Vec<String> = plan
+                    .items
+                    .iter()
+                    .filter(|i| i.problem == "extra" && i.repair.is_some())
+                    .map(|i| format!("{} from {}", i.object, i.database))
+                    .collect();
+                if !removals.is_empty() {
+                    eprintln!("the repair removes: {}", removals.join(", "));
+                    prompt::confirm(
+                        &format!(
+                            "remove {} row(s) that {from} does not have?",
+                            removals.len()
+                        ),
+                        cli.yes,
+                    )?;
+                }
                 cluster.repair(&from, None)?
             } else {
                 cluster.drift(from.as_deref())?

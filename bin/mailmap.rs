@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// mailmap (mailcluster): domain, route and recipient lookups for Exim.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "mailmap", version, about)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,

@@ -21,6 +21,27 @@ struct Site {
     dovecot: Dovecot,
 }
 
+impl Drop for Site {
+    /// Stop Dovecot, then remove the root (also when a test panics).
+    fn drop(&mut self) {
+        self.dovecot.stop();
+        if std::env::var_os("KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// Removes a directory on drop (also when a test panics).
+struct RootGuard(PathBuf);
+
+impl Drop for RootGuard {
+    fn drop(&mut self) {
+        if std::env::var_os("KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A fresh root (0755) under the system temp dir, removed by the caller's guard.
 fn make_root(tag: &str) -> PathBuf {
     let root = std::env::temp_dir().join(format!("mc-auth-{tag}-{}", std::process::id()));
@@ -44,7 +65,7 @@ fn set_password(pg: &Pg, db: &Db, mailbox: &str, stored: &str) {
 
 /// Build a storage-node site over a seed-shaped PostgreSQL database on `pg`: mailauth
 /// config, passwd-file, Dovecot with the storage snippets.
-fn build_site(tag: &str, pg: &Pg, db_timeout: f64) -> Site {
+fn build_site(tag: &str, pg: &Pg, db_timeout: f64, extra: &str) -> Site {
     let root = make_root(tag);
     let db = fixtures::load_pg(pg, &format!("auth_{tag}"));
     // Stored forms made by the real doveadm, as an admin would.
@@ -75,7 +96,7 @@ fn build_site(tag: &str, pg: &Pg, db_timeout: f64) -> Site {
         &config,
         format!(
             "node = \"{}\"\ndb_timeout = {db_timeout}\n[[directory]]\nname = \"local\"\nurl = \"{}\"\n\n\
-             [mail]\nhome = \"{}/{{domain}}/{{mailbox}}\"\nuid = {uid}\ngid = {gid}\n",
+             [mail]\nhome = \"{}/{{domain}}/{{mailbox}}\"\nuid = {uid}\ngid = {gid}\n{extra}",
             fixtures::S1,
             db.url,
             mail.display()
@@ -95,7 +116,7 @@ fn build_site(tag: &str, pg: &Pg, db_timeout: f64) -> Site {
         .expect("passwd-file");
     assert!(out.status.success(), "{out:?}");
     let paths = Paths {
-        mailauth: PathBuf::from(BIN),
+        mailauth: dovecot::install_mailauth(&root),
         config: config.clone(),
         passwd_file: passwd,
         mail_root: mail,
@@ -135,7 +156,7 @@ fn site() -> &'static Site {
         unsafe {
             libc::atexit(cleanup);
         }
-        build_site("main", pg::shared(), 5.0)
+        build_site("main", pg::shared(), 5.0, "")
     })
 }
 
@@ -333,7 +354,7 @@ fn assert_temporary(d: &Dovecot, bound: Duration) {
 #[test]
 fn database_stopped_or_hung_is_a_temporary_failure() {
     let pg = Pg::start_private();
-    let s = build_site("down", &pg, 1.0);
+    let s = build_site("down", &pg, 1.0, "");
     let d = &s.dovecot;
     assert_eq!(d.auth_test("ivanov@msk.domain.ru", "ivanov-pw").0, 0);
     pg.stop();
@@ -351,16 +372,15 @@ fn database_stopped_or_hung_is_a_temporary_failure() {
     pg.resume();
     assert_eq!(d.auth_test("ivanov@msk.domain.ru", "ivanov-pw").0, 0);
     assert_no_passwords_in(&d.log());
-    let root = s.root.clone();
     drop(s);
     drop(pg);
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
 fn dovecot_proxy_front_end_routes_to_the_primary() {
     let s = site();
     let root = make_root("proxy");
+    let _guard = RootGuard(root.clone());
     let (uid, gid) = dovecot::user_ids("mail");
     let db = s.db.url.clone();
     let config = root.join("mailcluster.toml");
@@ -379,7 +399,7 @@ fn dovecot_proxy_front_end_routes_to_the_primary() {
     )
     .expect("write config");
     let paths = Paths {
-        mailauth: PathBuf::from(BIN),
+        mailauth: dovecot::install_mailauth(&root),
         config,
         passwd_file: root.join("unused"),
         mail_root: root.join("mail"),
@@ -408,5 +428,100 @@ fn dovecot_proxy_front_end_routes_to_the_primary() {
     assert!(!ok);
     assert_no_passwords_in(&proxy.log());
     drop(proxy);
-    let _ = std::fs::remove_dir_all(root);
+}
+
+/// `mailauth serve` (the warm path) as a child: listens on a unix socket only.
+struct Serve {
+    child: std::process::Child,
+}
+
+impl Serve {
+    fn start(config: &Path, socket: &Path, log: &Path) -> Serve {
+        let log = std::fs::File::create(log).expect("serve log");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--log", "stderr", "--listen"])
+            .arg(format!("unix:{}", socket.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mailauth serve");
+        let t = Instant::now();
+        while !socket.exists() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            socket.exists(),
+            "mailauth serve did not create {}",
+            socket.display()
+        );
+        Serve { child }
+    }
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn through_the_daemon_socket_with_fallback_and_bounded_hang() {
+    let root = make_root("sock-parent");
+    let _guard = RootGuard(root.clone());
+    let sock = root.join("mailauth.sock");
+    let extra = format!(
+        "[auth]\nsocket = \"{}\"\nsocket_timeout = 1.0\n[auth.http]\nsocket_mode = \"0666\"\n",
+        sock.display()
+    );
+    let s = build_site("sock", pg::shared(), 5.0, &extra);
+    let d = &s.dovecot;
+    let serve_log = root.join("serve.log");
+    let mut serve = Serve::start(&s.config, &sock, &serve_log);
+    // Answered by the daemon.
+    let (code, out) = d.auth_test("popova@ekb.domain.ru", "popova-pw");
+    assert_eq!(code, 0, "{out}\n{}", d.log());
+    let (code, out) = d.auth_test("popova@ekb.domain.ru", "bad");
+    assert_eq!(code, 77, "{out}");
+    let (code, out) = d.user("petrov@msk.domain.ru");
+    assert_eq!(code, 0, "{out}");
+    let (code, _) = d.user("ghost@msk.domain.ru");
+    assert_eq!(code, 67);
+    let (ok, _) = dovecot::imap_login_select(d.imap_port, "ivanov@msk.domain.ru", "ivanov-pw");
+    assert!(ok, "{}", d.log());
+    // ... and every one of them went through the daemon.
+    let log = std::fs::read_to_string(&serve_log).unwrap_or_default();
+    assert_eq!(log.matches("api path=/passdb").count(), 3, "{log}");
+    assert_eq!(log.matches("api path=/userdb").count(), 2, "{log}");
+    assert_no_passwords_in(&log);
+    // Daemon hung (SIGSTOP): bounded by socket_timeout, temporary failure, nobody logs in.
+    serve.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let (code, out) = d.auth_test("ivanov@msk.domain.ru", "ivanov-pw");
+    assert_eq!(code, 77, "{out}");
+    assert!(out.contains("code=temp_fail"), "{out}");
+    let (code, _) = d.user("ivanov@msk.domain.ru");
+    assert_eq!(code, 75);
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    // Daemon gone (killed; its socket file may remain): checkpassword uses the database.
+    serve.signal(libc::SIGCONT);
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+    let (code, out) = d.auth_test("ivanov@msk.domain.ru", "ivanov-pw");
+    assert_eq!(code, 0, "{out}\n{}", d.log());
+    let (code, _) = d.auth_test("ivanov@msk.domain.ru", "wrong");
+    assert_eq!(code, 77);
+    assert_no_passwords_in(&d.log());
+    drop(serve);
+    drop(s);
 }

@@ -249,3 +249,77 @@ fn shared_secret_is_required_when_configured() {
         "{metrics}"
     );
 }
+
+/// nginx-snippets/mail-proxy.conf as printed (ports, certificate paths and the module path
+/// substituted) is a valid nginx configuration.
+#[test]
+fn nginx_snippet_passes_nginx_t() {
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::{X509NameBuilder, X509};
+    let dir = tempfile::Builder::new()
+        .prefix("mailauth-nginx-t.")
+        .tempdir()
+        .expect("tempdir");
+    let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
+    let mut name = X509NameBuilder::new().expect("name");
+    name.append_entry_by_text("CN", "proxy.test").expect("cn");
+    let name = name.build();
+    let mut b = X509::builder().expect("x509");
+    b.set_version(2).expect("version");
+    b.set_subject_name(&name).expect("subject");
+    b.set_issuer_name(&name).expect("issuer");
+    b.set_pubkey(&key).expect("pubkey");
+    b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
+        .expect("nb");
+    b.set_not_after(&Asn1Time::days_from_now(2).expect("t"))
+        .expect("na");
+    b.sign(&key, MessageDigest::sha256()).expect("sign");
+    let crt = dir.path().join("proxy.crt");
+    let pem = dir.path().join("proxy.key");
+    std::fs::write(&crt, b.build().to_pem().expect("pem")).expect("write crt");
+    std::fs::write(&pem, key.private_key_to_pem_pkcs8().expect("pem")).expect("write key");
+    let snippet = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/nginx-snippets/mail-proxy.conf"
+    ))
+    .expect("snippet");
+    let mut text = format!(
+        "load_module {};\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n",
+        support::nginx::MAIL_MODULE,
+        d = dir.path().display()
+    );
+    let mut body = snippet
+        .replace("/etc/ssl/proxy.crt", &crt.display().to_string())
+        .replace("/etc/ssl/proxy.key", &pem.display().to_string());
+    for port in ["587", "25", "110", "995", "143", "993"] {
+        let free = support::nginx::free_port("127.0.0.1");
+        body = body.replace(
+            &format!("listen {port};"),
+            &format!("listen 127.0.0.1:{free};"),
+        );
+        body = body.replace(
+            &format!("listen {port} ssl;"),
+            &format!("listen 127.0.0.1:{free} ssl;"),
+        );
+    }
+    assert!(!body.contains("listen 25;") && !body.contains("listen 993 ssl;"));
+    text.push_str(&body);
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, text).expect("write conf");
+    let out = std::process::Command::new("nginx")
+        .arg("-t")
+        .arg("-p")
+        .arg(format!("{}/", dir.path().display()))
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .expect("nginx -t");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -88,6 +88,8 @@ storage-05 = "127.0.0.6"
 }
 
 struct Env {
+    /// `[auth] socket`: where `mailauth checkpassword` asks the daemon.
+    api_socket: std::path::PathBuf,
     s1: Storage,
     s2: Storage,
     s3: Mutex<Option<Storage>>,
@@ -113,11 +115,17 @@ fn env() -> &'static Env {
         // Two directories, the first one dead (as when a storage's database is lost):
         // logins must go on from the one that answers.
         let dead = support::nginx::free_port("127.0.0.1");
+        let api_socket = std::env::temp_dir().join(format!(
+            "mailauth-http-api-{}.sock",
+            std::process::id()
+        ));
+        support::nginx::remove_at_exit(&api_socket);
         let svc = MailauthServe::start(&config(
             &format!("postgresql://mail:mailpw@127.0.0.1:{dead}/mail"),
             ports,
             &format!(
-                "[auth]\nsmtp_allow_none = true\n[[directory]]\nname = \"live\"\nurl = \"{}\"\n",
+                "[auth]\nsmtp_allow_none = true\nsocket = \"{}\"\n[[directory]]\nname = \"live\"\nurl = \"{}\"\n",
+                api_socket.display(),
                 db.url
             ),
         ));
@@ -127,6 +135,7 @@ fn env() -> &'static Env {
             ..Default::default()
         });
         Env {
+            api_socket,
             s1,
             s2,
             s3: Mutex::new(Some(s3)),
@@ -446,6 +455,14 @@ fn lua_passdb_and_userdb_through_the_http_endpoint() {
     assert_eq!(rc, 0, "{out}\n{}", lua.log());
     let (rc, out) = lua.auth_test("bob@other.example.test", "wrong");
     assert_ne!(rc, 0, "{out}");
+    // A password that is not UTF-8 is a plain mismatch (sent as password_b64), not a
+    // temporary failure.
+    let (rc, out) = lua.auth_test(
+        "bob@other.example.test",
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"hunter\xe9"),
+    );
+    assert_ne!(rc, 0, "{out}");
+    assert!(!out.contains("temp_fail"), "{out}");
     let (rc, out) = lua.auth_test("nobody@other.example.test", "hunter2");
     assert_ne!(rc, 0, "{out}");
     let (rc, out) = lua.auth_test("carol@branch.example.test", "secret");
@@ -498,5 +515,92 @@ fn imap_login_at(ip: &str, port: u16, user: &str, pass: &str) -> String {
             let _ = w.write_all(b"a2 LOGOUT\r\n");
             return line.trim_end().to_string();
         }
+    }
+}
+
+/// The JSON API as `mailauth checkpassword` uses it: HTTP/1.0 over `[auth] socket`.
+#[test]
+fn json_api_over_the_checkpassword_socket() {
+    use std::io::{Read, Write};
+    let e = env();
+    let ask = |req: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&e.api_socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(req.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let post = |path: &str, body: &str| {
+        ask(&format!(
+            "POST {path} HTTP/1.0\r\nHost: mailauth\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    };
+    let ok = post(
+        "/passdb",
+        r#"{"user":"bob@other.example.test","password":"hunter2","service":"imap"}"#,
+    );
+    assert!(
+        ok.starts_with("HTTP/1.0 200") && ok.contains(r#""result":"ok""#),
+        "{ok}"
+    );
+    let bad = post(
+        "/passdb",
+        r#"{"user":"bob@other.example.test","password":"x"}"#,
+    );
+    assert!(bad.contains("password_mismatch"), "{bad}");
+    let user = post("/userdb", r#"{"user":"alice@branch.example.test"}"#);
+    assert!(user.contains(r#""result":"ok""#), "{user}");
+    let users = ask("GET /users HTTP/1.0\r\n\r\n");
+    assert!(
+        users.contains("\r\n\r\nalice@branch.example.test\n")
+            || users.contains("alice@branch.example.test\n"),
+        "{users}"
+    );
+    let wrong_method = ask("GET /passdb HTTP/1.0\r\n\r\n");
+    assert!(wrong_method.starts_with("HTTP/1.0 405"), "{wrong_method}");
+    let garbage = post("/passdb", "{not json");
+    assert!(
+        garbage.starts_with("HTTP/1.0 400") && garbage.contains("internal_failure"),
+        "{garbage}"
+    );
+}
+
+/// APOP / CRAM-MD5 need the stored plaintext: granted (with Auth-Pass for the backend) for a
+/// `{PLAIN}` password, refused for a hash.
+#[test]
+fn apop_only_with_a_stored_plaintext() {
+    use md5::{Digest, Md5};
+    let e = env();
+    let salt = "<4711.1700000000@mail.example.test>";
+    let plain = r#"p%a s+"x"#;
+    let digest = hex::encode(Md5::digest(format!("{salt}{plain}").as_bytes()));
+    let ask = |user: &str, method: &str, pass: &str| {
+        e.svc.auth(&[
+            ("Auth-Method", method.as_bytes()),
+            ("Auth-User", user.as_bytes()),
+            ("Auth-Pass", pass.as_bytes()),
+            ("Auth-Salt", salt.as_bytes()),
+            ("Auth-Protocol", b"pop3"),
+            ("Auth-Login-Attempt", b"1"),
+            ("Client-IP", b"198.51.100.44"),
+        ])
+    };
+    let r = ask("frank@branch.example.test", "apop", &digest);
+    assert_eq!(header(&r, "Auth-Status"), Some("OK"), "{r:?}");
+    assert_eq!(header(&r, "Auth-Pass"), Some(plain), "{r:?}");
+    assert_eq!(header(&r, "Auth-Server"), Some("127.0.0.2"), "{r:?}");
+    let r = ask("frank@branch.example.test", "apop", &"0".repeat(32));
+    assert_ne!(header(&r, "Auth-Status"), Some("OK"), "{r:?}");
+    assert_eq!(header(&r, "Auth-Pass"), None);
+    for method in ["apop", "cram-md5"] {
+        let r = ask("alice@branch.example.test", method, &digest);
+        assert_eq!(
+            header(&r, "Auth-Status"),
+            Some("Authentication method not supported"),
+            "{r:?}"
+        );
+        assert_eq!(header(&r, "Auth-Pass"), None);
     }
 }

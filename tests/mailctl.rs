@@ -216,7 +216,7 @@ fn every_command_against_four_databases() {
     );
     assert!(!r.stdout.contains("smtp-01: missing"), "{}", r.stdout);
     // Domains.
-    env.ok(&[
+    let r = env.ok(&[
         "domain",
         "add",
         "tver.domain.ru",
@@ -225,6 +225,7 @@ fn every_command_against_four_databases() {
         "--backup",
         S2,
     ]);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
     env.ok(&[
         "domain",
         "add",
@@ -312,6 +313,18 @@ fn every_command_against_four_databases() {
     env.ok(&["domain", "enable", "tver.domain.ru"]);
     let r = env.ok(&["domain", "enable", "shop.closed.ru"]);
     assert!(r.stderr.contains("closed.ru is disabled"), "{}", r.stderr);
+    let r = env.ok(&[
+        "route",
+        "set",
+        "tver.domain.ru",
+        "--primary",
+        "storgae-01.domain.ru",
+    ]);
+    assert!(
+        r.stderr.contains("warning: node storgae-01.domain.ru"),
+        "{}",
+        r.stderr
+    );
     env.ok(&[
         "route",
         "set",
@@ -525,6 +538,37 @@ fn unreachable_database_changes_nothing_then_partial_drift_and_repair() {
         vec!["f"; 4]
     );
     env.ok(&["drift"]);
+    // A row only one database has (a hand edit) is removed by a repair only with --yes.
+    env.sql(
+        "smtp-01",
+        "INSERT INTO ldomain (domain, active) VALUES ('rogue', TRUE); \
+         INSERT INTO maps (ldomain_id, mdomain_id, storage1, storage2) \
+         SELECT l.id, m.id, 'x.example', '' FROM ldomain l, mdomain m \
+         WHERE l.domain = 'rogue' AND m.domain = 'domain.ru';",
+    );
+    let r = env.run(&["drift", "--repair", "--from", "storage-01"]);
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("domain rogue.domain.ru from smtp-01"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        env.sql(
+            "smtp-01",
+            "SELECT count(*) FROM ldomain WHERE domain = 'rogue'"
+        ),
+        "1"
+    );
+    env.ok(&["--yes", "drift", "--repair", "--from", "storage-01"]);
+    assert_eq!(
+        env.sql(
+            "smtp-01",
+            "SELECT count(*) FROM ldomain WHERE domain = 'rogue'"
+        ),
+        "0"
+    );
+    env.ok(&["drift"]);
 }
 
 /// Simulate a crash between PREPARE TRANSACTION and COMMIT PREPARED.
@@ -611,6 +655,35 @@ fn prepared_transactions_left_behind_are_resolved_by_the_next_run() {
         "decision log entry retired"
     );
     env.ok(&["drift"]);
+    // A participant failing after others prepared: the prepared ones are rolled back.
+    env.sql(
+        "storage-02",
+        "INSERT INTO mail (mailbox, ldomain_id, mdomain_id, active) \
+         SELECT 'zoe', l.id, m.id, TRUE FROM ldomain l, mdomain m \
+         WHERE l.domain = 'msk' AND m.domain = 'domain.ru';",
+    );
+    let r = env.run(&["mailbox", "add", "zoe@msk.domain.ru", "--no-password"]);
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("storage-02") && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'zoe'"),
+        vec!["0", "1", "0", "0"]
+    );
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
+        ),
+        vec!["0"; 4]
+    );
+    assert!(
+        state.txns().unwrap().is_empty(),
+        "no decision-log entry left"
+    );
 }
 
 #[test]
@@ -639,6 +712,10 @@ fn failover_rejoin_failback() {
         assert_eq!(env.route(n, "gone.example.net").0, S2, "{n}");
         assert_eq!(env.route(n, "ekb.domain.ru").0, S1, "{n}: no backup, stays");
     }
+    assert_eq!(
+        mailmap_route(&env.config, "msk.domain.ru"),
+        format!("{S2} : {S1}")
+    );
     // mailauth on storage-01's side (proxy mode) now sends ivanov to the new primary.
     let auth_cfg = env.root.join("auth.toml");
     let mut text = std::fs::read_to_string(&env.config).unwrap();
@@ -656,8 +733,15 @@ fn failover_rejoin_failback() {
     assert_eq!(r.code, 1);
     assert!(r.stdout.contains("pending for storage-01"), "{}", r.stdout);
     env.unblock("storage-01");
-    // The returning node still believes it is primary until rejoin.
+    // The returning node still believes it is primary until rejoin; mailctl does not read it.
     assert_eq!(env.route("storage-01", "msk.domain.ru").0, S1);
+    let r = env.ok(&["route", "show", "msk.domain.ru"]);
+    assert!(r.stderr.contains("read from storage-02"), "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("msk.domain.ru  {S2}")),
+        "{}",
+        r.stdout
+    );
     let r = env.ok(&["rejoin", S1]);
     assert!(r.stdout.contains("level with"), "{}", r.stdout);
     assert_eq!(
@@ -696,6 +780,10 @@ fn failover_rejoin_failback() {
         mailauth_proxy_host(&auth_cfg, "ivanov@msk.domain.ru", "ivanov-pw"),
         None,
         "served by storage-01 again"
+    );
+    assert_eq!(
+        mailmap_route(&env.config, "msk.domain.ru"),
+        format!("{S1} : {S2}")
     );
     assert_eq!(
         mailctl_at(&bad, &["failback", S1], None).code,
@@ -830,6 +918,23 @@ fn mailauth_proxy_host(config: &Path, user: &str, pw: &str) -> Option<String> {
         .lines()
         .find_map(|l| l.strip_prefix("host="))
         .map(str::to_string)
+}
+
+/// `mailmap route DOMAIN` (Exim's route list) with `config`.
+fn mailmap_route(config: &Path, domain: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailmap"))
+        .arg("--config")
+        .arg(config)
+        .args(["route", domain])
+        .env_remove("MAILCLUSTER_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mailmap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -1093,4 +1198,150 @@ fn hung_database_is_a_bounded_temporary_failure() {
     );
     let r = mailctl_at(&config, &["drift"], None);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn node_list_reports_service_health() {
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dove_root = dir.path().join("dovecot");
+    std::fs::create_dir(&dove_root).unwrap();
+    std::fs::set_permissions(&dove_root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = support::dovecot::Dovecot::start(
+        &dove_root,
+        "passdb {\n  driver = static\n  args = nopassword=y\n}\n\
+         userdb {\n  driver = static\n  args = uid=nobody gid=nogroup home=/nonexistent\n}\n",
+    );
+    let db_dir = dir.path().join("db");
+    std::fs::create_dir(&db_dir).unwrap();
+    let url = fixtures::sqlite_seed(&db_dir);
+    let config = write_config(
+        dir.path(),
+        &[("storage-01", url, "storage")],
+        &format!(
+            "[auth.nodes]\n\"{S1}\" = \"127.0.0.1\"\n[ports]\nimap = {}\npop3 = {}\nsmtp = 1\n",
+            d.imap_port, d.pop3_port
+        ),
+    );
+    let r = mailctl_at(&config, &["--json", "node", "list"], None);
+    d.stop();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let s1 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == S1)
+        .unwrap();
+    let state = |i: usize| s1["services"][i]["state"].as_str().unwrap().to_string();
+    assert_eq!(
+        (state(0), state(1), state(2)),
+        ("up".into(), "up".into(), "down".into()),
+        "{s1}"
+    );
+    assert_eq!(s1["databases"][0]["reachable"], true);
+}
+
+/// A pseudo-terminal pair: (master fd, slave path).
+fn open_pty() -> (i32, std::ffi::CString) {
+    // SAFETY: plain libc calls on a descriptor we own; ptsname's buffer is copied at once.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(master >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let name = libc::ptsname(master);
+        assert!(!name.is_null());
+        (master, std::ffi::CStr::from_ptr(name).to_owned())
+    }
+}
+
+#[test]
+fn password_prompt_on_a_terminal_does_not_echo() {
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+    let pg = support::pg_2pc::cluster();
+    let s1 = fixtures::load_pg(pg, "tty_s1");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("storage-01", s1.url.clone(), "storage")], "");
+    let (master, slave) = open_pty();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailctl"));
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["mailbox", "add", "tanya@msk.domain.ru"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: async-signal-safe calls only: a new session whose controlling terminal is
+    // the pty's slave side (what /dev/tty then opens).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::open(slave.as_ptr(), libc::O_RDWR);
+            if fd < 0 || libc::ioctl(fd, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            loop {
+                // SAFETY: reading into a live buffer from our master descriptor.
+                let n = unsafe { libc::read(master, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n as usize]);
+            }
+        })
+    };
+    let wait_for = |text: &str| {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if String::from_utf8_lossy(&seen.lock().unwrap()).contains(text) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "no {text:?} on the terminal: {:?}",
+            String::from_utf8_lossy(&seen.lock().unwrap())
+        );
+    };
+    let type_line = |line: &str| {
+        // SAFETY: writing a live buffer to our master descriptor.
+        let n = unsafe { libc::write(master, line.as_ptr().cast(), line.len()) };
+        assert_eq!(n, line.len() as isize);
+    };
+    wait_for("New password for tanya@msk.domain.ru: ");
+    type_line("Tty-Secret-91\n");
+    wait_for("Again: ");
+    type_line("Tty-Secret-91\n");
+    let out = child.wait_with_output().unwrap();
+    // SAFETY: closing our master descriptor ends the reader.
+    unsafe {
+        libc::close(master);
+    }
+    let _ = reader.join();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(!screen.contains("Tty-Secret-91"), "echoed: {screen:?}");
+    let h = pg.psql(
+        &s1.name,
+        "SELECT password FROM mail WHERE mailbox = 'tanya'",
+    );
+    let bare = h.trim().strip_prefix("{SHA512-CRYPT}").unwrap().to_string();
+    assert!(sha_crypt::sha512_check("Tty-Secret-91", &bare).is_ok());
 }

@@ -74,7 +74,7 @@ fn main() {
                     s.write_all(req.as_bytes())?;
                     let mut buf = Vec::with_capacity(512);
                     s.read_to_end(&mut buf)?;
-                    Ok(buf.windows(16).any(|w| w == b"Auth-Status: OK"))
+                    Ok(buf.windows(15).any(|w| w == b"Auth-Status: OK"))
                 })()
                 .unwrap_or(false);
                 mine.push(at.elapsed());

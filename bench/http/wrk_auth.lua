@@ -3,7 +3,7 @@
 -- client IPs. Counts answers that are not "Auth-Status: OK".
 local users = {}
 local n = 0
-local bad = 0
+bad = 0
 local threads = {}
 
 function setup(thread)
@@ -39,7 +39,7 @@ end
 
 function done(summary, latency, requests)
   local total_bad = 0
-  for _, t in ipairs(threads) do total_bad = total_bad + t:get("bad") end
+  for _, t in ipairs(threads) do total_bad = total_bad + (t:get("bad") or 0) end
   io.write(string.format("RESULT requests=%d duration_s=%.2f rps=%.0f not_ok=%d errors=%d p50_ms=%.3f p99_ms=%.3f\n",
     summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6), total_bad,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout,

@@ -24,6 +24,7 @@
 local http = require("socket.http")
 local ltn12 = require("ltn12")
 local json = require("dkjson")
+local mime = require("mime")
 
 local settings = {
   url = os.getenv("MAILAUTH_URL") or "http://127.0.0.1:8185",
@@ -111,12 +112,14 @@ local function result_of(answer)
 end
 
 function auth_password_verify(req, pass)
-  local code, answer = call("POST", "/passdb", {
-    user = req.user,
-    password = pass,
-    service = req.service,
-    remote_ip = req.remote_ip,
-  })
+  local body = { user = req.user, service = req.service, remote_ip = req.remote_ip }
+  if utf8.len(pass) then
+    body.password = pass
+  else
+    -- JSON strings are UTF-8: send other bytes base64-encoded
+    body.password_b64 = (mime.b64(pass))
+  end
+  local code, answer = call("POST", "/passdb", body)
   if not code then
     req:log_error("mailauth: " .. tostring(answer))
     return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE, ""

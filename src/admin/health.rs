@@ -1,10 +1,11 @@
-//! Whether a node's services answer, for `mailctl node list`: a bounded TCP connect to each
-//! configured service port. (A thin adapter until the library's health checker in
-//! `auth::health` is there.)
+//! Whether a node's services answer, for `mailctl node list`, with the library's health
+//! check ([`crate::auth::health::check_greeting`]): a service is up only when it sends its
+//! greeting (`* OK`, `+OK`, `220`) in time — a bare TCP connect is not enough.
 
+use crate::auth::health::{check_greeting, Protocol};
 use crate::config::PortsConfig;
 use serde::Serialize;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 /// One service of one node.
@@ -14,6 +15,8 @@ pub struct ServiceHealth {
     pub port: u16,
     /// "up", "down" or "unresolvable".
     pub state: &'static str,
+    /// Why it is not up (None when up).
+    pub reason: Option<String>,
 }
 
 /// Probe IMAP, POP3 and SMTP on `node` (at `address` when `[auth.nodes]` names one)
@@ -26,32 +29,41 @@ pub fn probe(
 ) -> Vec<ServiceHealth> {
     let host = address.unwrap_or(node);
     [
-        ("imap", ports.imap),
-        ("pop3", ports.pop3),
-        ("smtp", ports.smtp),
+        ("imap", Protocol::Imap, ports.imap),
+        ("pop3", Protocol::Pop3, ports.pop3),
+        ("smtp", Protocol::Smtp, ports.smtp),
     ]
     .into_iter()
-    .map(|(service, port)| {
-        let state = match (host, port).to_socket_addrs() {
-            Err(_) => "unresolvable",
-            Ok(addrs) => {
-                let addrs: Vec<_> = addrs.take(4).collect();
-                if addrs.is_empty() {
-                    "unresolvable"
-                } else if addrs
-                    .iter()
-                    .any(|a| TcpStream::connect_timeout(a, timeout).is_ok())
-                {
-                    "up"
-                } else {
-                    "down"
+    .map(|(service, proto, port)| {
+        let addrs: Vec<_> = match (host, port).to_socket_addrs() {
+            Ok(a) => a.take(4).collect(),
+            Err(_) => Vec::new(),
+        };
+        let (state, reason) = if addrs.is_empty() {
+            ("unresolvable", Some(format!("cannot resolve {host}")))
+        } else {
+            let mut last = String::new();
+            let mut up = false;
+            for a in addrs {
+                match check_greeting(a, proto, timeout) {
+                    Ok(()) => {
+                        up = true;
+                        break;
+                    }
+                    Err(e) => last = e,
                 }
+            }
+            if up {
+                ("up", None)
+            } else {
+                ("down", Some(last))
             }
         };
         ServiceHealth {
             service,
             port,
             state,
+            reason,
         }
     })
     .collect()

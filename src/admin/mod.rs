@@ -373,7 +373,8 @@ impl Cluster {
         }
     }
 
-    /// Read everything from `from`, or from the first reachable database.
+    /// Read everything from `from`, or from the first reachable database (in configuration
+    /// order, those with pending changes last).
     pub fn read(&self, from: Option<&str>) -> Result<(String, Role, Snapshot)> {
         if let Some(name) = from {
             let mut db = self.open_one(name)?;
@@ -381,7 +382,16 @@ impl Cluster {
             return Ok((db.name().to_string(), db.role(), snap));
         }
         let mut errors = Vec::new();
-        for d in &self.directories {
+        // Databases that missed changes (a node back from a failure, not yet rejoined)
+        // are read last.
+        let mut order: Vec<&DirectoryConfig> = self.directories.iter().collect();
+        order.sort_by_key(|d| {
+            self.state
+                .pending(&d.name)
+                .map(|p| !p.is_empty())
+                .unwrap_or(true)
+        });
+        for d in order {
             match AdminDb::open(&d.name, &d.url, d.role, self.timeout).and_then(|mut db| {
                 let s = db.snapshot()?;
                 Ok((d.name.clone(), d.role, s))

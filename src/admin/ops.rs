@@ -260,6 +260,26 @@ impl Cluster {
             })
     }
 
+    /// Node names among `nodes` that appear nowhere in the routing table (read from the
+    /// first reachable database) and belong to no configured directory: likely typos.
+    pub fn unknown_nodes(&self, nodes: &[&str]) -> Vec<String> {
+        let Ok((_, _, snap)) = self.read(None) else {
+            return Vec::new();
+        };
+        let mut known = std::collections::BTreeSet::new();
+        for st in snap.domains.values() {
+            known.insert(st.primary.clone());
+            if let Some(b) = &st.backup {
+                known.insert(b.clone());
+            }
+        }
+        nodes
+            .iter()
+            .filter(|n| !known.contains(**n) && self.databases_of_node(n).is_empty())
+            .map(|n| n.to_string())
+            .collect()
+    }
+
     /// The route of one domain (as `mailmap route` would answer it).
     pub fn route_show(&self, domain: &Domain, from: Option<&str>) -> Result<(String, DomainView)> {
         let (name, view, _) = self.domain_show(domain, from)?;
@@ -416,10 +436,11 @@ impl Cluster {
             by_target.entry(&m.to).or_default().push(&m.domain);
         }
         for (t, ds) in &by_target {
+            let args: Vec<String> = ds.iter().map(|d| format!("--domain {d}")).collect();
             next.push(format!(
                 "on {t}: `mailsync promote {}` (raises the next IMAP UID so that UIDs handed \
                  out in the lost window are never reused)",
-                ds.join(" ")
+                args.join(" ")
             ));
         }
         if !outcome.missing.is_empty() {

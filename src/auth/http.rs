@@ -170,17 +170,53 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Short-lived cache of domain routes (saves a query per login).
+struct RouteCache {
+    ttl: Duration,
+    map: Mutex<HashMap<crate::names::Domain, (DomainRecord, Instant)>>,
+}
+
+const ROUTE_CACHE_MAX: usize = 50_000;
+
+impl RouteCache {
+    fn get(&self, domain: &crate::names::Domain) -> Option<DomainRecord> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let map = lock(&self.map);
+        let (r, at) = map.get(domain)?;
+        (at.elapsed() < self.ttl).then(|| r.clone())
+    }
+    fn put(&self, record: &DomainRecord) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = lock(&self.map);
+        if map.len() >= ROUTE_CACHE_MAX {
+            let ttl = self.ttl;
+            map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if map.len() >= ROUTE_CACHE_MAX {
+                map.clear();
+            }
+        }
+        map.insert(record.domain.clone(), (record.clone(), Instant::now()));
+    }
+}
+
 /// Everything a request needs, shared by the worker threads.
 pub struct Service {
     pub settings: AuthSection,
     /// The authenticator behind the JSON API (shared with `mailauth checkpassword`).
     auth: Authenticator,
+    /// A stored value in the default scheme, checked for unknown users (equal timing).
+    decoy: String,
     ports: PortsConfig,
     pool: DirectoryPool,
     throttle: Throttle,
     gate: HashGate,
     health: HealthChecker,
     resolver: Resolver,
+    routes: RouteCache,
     metrics: Metrics,
 }
 
@@ -199,8 +235,11 @@ impl Service {
         }
         let pool = DirectoryPool::new(config, settings.http.workers.max(1))?;
         let auth = Authenticator::new(config.clone())?;
+        let decoy = crate::auth::scheme::generate(b"decoy password", auth.default_scheme())
+            .unwrap_or_default();
         Ok(Service {
             auth,
+            decoy,
             ports: config.ports.clone(),
             pool,
             throttle: Throttle::new(settings.throttle.clone()),
@@ -214,9 +253,29 @@ impl Service {
                 ttl: settings.http.resolve_ttl(),
                 cache: Mutex::new(HashMap::new()),
             },
+            routes: RouteCache {
+                ttl: settings.http.route_ttl(),
+                map: Mutex::new(HashMap::new()),
+            },
             metrics: Metrics::default(),
             settings,
         })
+    }
+
+    /// A domain's route: from the cache, else from `dir` (and cached).
+    fn route(
+        &self,
+        dir: &mut dyn crate::directory::Directory,
+        domain: &crate::names::Domain,
+    ) -> Result<Option<DomainRecord>> {
+        if let Some(r) = self.routes.get(domain) {
+            return Ok(Some(r));
+        }
+        let r = dir.route(domain)?;
+        if let Some(record) = &r {
+            self.routes.put(record);
+        }
+        Ok(r)
     }
 
     fn port(&self, proto: Protocol) -> u16 {
@@ -400,5 +459,28 @@ impl Service {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolver_overrides_literals_and_names() {
+        let mut overrides = HashMap::new();
+        overrides.insert("storage-01".to_string(), "10.0.0.1".parse().unwrap());
+        let r = Resolver {
+            overrides,
+            ttl: Duration::from_secs(60),
+            cache: Mutex::new(HashMap::new()),
+        };
+        assert_eq!(r.resolve("storage-01").unwrap().to_string(), "10.0.0.1");
+        assert_eq!(r.resolve("192.0.2.7").unwrap().to_string(), "192.0.2.7");
+        // A name through the system resolver (/etc/hosts), then from the cache.
+        let ip = r.resolve("localhost").unwrap();
+        assert!(ip.is_loopback(), "{ip}");
+        assert!(lock(&r.cache).contains_key("localhost"));
+        assert!(r.resolve("no-such-node.invalid").is_err());
     }
 }

@@ -4,7 +4,7 @@
 //! is *which* storage a login landed on, from each instance's log), own process group so a
 //! test can SIGSTOP (hang) or kill the whole instance.
 #![allow(dead_code)]
-use crate::support::nginx::{kill_group, register_group};
+use crate::support::nginx::{kill_group, register_group, remove_at_exit};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -87,11 +87,12 @@ impl Storage {
     }
 
     /// `doveadm auth test USER PASS` against this instance: (exit code, output).
-    pub fn auth_test(&self, user: &str, pass: &str) -> (i32, String) {
+    pub fn auth_test(&self, user: &str, pass: impl AsRef<std::ffi::OsStr>) -> (i32, String) {
         let out = Command::new("doveadm")
             .arg("-c")
             .arg(self.dir.path().join("dovecot.conf"))
-            .args(["auth", "test", user, pass])
+            .args(["auth", "test", user])
+            .arg(pass)
             .output()
             .expect("doveadm");
         (
@@ -135,6 +136,7 @@ impl Storage {
             .tempdir()
             .expect("tempdir");
         let root = dir.path();
+        remove_at_exit(root);
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755));

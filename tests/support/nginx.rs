@@ -21,19 +21,66 @@ pub const MAIL_MODULE: &str = "/usr/lib/nginx/modules/ngx_mail_module.so";
 /// process exit. Every child here runs in its own process group.
 static GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
 
+/// Files to remove at process exit (sockets of services kept in `static`s).
+static FILES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Remove `path` (a file, or a directory tree) when the test process exits: for services
+/// kept in `static`s, whose destructors never run.
+pub fn remove_at_exit(path: &Path) {
+    register_group_hook();
+    if let Ok(mut f) = FILES.lock() {
+        f.push(path.to_path_buf());
+    }
+}
+
 extern "C" fn kill_groups() {
-    if let Ok(groups) = GROUPS.lock() {
-        for g in groups.iter() {
-            // SAFETY: signalling process groups we created.
-            unsafe {
-                libc::kill(-g, libc::SIGKILL);
+    let groups: Vec<i32> = GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+    for g in &groups {
+        // SAFETY: signalling process groups we created.
+        unsafe {
+            libc::kill(-g, libc::SIGCONT);
+            libc::kill(-g, libc::SIGKILL);
+        }
+    }
+    // Reap the group leaders (our children) and give the rest a moment to die, so that
+    // nothing writes into the directories removed below.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for g in &groups {
+        loop {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let r = unsafe { libc::waitpid(*g, &mut status, libc::WNOHANG) };
+            if r != 0 || Instant::now() >= deadline {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let files: Vec<PathBuf> = FILES.lock().map(|f| f.clone()).unwrap_or_default();
+    for f in &files {
+        for _ in 0..20 {
+            let r = if f.is_dir() {
+                std::fs::remove_dir_all(f)
+            } else {
+                std::fs::remove_file(f)
+            };
+            if r.is_ok() || !f.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
 /// Remember `pgid` for the exit hook.
 pub fn register_group(pgid: u32) {
+    register_group_hook();
+    if let Ok(mut g) = GROUPS.lock() {
+        g.push(pgid as i32);
+    }
+}
+
+fn register_group_hook() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         // SAFETY: registering a plain extern "C" fn with no captured state.
@@ -41,9 +88,6 @@ pub fn register_group(pgid: u32) {
             libc::atexit(kill_groups);
         }
     });
-    if let Ok(mut g) = GROUPS.lock() {
-        g.push(pgid as i32);
-    }
 }
 
 /// Forget `pgid` (its owner stopped it).
@@ -110,6 +154,7 @@ impl MailauthServe {
             .prefix("mailauth-http.")
             .tempdir()
             .expect("tempdir");
+        remove_at_exit(dir.path());
         let conf = dir.path().join("mailcluster.toml");
         std::fs::write(&conf, config).expect("write config");
         {
@@ -262,6 +307,7 @@ impl Nginx {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let root = dir.path();
+        remove_at_exit(root);
         // nginx workers (www-data) must traverse the prefix.
         {
             use std::os::unix::fs::PermissionsExt;

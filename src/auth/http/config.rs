@@ -50,6 +50,9 @@ pub struct HttpConfig {
     pub secret_header: String,
     /// Seconds a resolved node address is cached.
     pub resolve_ttl: f64,
+    /// Seconds a domain's routing (primary, backup) is cached (0 = ask every time). A
+    /// change of `maps` takes effect within this time.
+    pub route_ttl: f64,
     /// One log line per request.
     pub log_requests: bool,
 }
@@ -68,6 +71,7 @@ impl Default for HttpConfig {
             secret: None,
             secret_header: "X-Auth-Key".to_string(),
             resolve_ttl: 60.0,
+            route_ttl: 2.0,
             log_requests: true,
         }
     }
@@ -92,6 +96,13 @@ impl HttpConfig {
             Duration::from_secs_f64(self.timeout.min(600.0))
         } else {
             Duration::from_secs(10)
+        }
+    }
+    pub fn route_ttl(&self) -> Duration {
+        if self.route_ttl.is_finite() && self.route_ttl >= 0.0 {
+            Duration::from_secs_f64(self.route_ttl.min(3600.0))
+        } else {
+            Duration::from_secs(2)
         }
     }
     pub fn resolve_ttl(&self) -> Duration {

@@ -302,20 +302,30 @@ fn run(svc: &Service, req: &Request, ctx: &mut Ctx, log: &mut Logged) -> Step<Re
     let found: Result<(Option<MailboxRecord>, Option<DomainRecord>)> = svc.pool.with(|dir| {
         let mailbox = dir.mailbox(&local, &domain)?;
         let route = match &mailbox {
-            Some(m) if m.is_active() => dir.route(&domain)?,
+            Some(m) if m.is_active() => svc.route(dir, &domain)?,
             _ => None,
         };
         Ok((mailbox, route))
     });
     let (mailbox, route) = found.map_err(|e| (Outcome::TempFail, e.to_string()))?;
+    // Unknown, disabled or password-less: spend the time of a check in the default
+    // scheme anyway, so that the answer time does not tell which names exist.
+    let decoy = |log: &mut Logged, why: &str| -> Step<Response> {
+        if salt.is_none() {
+            if let Some(_permit) = svc.gate.acquire() {
+                let _ = verify::verify(&svc.decoy, &pass, svc.auth.default_scheme());
+            }
+        }
+        failure(log, why)
+    };
     let Some(mailbox) = mailbox else {
-        return failure(log, "no such mailbox");
+        return decoy(log, "no such mailbox");
     };
     if !mailbox.is_active() {
-        return failure(log, "mailbox or domain disabled");
+        return decoy(log, "mailbox or domain disabled");
     }
     let Some(stored) = mailbox.password.as_deref().filter(|p| !p.is_empty()) else {
-        return failure(log, "no password stored");
+        return decoy(log, "no password stored");
     };
 
     let default_scheme = svc.auth.default_scheme();
@@ -398,7 +408,7 @@ fn smtp_none(svc: &Service, req: &Request, ctx: &Ctx, log: &mut Logged) -> Step<
     };
     let route = svc
         .pool
-        .with(|dir| dir.route(&domain))
+        .with(|dir| svc.route(dir, &domain))
         .map_err(|e| (Outcome::TempFail, e.to_string()))?;
     let Some(route) = route.filter(|r| r.active) else {
         log.outcome = Outcome::Refused;

@@ -1,0 +1,297 @@
+#!/usr/bin/python3
+"""mailsync vs rsync, side by side over the same loopback sshd.
+
+  bench/mailsync-bench.py [--scale 0.1] [--domains 60] [--mailboxes 20] [--reps 3]
+                          [--work /var/tmp/mailsync-bench] [--bin target/release/mailsync]
+                          [--cold]
+
+Tools (each from an empty destination, on a `cp -al` copy of the same generated base tree):
+  mailsync     mailsync --compress --jobs 2 (one SSH session per worker)
+  mailsync-plain  the same without --compress (opt-in: --tools mailsync-plain,...)
+  rsync-seed   the seed's mailrsync.pl: per domain `rsync -H --delete-during -azz`, one thread
+               per pair of domains, all threads at once
+  rsync-fast   rsync's fastest mode here: one whole-tree `rsync -aH --delete` (no compression
+               on loopback)
+Phases: initial copy, no-change run, run after a day of activity (mailsync-gen.py mutate).
+Per phase: wall, CPU (user+sys of both ends: the remote side runs under /usr/bin/time via
+--remote-command / --rsync-path), wire bytes (protocol bytes: mailsync's wire_bytes, rsync's
+--stats "Total bytes sent + received"), peak RSS of each end. Medians over --reps.
+Needs: root (sshd, root login by key), /usr/sbin/sshd, rsync, /usr/bin/time.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GEN = os.path.join(HERE, "mailsync-gen.py")
+TIMEFMT = "%e %U %S %M"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Sshd:
+    def __init__(self, work):
+        self.dir = os.path.join(work, "ssh")
+        os.makedirs(self.dir, exist_ok=True)
+        os.makedirs("/run/sshd", exist_ok=True)
+        hk = os.path.join(self.dir, "host_key")
+        self.key = os.path.join(self.dir, "client_key")
+        for k in (hk, self.key):
+            if not os.path.exists(k):
+                sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k])
+        shutil.copy(self.key + ".pub", os.path.join(self.dir, "authorized_keys"))
+        self.port = free_port()
+        conf = os.path.join(self.dir, "sshd_config")
+        with open(conf, "w") as f:
+            f.write(
+                "Port %d\nListenAddress 127.0.0.1\nHostKey %s\nPidFile none\n"
+                "AuthorizedKeysFile %s/authorized_keys\nPermitRootLogin prohibit-password\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+                "StrictModes no\nUseDNS no\nPrintMotd no\nLogLevel FATAL\nMaxStartups 100\n"
+                % (self.port, hk, self.dir)
+            )
+        self.kh = os.path.join(self.dir, "known_hosts")
+        with open(hk + ".pub") as f:
+            pub = " ".join(f.read().split()[:2])
+        with open(self.kh, "w") as f:
+            f.write("[127.0.0.1]:%d %s\n" % (self.port, pub))
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf])
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        self.ssh = (
+            "ssh -p %d -i %s -o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes "
+            "-o IdentitiesOnly=yes -o BatchMode=yes -F /dev/null" % (self.port, self.key, self.kh)
+        )
+
+    def setup_time(self):
+        """Wall time of `ssh host true`: the per-connection cost every tool pays (key
+        exchange, authentication, the remote user's shell start-up)."""
+        t = time.time()
+        subprocess.run(self.ssh.split() + ["root@127.0.0.1", "true"], check=True)
+        return time.time() - t
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def read_times(path):
+    """Lines of 'wall user sys maxrss_kb' -> (cpu, max rss kb)."""
+    cpu, rss = 0.0, 0
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                p = line.split()
+                if len(p) == 4:
+                    try:
+                        cpu += float(p[1]) + float(p[2])
+                        rss = max(rss, int(p[3]))
+                    except ValueError:
+                        pass
+        os.unlink(path)
+    return cpu, rss
+
+
+def rsync_stats(out):
+    sent = recv = 0
+    for line in out.splitlines():
+        if line.startswith("Total bytes sent:"):
+            sent += int(line.split(":")[1].replace(",", "").strip())
+        elif line.startswith("Total bytes received:"):
+            recv += int(line.split(":")[1].replace(",", "").strip())
+    return sent + recv
+
+
+def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
+    domains = sorted(d for d in os.listdir(src) if not d.startswith("."))
+    timed = ["/usr/bin/time", "-a", "-o", tfile_l, "-f", TIMEFMT]
+    t0 = time.time()
+    wire = 0
+    data = None
+    if tool.startswith("mailsync"):
+        compress = [] if tool == "mailsync-plain" else ["--compress"]
+        cmd = timed + [
+            a.bin, "--root", src, "--remote-root", dst, "--state-dir", state, "--jobs", "2",
+        ] + compress + [
+            "--json", "--no-progress", "-i", sshd.key, "--known-hosts", sshd.kh,
+            "--port", str(sshd.port), "--user", "root", "--remote-command",
+            "/usr/bin/time -a -o %s -f '%s' %s serve --no-fence" % (tfile_r, TIMEFMT, a.bin),
+        ]
+        for d in domains:
+            cmd += ["--domain", d]
+        cmd += ["bench-node", "127.0.0.1"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            print(r.stdout[-2000:], r.stderr[-2000:], file=sys.stderr)
+            raise SystemExit("mailsync failed")
+        rep = json.loads(r.stdout)
+        wire = rep["wire_bytes"]
+        data = rep["bytes_sent"]
+    else:
+        rpath = "/usr/bin/time -a -o %s -f '%s' rsync" % (tfile_r, TIMEFMT)
+        if tool == "rsync-seed":
+            jobs = [
+                ["rsync", "-H", "--delete-during", "-azz", "--stats", "-e", sshd.ssh,
+                 "--rsync-path", rpath, "%s/%s/" % (src, d), "root@127.0.0.1:%s/%s/" % (dst, d)]
+                for d in domains
+            ]
+            # The seed's mailrsync.pl: one thread per pair of domains, all threads at once,
+            # each thread syncing its two domains one after the other.
+            import threading
+
+            outs = []
+            failed = []
+
+            def pair_worker(pair):
+                for j in pair:
+                    r = subprocess.run(timed + j, capture_output=True, text=True)
+                    if r.returncode != 0:
+                        failed.append(r.stderr[-500:])
+                    outs.append(r.stdout)
+
+            threads = [threading.Thread(target=pair_worker, args=(jobs[i:i + 2],))
+                       for i in range(0, len(jobs), 2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if failed:
+                raise SystemExit("rsync failed: %s" % failed[0])
+            wire = sum(rsync_stats(o) for o in outs)
+        else:
+            r = subprocess.run(
+                timed + ["rsync", "-aH", "--delete", "--stats", "-e", sshd.ssh, "--rsync-path",
+                         rpath, "--exclude", "/.mailsync", src + "/", "root@127.0.0.1:%s/" % dst],
+                capture_output=True, text=True)
+            if r.returncode != 0:
+                print(r.stderr[-2000:], file=sys.stderr)
+                raise SystemExit("rsync failed")
+            wire = rsync_stats(r.stdout)
+    wall = time.time() - t0
+    cl, rl = read_times(tfile_l)
+    cr, rr = read_times(tfile_r)
+    return dict(wall=wall, cpu=cl + cr, wire=wire, rss_local_kb=rl, rss_remote_kb=rr, data=data)
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scale", type=float, default=0.1)
+    ap.add_argument("--domains", type=int, default=60)
+    ap.add_argument("--mailboxes", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--work", default="/var/tmp/mailsync-bench")
+    ap.add_argument("--bin", default=None)
+    ap.add_argument("--cold", action="store_true", help="also one cold-cache rep (drops caches)")
+    ap.add_argument("--tools", default="mailsync,rsync-seed,rsync-fast")
+    a = ap.parse_args()
+    if a.bin is None:
+        tgt = os.environ.get("CARGO_TARGET_DIR", os.path.join(HERE, "..", "target"))
+        a.bin = os.path.abspath(os.path.join(tgt, "release", "mailsync"))
+    os.makedirs(a.work, exist_ok=True)
+    tag = "d%d-m%d-s%g" % (a.domains, a.mailboxes, a.scale)
+    base = os.path.join(a.work, "base-" + tag)
+    if not os.path.isdir(base):
+        sh(["/usr/bin/python3", GEN, "generate", base + ".tmp", "--domains", str(a.domains),
+            "--mailboxes", str(a.mailboxes), "--scale", str(a.scale)])
+        os.rename(base + ".tmp", base)
+    nmsg = int(subprocess.run(
+        "find %s -path '*/cur/*' -o -path '*/new/*' | wc -l" % base, shell=True,
+        capture_output=True, text=True).stdout)
+    size = subprocess.run(["du", "-sb", base], capture_output=True, text=True).stdout.split()[0]
+    sshd = Sshd(a.work)
+    results = {}
+    try:
+        reps = [(i, False) for i in range(a.reps)] + ([(a.reps, True)] if a.cold else [])
+        for rep, cold in reps:
+            setup = statistics.median(sshd.setup_time() for _ in range(3))
+            results.setdefault(("ssh-setup", "true", "cold" if cold else "warm"), []).append(
+                dict(wall=setup, cpu=0.0, wire=0, rss_local_kb=0, rss_remote_kb=0, data=None))
+            print("ssh setup (ssh host true) rep %d: %.2fs" % (rep, setup), flush=True)
+            for tool in a.tools.split(","):
+                src = os.path.join(a.work, "src")
+                dst = os.path.join(a.work, "dst")
+                state = os.path.join(a.work, "state")
+                for d in (src, dst, state):
+                    shutil.rmtree(d, ignore_errors=True)
+                sh(["cp", "-al", base, src])
+                os.makedirs(dst)
+                tl, tr = os.path.join(a.work, "t.local"), os.path.join(a.work, "t.remote")
+                for phase in ("initial", "nochange", "day"):
+                    if phase == "day":
+                        sh(["/usr/bin/python3", GEN, "mutate", src, "--seed", "7"],
+                           stdout=subprocess.DEVNULL)
+                    # No tool pays for the previous one's writeback (mailsync fsyncs, and an
+                    # fsync on ext4 waits for other dirty data too; rsync never fsyncs).
+                    subprocess.run(["sync"])
+                    if cold:
+                        drop_caches()
+                    r = run_tool(tool, src, dst, a, sshd, state, tl, tr)
+                    key = (tool, phase, "cold" if cold else "warm")
+                    results.setdefault(key, []).append(r)
+                    print("%-10s %-8s %-4s rep %d: %s" % (tool, phase, key[2], rep, r), flush=True)
+                # Check: the copy equals the source (names and sizes).
+                diff = subprocess.run(
+                    ["rsync", "-anH", "--delete", "--exclude", "/.mailsync", "--itemize-changes",
+                     "--checksum", src + "/", dst + "/"], capture_output=True, text=True).stdout
+                changed = [l for l in diff.splitlines() if l and not l.startswith(".d")]
+                if changed:
+                    print("WARNING: %s left differences: %s" % (tool, changed[:5]), flush=True)
+        # Empty-tree baseline for mailsync's memory per message tracked.
+        empty = os.path.join(a.work, "empty")
+        empty_dst = os.path.join(a.work, "empty-dst")
+        for d in (empty, empty_dst, os.path.join(a.work, "state")):
+            shutil.rmtree(d, ignore_errors=True)
+        for d in sorted(x for x in os.listdir(base) if not x.startswith(".")):
+            os.makedirs(os.path.join(empty, d))
+        os.makedirs(empty_dst)
+        if "mailsync" in a.tools.split(","):
+            r = run_tool("mailsync", empty, empty_dst, a, sshd, os.path.join(a.work, "state"),
+                         os.path.join(a.work, "t.local"), os.path.join(a.work, "t.remote"))
+            results[("mailsync", "empty-tree", "warm")] = [r]
+            print("mailsync on an empty tree: %s" % r, flush=True)
+    finally:
+        sshd.stop()
+    summary = {"messages": nmsg, "bytes": int(size), "tag": tag, "results": {}}
+    for (tool, phase, cache), rs in sorted(results.items()):
+        med = {k: statistics.median([r[k] for r in rs if r[k] is not None])
+               for k in ("wall", "cpu", "wire", "rss_local_kb", "rss_remote_kb")}
+        summary["results"]["%s/%s/%s" % (tool, phase, cache)] = dict(med, n=len(rs))
+    out = os.path.join(a.work, "results-%s.json" % tag)
+    with open(out, "w") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

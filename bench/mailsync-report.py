@@ -1,0 +1,48 @@
+#!/usr/bin/python3
+"""Render a results-*.json of mailsync-bench.py as the Markdown table of BENCHMARKS.md.
+
+  bench/mailsync-report.py /var/tmp/mailsync-bench/results-d6-m20-s1.json
+"""
+import json
+import sys
+
+
+def main():
+    d = json.load(open(sys.argv[1]))
+    r = d["results"]
+    print("Tree: %s, %d messages, %.0f MB." % (d["tag"], d["messages"], d["bytes"] / 1e6))
+    for cache in ("warm", "cold"):
+        setup = r.get("ssh-setup/true/%s" % cache)
+        if not any(k.endswith("/" + cache) and not k.startswith("ssh") for k in r):
+            continue
+        print()
+        print("%s cache%s:" % (cache.capitalize(),
+              "" if not setup else "; `ssh host true` = %.2f s (paid once per connection by every tool)" % setup["wall"]))
+        print()
+        print("| phase | tool | wall s | CPU s (both ends) | wire bytes | peak RSS local / remote KiB | wall vs rsync-fast | wire vs rsync-seed |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for phase in ("initial", "nochange", "day"):
+            fast = r.get("rsync-fast/%s/%s" % (phase, cache))
+            seed = r.get("rsync-seed/%s/%s" % (phase, cache))
+            for tool in ("mailsync", "mailsync-plain", "rsync-fast", "rsync-seed"):
+                x = r.get("%s/%s/%s" % (tool, phase, cache))
+                if not x:
+                    continue
+                wr = "%.2f" % (x["wall"] / fast["wall"]) if fast else ""
+                ww = "%.2f" % (x["wire"] / seed["wire"]) if seed and seed["wire"] else ""
+                print("| %s | %s | %.2f | %.2f | %d | %d / %d | %s | %s |" % (
+                    phase, tool, x["wall"], x["cpu"], x["wire"], x["rss_local_kb"],
+                    x["rss_remote_kb"], wr, ww))
+    e = r.get("mailsync/empty-tree/warm")
+    i = r.get("mailsync/initial/warm")
+    if e and i:
+        per = (i["rss_local_kb"] - e["rss_local_kb"]) * 1024 / d["messages"]
+        per_r = (i["rss_remote_kb"] - e["rss_remote_kb"]) * 1024 / d["messages"]
+        print()
+        print("Memory per message tracked (peak RSS of the initial copy minus that of a run on an "
+              "empty tree, over %d messages): sender %.0f bytes, receiver %.0f bytes." % (
+                  d["messages"], per, per_r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,725 @@
+//! The sending end: one domain at a time over an open session.
+
+use super::entry::{needs_uidlist_lock, Entry, Kind};
+use super::manifest::{self, Manifest};
+use super::ops::{encode_op, tag, Applier};
+use super::plan::{plan, Op, Rules};
+use super::scan::{self, Cache, Filter};
+use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
+use crate::error::{Error, Result};
+use crate::names::Domain;
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Files up to this size travel inline in an OPS frame.
+const INLINE_MAX: u64 = 128 << 10;
+/// Control files read whole under the uidlist lock are bounded.
+const CONTROL_MAX: u64 = 256 << 20;
+
+/// Settings of the sending end for one run.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub node: String,
+    pub filter: Filter,
+    pub dry_run: bool,
+    pub adopt: bool,
+}
+
+/// What happened to one domain.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct DomainReport {
+    pub domain: String,
+    pub remote: String,
+    /// The domain is in sync (conflicts, i.e. kept remote-only files, do not count).
+    pub ok: bool,
+    pub dry_run: bool,
+    pub finished: u64,
+    pub files_sent: u64,
+    pub bytes_sent: u64,
+    pub wire_bytes: u64,
+    pub renames: u64,
+    pub links: u64,
+    pub deletes: u64,
+    pub deletes_withheld: u64,
+    pub conflicts: Vec<String>,
+    pub adopted: u64,
+    pub vanished: u64,
+    pub trusted_record: bool,
+    pub local_messages: u64,
+    pub errors: Vec<String>,
+    pub seconds: f64,
+}
+
+impl DomainReport {
+    fn error(&mut self, msg: impl Into<String>) {
+        self.ok = false;
+        if self.errors.len() < 50 {
+            self.errors.push(msg.into());
+        }
+    }
+}
+
+/// An open connection to a receiving `mailsync serve`.
+pub struct Session {
+    pub conn: Conn,
+    pub remote_node: String,
+    pub remote: String,
+    /// Keeps the transport (child process, SSH session) alive.
+    pub keep: Option<Box<dyn super::transport::Transport>>,
+}
+
+impl Session {
+    /// Handshake over a fresh connection.
+    pub fn start(
+        mut conn: Conn,
+        remote: String,
+        compress: bool,
+        keep: Option<Box<dyn super::transport::Transport>>,
+    ) -> Result<Session> {
+        let mut e = Enc::new();
+        e.bytes(MAGIC).uv(u64::from(VERSION)).u8(u8::from(compress));
+        conn.send_flush(t::HELLO, &e.buf)?;
+        let p = conn.expect(t::HELLO_OK)?;
+        let mut d = Dec::new(p);
+        if d.bytes()? != MAGIC {
+            return Err(Error::bad_input(
+                "protocol error: the remote is not mailsync",
+            ));
+        }
+        let _version = d.u32()?;
+        let remote_node = d.string()?;
+        if compress {
+            conn.compress()?;
+        }
+        Ok(Session {
+            conn,
+            remote_node,
+            remote,
+            keep,
+        })
+    }
+
+    /// Say goodbye and wait for the transport to finish.
+    pub fn close(mut self) -> Result<()> {
+        let _ = self.conn.send_flush(t::BYE, &[]);
+        drop(self.conn);
+        match self.keep.take() {
+            Some(mut k) => k.finish(),
+            None => Ok(()),
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Synchronise one domain. Transport failures are errors (the session is unusable); all
+/// else is in the report.
+pub fn sync_domain(
+    sess: &mut Session,
+    opts: &SendOptions,
+    domain: &Domain,
+) -> Result<DomainReport> {
+    let start = Instant::now();
+    let wire0 = sess.conn.wire_bytes();
+    let mut rep = DomainReport {
+        domain: domain.to_string(),
+        remote: sess.remote.clone(),
+        ok: true,
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let r = sync_domain_inner(sess, opts, domain, &mut rep);
+    rep.wire_bytes = sess.conn.wire_bytes() - wire0;
+    rep.seconds = start.elapsed().as_secs_f64();
+    rep.finished = now_unix();
+    if let Err(e) = &r {
+        rep.error(e.message().to_string());
+    }
+    if !opts.dry_run {
+        if let Ok(json) = serde_json::to_vec_pretty(&rep) {
+            let _ = super::fsops::write_file_atomic(
+                &manifest::path_for(&opts.state_dir, domain.as_str(), "status"),
+                &json,
+                false,
+            );
+        }
+    }
+    r.map(|_| rep)
+}
+
+fn sync_domain_inner(
+    sess: &mut Session,
+    opts: &SendOptions,
+    domain: &Domain,
+    rep: &mut DomainReport,
+) -> Result<()> {
+    let base = opts.root.join(domain.as_str());
+    let pair = manifest::pair_key(&opts.node, &sess.remote_node);
+    std::fs::create_dir_all(&opts.state_dir).map_err(|e| {
+        Error::io(
+            format!("cannot create state directory {}", opts.state_dir.display()),
+            e,
+        )
+    })?;
+    let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
+    let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
+
+    // Ask the remote.
+    let mut e = Enc::new();
+    e.str(domain.as_str());
+    let local_dir = std::fs::symlink_metadata(&base)
+        .ok()
+        .map(|m| scan::entry_from_meta(String::new(), &m, None));
+    let dir_entry = local_dir.unwrap_or(Entry {
+        path: String::new(),
+        kind: Kind::Dir,
+        size: 0,
+        mtime: 0,
+        mtime_ns: 0,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        ino: 0,
+        target: None,
+    });
+    dir_entry.encode(&mut e);
+    e.u8(u8::from(opts.dry_run)).str(&pair);
+    e.uv(opts.filter.excludes.len() as u64);
+    for x in &opts.filter.excludes {
+        e.str(x);
+    }
+    sess.conn.send_flush(t::DOMAIN, &e.buf)?;
+    // Local scan, while the remote scans its side.
+    let local = {
+        let old = Cache::load(&cache_path);
+        let (s, cache) = scan::scan(&base, &opts.filter, &old);
+        drop(old);
+        if !opts.dry_run && s.errors.is_empty() {
+            let _ = cache.save(&cache_path);
+        }
+        s
+    };
+    rep.local_messages = local.messages() as u64;
+    for e in &local.errors {
+        rep.error(format!("local scan: {e}"));
+    }
+    let own = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
+    let own_digest = own.as_ref().map(|m| m.digest.clone());
+    // Paths this end sent in runs that did not complete (an intent log written before the
+    // operations go out): they came from here, so they are ours to delete.
+    let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
+    let mut sent_log = load_sent(&sent_path, &pair);
+
+    let (remote_digest, remote_has_record, _remote_missing) = {
+        let p = sess.conn.expect(t::DOMAIN_INFO)?;
+        let mut d = Dec::new(p);
+        let status = d.u8()?;
+        let msg = d.string()?;
+        if status != 0 {
+            rep.error(format!("remote refused: {msg}"));
+            return Ok(());
+        }
+        (d.string()?, d.u8()? != 0, d.u8()? != 0)
+    };
+    let mode: u8 = match &own {
+        Some(m) if remote_has_record && m.digest == remote_digest => 0,
+        _ if remote_has_record => 2,
+        _ => 1,
+    };
+    sess.conn.send_flush(t::LIST_REQ, &[mode])?;
+    let mut listed: Vec<Entry> = Vec::new();
+    let mut removed: HashSet<String> = HashSet::new();
+    let mut remote_record: Vec<Entry> = Vec::new();
+    let remote_errors = loop {
+        let (ty, p) = sess.conn.recv()?;
+        let mut d = Dec::new(p);
+        match ty {
+            t::ENTRIES => {
+                let section = d.u8()?;
+                while !d.at_end() {
+                    match section {
+                        0 => listed.push(Entry::decode(&mut d)?),
+                        1 => {
+                            removed.insert(d.string()?);
+                        }
+                        2 => remote_record.push(Entry::decode(&mut d)?),
+                        _ => return Err(Error::bad_input("protocol error: bad section")),
+                    }
+                }
+            }
+            t::LIST_END => {
+                let n = d.uv()?;
+                let mut errs = Vec::new();
+                for _ in 0..n.min(50) {
+                    errs.push(d.string()?);
+                }
+                break n.max(errs.len() as u64);
+            }
+            _ => {
+                return Err(Error::bad_input(
+                    "protocol error: unexpected frame in listing",
+                ))
+            }
+        }
+    };
+    if remote_errors > 0 {
+        rep.error(format!("the remote could not list {remote_errors} item(s)"));
+    }
+    // The record of what was in sync, and the full remote listing.
+    let (synced, remote): (Option<Vec<Entry>>, Vec<Entry>) = match mode {
+        0 => {
+            let m = own.map(|m| m.entries).unwrap_or_default();
+            let changed: HashMap<String, Entry> =
+                listed.into_iter().map(|e| (e.path.clone(), e)).collect();
+            let mut r: Vec<Entry> = m
+                .iter()
+                .filter(|e| !removed.contains(&e.path) && !changed.contains_key(&e.path))
+                .cloned()
+                .collect();
+            r.extend(changed.into_values());
+            r.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+            (Some(m), r)
+        }
+        2 => (Some(remote_record), listed),
+        _ => (None, listed),
+    };
+    rep.trusted_record = synced.is_some();
+    let synced = if sent_log.is_empty() {
+        synced
+    } else {
+        let mut s = synced.unwrap_or_default();
+        s.extend(sent_log.iter().map(|p| path_entry(p)));
+        Some(s)
+    };
+
+    // Safety rules for deletes.
+    let local_has_files = local.entries.iter().any(|e| e.kind != Kind::Dir);
+    let remote_has_files = remote.iter().any(|e| e.kind != Kind::Dir);
+    let mut allow_delete = local.errors.is_empty() && !local.missing;
+    if !local_has_files && remote_has_files {
+        allow_delete = false;
+        rep.error(if local.missing {
+            format!(
+                "the local domain directory {} is missing but the remote has files; nothing deleted",
+                base.display()
+            )
+        } else {
+            "the local domain is empty but the remote is not; nothing deleted".to_string()
+        });
+    }
+    let mut p = plan(
+        &local.entries,
+        &remote,
+        synced.as_deref(),
+        Rules {
+            allow_delete,
+            adopt: opts.adopt,
+        },
+    );
+    // Remote paths that stay but are not ours (conflicts, withheld deletes, remote-only
+    // directories): left out of both records.
+    let local_paths: HashSet<&str> = local.entries.iter().map(|e| e.path.as_str()).collect();
+    let mut exclusions: Vec<String> = remote
+        .iter()
+        .filter(|e| !local_paths.contains(e.path.as_str()))
+        .map(|e| e.path.clone())
+        .collect();
+    drop(local_paths);
+    drop(remote);
+    drop(synced);
+    for pr in &p.problems {
+        rep.error(pr.clone());
+    }
+    rep.deletes_withheld = p.withheld as u64;
+    rep.conflicts = p.conflicts.iter().map(|e| e.path.clone()).collect();
+    if opts.dry_run {
+        rep.files_sent = p.puts() as u64;
+        rep.bytes_sent = p.put_bytes();
+        rep.renames = p.renames() as u64;
+        rep.links = p.links() as u64;
+        rep.deletes = p.deletes() as u64;
+        sess.conn.send_flush(t::ABORT, &[])?;
+        return Ok(());
+    }
+
+    // Record what is about to be sent, durably, before it goes out.
+    let before = sent_log.len();
+    for op in &p.ops {
+        match op {
+            Op::Put(e) | Op::Link { to: e, .. } => {
+                sent_log.insert(e.path.clone());
+            }
+            Op::Rename { to, .. } => {
+                sent_log.insert(to.clone());
+            }
+            _ => {}
+        }
+    }
+    if sent_log.len() != before {
+        save_sent(&sent_path, &pair, &sent_log)?;
+    }
+
+    // Stream the operations.
+    let mut local_entries = local.entries;
+    let index: HashMap<String, usize> = local_entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path.clone(), i))
+        .collect();
+    let mut gone: HashSet<usize> = HashSet::new();
+    let mut frame = Enc::new();
+    let ops = std::mem::take(&mut p.ops);
+    for op in &ops {
+        match op {
+            Op::Put(entry) => {
+                let i = index.get(&entry.path).copied();
+                match send_put(&mut sess.conn, &mut frame, &base, entry)? {
+                    Some(sent) => {
+                        rep.files_sent += 1;
+                        rep.bytes_sent += sent.size;
+                        if let Some(i) = i {
+                            local_entries[i] = sent;
+                        }
+                    }
+                    None => {
+                        rep.vanished += 1;
+                        if let Some(i) = i {
+                            gone.insert(i);
+                        }
+                    }
+                }
+            }
+            other => {
+                match other {
+                    Op::Rename { .. } => rep.renames += 1,
+                    Op::Link { .. } => rep.links += 1,
+                    Op::Delete(_) => rep.deletes += 1,
+                    _ => {}
+                }
+                encode_op(other, &mut frame);
+            }
+        }
+        if frame.len() > 512 << 10 {
+            sess.conn.send(t::OPS, &frame.buf)?;
+            frame = Enc::new();
+        }
+    }
+    if !frame.is_empty() {
+        sess.conn.send(t::OPS, &frame.buf)?;
+    }
+    sess.conn.send_flush(t::END_OPS, &[])?;
+    {
+        let p = sess.conn.expect(t::OPS_RESULT)?;
+        let mut d = Dec::new(p);
+        let _applied = d.uv()?;
+        let nerr = d.uv()?;
+        let n = d.uv()?;
+        for _ in 0..n.min(50) {
+            let m = d.string()?;
+            rep.error(format!("remote: {m}"));
+        }
+        if nerr > n {
+            rep.error(format!("remote: {} more error(s)", nerr - n));
+        }
+    }
+    let mut local_entries: Vec<Entry> = local_entries
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !gone.contains(i))
+        .map(|(_, e)| e)
+        .collect();
+
+    // Copy remote-only files back here.
+    let mut adopted: HashSet<String> = HashSet::new();
+    if !p.fetch.is_empty() && rep.ok {
+        let mut e = Enc::new();
+        e.uv(p.fetch.len() as u64);
+        for f in &p.fetch {
+            e.str(&f.path);
+        }
+        sess.conn.send_flush(t::FETCH, &e.buf)?;
+        let mut applier = Applier::new(base.clone(), Vec::new());
+        for f in &p.fetch {
+            let payload = sess.conn.expect(t::FILE)?;
+            let mut d = Dec::new(payload);
+            if d.u8()? != 0 {
+                let m = d.string()?;
+                rep.error(format!("adopting {}: {m}", f.path));
+                continue;
+            }
+            let entry = Entry::decode(&mut d)?;
+            if entry.path != f.path {
+                return Err(Error::bad_input("protocol error: unexpected file"));
+            }
+            let target = base.join(&entry.path);
+            let parent_ok = super::fsops::check_rel(&entry.path).is_ok()
+                && target
+                    .parent()
+                    .is_some_and(|p| std::fs::create_dir_all(p).is_ok());
+            let exists = std::fs::symlink_metadata(&target).is_ok();
+            let mut failed = None;
+            let mut ended = false;
+            let mut chunks = std::iter::from_fn(|| {
+                if ended {
+                    return None;
+                }
+                match sess.conn.expect(t::DATA) {
+                    Ok([]) => {
+                        ended = true;
+                        None
+                    }
+                    Ok(p) => Some(Ok(p.to_vec())),
+                    Err(e) => {
+                        ended = true;
+                        failed = Some(e.message().to_string());
+                        None
+                    }
+                }
+            });
+            if !parent_ok || exists {
+                for c in chunks.by_ref() {
+                    let _ = c;
+                }
+                if let Some(m) = failed {
+                    return Err(Error::temporary(m));
+                }
+                if !exists {
+                    rep.error(format!("adopting {}: cannot create its directory", f.path));
+                }
+                continue;
+            }
+            let r = applier.put(entry.clone(), &mut chunks);
+            for c in chunks.by_ref() {
+                let _ = c;
+            }
+            if let Some(m) = failed {
+                return Err(Error::temporary(m));
+            }
+            match r {
+                Ok(()) => {
+                    adopted.insert(entry.path.clone());
+                }
+                Err(err) => rep.error(format!("adopting {}: {}", f.path, err.message())),
+            }
+        }
+        sess.conn.expect(t::FETCH_END)?;
+        applier.flush();
+        for err in &applier.errors {
+            rep.error(format!("adopting: {err}"));
+        }
+        if applier.error_count > 0 {
+            adopted.clear();
+        }
+        for (_, e) in applier.tree {
+            if adopted.contains(&e.path) {
+                local_entries.push(e);
+            }
+        }
+        rep.adopted = adopted.len() as u64;
+        rep.conflicts.retain(|c| !adopted.contains(c));
+    }
+
+    if !rep.ok {
+        sess.conn.send_flush(t::ABORT, &[])?;
+        return Ok(());
+    }
+    // Commit: both ends record what is now in sync.
+    exclusions.retain(|x| !adopted.contains(x));
+    // COMMIT frames: `more u8`, count, paths (split to stay under the frame bound).
+    for (i, chunk) in exclusions.chunks(10_000).enumerate() {
+        let mut e = Enc::new();
+        e.u8(1).uv(chunk.len() as u64);
+        for c in chunk {
+            e.str(c);
+        }
+        if i == 0 || !chunk.is_empty() {
+            sess.conn.send(t::COMMIT, &e.buf)?;
+        }
+    }
+    sess.conn.send_flush(t::COMMIT, &[0, 0])?;
+    let remote_digest = {
+        let p = sess.conn.expect(t::COMMIT_OK)?;
+        let mut d = Dec::new(p);
+        let status = d.u8()?;
+        let v = d.string()?;
+        if status != 0 {
+            rep.error(format!("remote could not record the sync: {v}"));
+            return Ok(());
+        }
+        v
+    };
+    // The local listing, with directories created for adopted files.
+    let m = Manifest::new(&pair, local_entries);
+    if m.digest != remote_digest {
+        rep.error(
+            "the two ends disagree on what is in sync (a file changed during the run?); \
+             the next run compares full listings",
+        );
+        let _ = std::fs::remove_file(&manifest_path);
+        return Ok(());
+    }
+    if own_digest.as_deref() != Some(m.digest.as_str()) {
+        m.save(&manifest_path)?;
+    }
+    let _ = std::fs::remove_file(&sent_path);
+    Ok(())
+}
+
+/// Send one file. Returns the entry as sent (attributes at read time), or None when the
+/// file vanished (renamed by a reader since the scan: the next run picks up its new name).
+fn send_put(conn: &mut Conn, frame: &mut Enc, base: &Path, entry: &Entry) -> Result<Option<Entry>> {
+    let abs = base.join(&entry.path);
+    if entry.kind == Kind::Symlink {
+        frame.u8(tag::PUT_INLINE);
+        entry.encode(frame);
+        frame.bytes(&[]);
+        return Ok(Some(entry.clone()));
+    }
+    if needs_uidlist_lock(&entry.path) {
+        // Read consistently: Dovecot's own lock, held briefly.
+        let dir = abs.parent().unwrap_or(Path::new("."));
+        let read = {
+            let _lock = super::fsops::UidlistLock::acquire(dir)?;
+            super::fsops::read_bounded(&abs, CONTROL_MAX)
+        };
+        return match read {
+            Ok((data, meta)) => {
+                let sent = with_meta(entry, &meta);
+                frame.u8(tag::PUT_INLINE);
+                sent.encode(frame);
+                frame.bytes(&data);
+                Ok(Some(sent))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("cannot read {}", abs.display()), e)),
+        };
+    }
+    let mut f = match super::fsops::open_read(&abs) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("cannot open {}", abs.display()), e)),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot stat {}", abs.display()), e))?;
+    let mut sent = with_meta(entry, &meta);
+    if meta.len() <= INLINE_MAX {
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        f.by_ref()
+            .take(INLINE_MAX + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| Error::io(format!("cannot read {}", abs.display()), e))?;
+        if data.len() as u64 <= INLINE_MAX {
+            sent.size = data.len() as u64;
+            frame.u8(tag::PUT_INLINE);
+            sent.encode(frame);
+            frame.bytes(&data);
+            return Ok(Some(sent));
+        }
+        // Grew while reading: stream what we have and the rest.
+        return stream_put(conn, frame, &mut f, sent, data, &abs).map(Some);
+    }
+    stream_put(conn, frame, &mut f, sent, Vec::new(), &abs).map(Some)
+}
+
+fn stream_put(
+    conn: &mut Conn,
+    frame: &mut Enc,
+    f: &mut std::fs::File,
+    mut sent: Entry,
+    first: Vec<u8>,
+    abs: &Path,
+) -> Result<Entry> {
+    frame.u8(tag::PUT_STREAM);
+    sent.encode(frame);
+    conn.send(t::OPS, &frame.buf)?;
+    *frame = Enc::new();
+    let mut size = first.len() as u64;
+    if !first.is_empty() {
+        conn.send(t::DATA, &first)?;
+    }
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                // End the stream so the receiver stays in step, then fail the session.
+                conn.send(t::DATA, &[])?;
+                return Err(Error::io(format!("cannot read {}", abs.display()), e));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        conn.send(t::DATA, &buf[..n])?;
+    }
+    conn.send(t::DATA, &[])?;
+    sent.size = size;
+    Ok(sent)
+}
+
+fn path_entry(path: &str) -> Entry {
+    Entry {
+        path: path.to_string(),
+        kind: Kind::File,
+        size: 0,
+        mtime: 0,
+        mtime_ns: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        ino: 0,
+        target: None,
+    }
+}
+
+const SENT_MAGIC: &[u8] = b"mailsync-sent 1\n";
+
+fn load_sent(path: &Path, pair: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(data) = std::fs::read(path) else {
+        return out;
+    };
+    let Some(rest) = data.strip_prefix(SENT_MAGIC) else {
+        return out;
+    };
+    let mut d = Dec::new(rest);
+    if d.str().ok() != Some(pair) {
+        return out;
+    }
+    while !d.at_end() {
+        match d.string() {
+            Ok(p) => {
+                out.insert(p);
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn save_sent(path: &Path, pair: &str, paths: &std::collections::BTreeSet<String>) -> Result<()> {
+    let mut e = Enc::new();
+    e.buf.extend_from_slice(SENT_MAGIC);
+    e.str(pair);
+    for p in paths {
+        e.str(p);
+    }
+    super::fsops::write_file_atomic(path, &e.buf, true)
+}
+
+fn with_meta(entry: &Entry, meta: &std::fs::Metadata) -> Entry {
+    let mut e = scan::entry_from_meta(entry.path.clone(), meta, None);
+    e.ino = entry.ino;
+    e
+}

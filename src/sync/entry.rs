@@ -1,0 +1,188 @@
+//! What a domain tree holds: entries (directories, files, symlinks) with the attributes we
+//! keep, and the Maildir reading of a path (message key = folder + base name).
+
+use super::wire::{Dec, Enc};
+use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
+
+/// Entry kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Dir = 0,
+    File = 1,
+    Symlink = 2,
+}
+
+impl Kind {
+    pub fn from_u8(v: u8) -> Result<Kind> {
+        match v {
+            0 => Ok(Kind::Dir),
+            1 => Ok(Kind::File),
+            2 => Ok(Kind::Symlink),
+            _ => Err(Error::bad_input("protocol error: bad entry kind")),
+        }
+    }
+}
+
+/// One entry of a domain tree. `path` is relative to the domain directory, `/`-separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_ns: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Inode on the local disk (not sent; used to recreate hard links).
+    pub ino: u64,
+    /// Symlink target.
+    pub target: Option<String>,
+}
+
+impl Entry {
+    /// Same content and attributes as far as replication cares (not owner, not inode).
+    pub fn same(&self, other: &Entry) -> bool {
+        if self.kind == Kind::Symlink || other.kind == Kind::Symlink {
+            // Symlink times and modes are not kept; the target is what matters.
+            return self.kind == other.kind && self.target == other.target;
+        }
+        if self.kind == Kind::Dir || other.kind == Kind::Dir {
+            // Directory mtimes are not replicated (Dovecot watches them for changes).
+            return self.kind == other.kind && (self.mode & 0o7777) == (other.mode & 0o7777);
+        }
+        self.kind == other.kind
+            && self.size == other.size
+            && self.mtime == other.mtime
+            && self.mtime_ns == other.mtime_ns
+            && (self.mode & 0o7777) == (other.mode & 0o7777)
+            && self.target == other.target
+    }
+
+    pub fn is_message(&self) -> bool {
+        self.kind == Kind::File && message_key(&self.path).is_some()
+    }
+
+    pub fn encode(&self, e: &mut Enc) {
+        e.str(&self.path)
+            .u8(self.kind as u8)
+            .uv(self.size)
+            .iv(self.mtime)
+            .uv(u64::from(self.mtime_ns))
+            .uv(u64::from(self.mode))
+            .uv(u64::from(self.uid))
+            .uv(u64::from(self.gid));
+        if self.kind == Kind::Symlink {
+            e.str(self.target.as_deref().unwrap_or(""));
+        }
+    }
+
+    pub fn decode(d: &mut Dec) -> Result<Entry> {
+        let path = d.string()?;
+        let kind = Kind::from_u8(d.u8()?)?;
+        let size = d.uv()?;
+        let mtime = d.iv()?;
+        let mtime_ns = d.u32()?;
+        let mode = d.u32()?;
+        let uid = d.u32()?;
+        let gid = d.u32()?;
+        let target = if kind == Kind::Symlink {
+            Some(d.string()?)
+        } else {
+            None
+        };
+        Ok(Entry {
+            path,
+            kind,
+            size,
+            mtime,
+            mtime_ns,
+            mode,
+            uid,
+            gid,
+            ino: 0,
+            target,
+        })
+    }
+}
+
+/// The Maildir message key of a path: (folder, base name) when the path is a file directly
+/// inside a `cur/` or `new/` directory. The base name is the part before `:2,` (or before
+/// the first `:` for other info versions).
+pub fn message_key(path: &str) -> Option<(&str, &str)> {
+    let (dir, name) = path.rsplit_once('/')?;
+    let folder = match dir.rsplit_once('/') {
+        Some((folder, sub)) if sub == "cur" || sub == "new" => folder,
+        None if dir == "cur" || dir == "new" => "",
+        _ => return None,
+    };
+    Some((folder, base_name(name)))
+}
+
+/// The base name of a Maildir file name (before the `:` that starts the info).
+pub fn base_name(name: &str) -> &str {
+    match name.find(':') {
+        Some(i) => &name[..i],
+        None => name,
+    }
+}
+
+/// The file name part of a path.
+pub fn file_name(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, n)| n)
+}
+
+/// The parent directory part of a path ("" for top level).
+pub fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// Control files replaced under Dovecot's uidlist lock.
+pub fn needs_uidlist_lock(path: &str) -> bool {
+    matches!(file_name(path), "dovecot-uidlist" | "dovecot-keywords")
+}
+
+/// Digest of a set of entries (sorted by path): identifies a manifest.
+pub fn digest(entries: &[Entry], pair: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(pair.as_bytes());
+    h.update([0]);
+    for e in entries {
+        h.update(e.path.as_bytes());
+        h.update([0, e.kind as u8]);
+        if e.kind == Kind::File {
+            h.update(e.size.to_le_bytes());
+            h.update(e.mtime.to_le_bytes());
+            h.update(e.mtime_ns.to_le_bytes());
+        }
+        if e.kind != Kind::Symlink {
+            h.update((e.mode & 0o7777).to_le_bytes());
+        }
+        if let Some(t) = &e.target {
+            h.update(t.as_bytes());
+        }
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_keys() {
+        assert_eq!(
+            message_key("bob/Maildir/cur/1.M2P3.h,S=10:2,S"),
+            Some(("bob/Maildir", "1.M2P3.h,S=10"))
+        );
+        assert_eq!(
+            message_key("bob/Maildir/.Sent/new/1.M2P3.h"),
+            Some(("bob/Maildir/.Sent", "1.M2P3.h"))
+        );
+        assert_eq!(message_key("bob/Maildir/dovecot-uidlist"), None);
+        assert_eq!(message_key("bob/Maildir/tmp/x"), None);
+        assert_eq!(message_key("cur/x:2,"), Some(("", "x")));
+    }
+}

@@ -1,0 +1,528 @@
+//! Encoding of operations on the wire and their application on the receiving side.
+
+use super::entry::{message_key, parent, Entry, Kind};
+use super::fsops::{self, check_parents, check_rel, UidlistLock};
+use super::plan::Op;
+use super::wire::{Dec, Enc};
+use crate::error::{Error, Result};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Record tags inside an OPS frame.
+pub mod tag {
+    pub const MKDIR: u8 = 1;
+    pub const LINK: u8 = 2;
+    pub const RENAME: u8 = 3;
+    /// Put with the data inline.
+    pub const PUT_INLINE: u8 = 4;
+    /// Put whose data follows in DATA frames, ended by an empty one.
+    pub const PUT_STREAM: u8 = 5;
+    pub const DELETE: u8 = 6;
+    pub const RMDIR: u8 = 7;
+}
+
+/// Encode a non-Put operation.
+pub fn encode_op(op: &Op, e: &mut Enc) {
+    match op {
+        Op::Mkdir(en) => {
+            e.u8(tag::MKDIR);
+            en.encode(e);
+        }
+        Op::Link { from, to } => {
+            e.u8(tag::LINK).str(from);
+            to.encode(e);
+        }
+        Op::Rename { from, to } => {
+            e.u8(tag::RENAME).str(from).str(to);
+        }
+        Op::Delete(p) => {
+            e.u8(tag::DELETE).str(p);
+        }
+        Op::Rmdir(p) => {
+            e.u8(tag::RMDIR).str(p);
+        }
+        // Puts are encoded by the sender together with their data.
+        Op::Put(_) => {}
+    }
+}
+
+/// Most message files written but not yet durable and renamed (open descriptors).
+const QUEUE: usize = 256;
+/// Threads making message files durable (fsync costs ~0.6-5 ms a file; they overlap).
+const SYNC_THREADS: usize = 12;
+/// Errors kept verbatim (more are only counted).
+const MAX_ERRORS: usize = 50;
+
+struct Pending {
+    file: File,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+#[derive(Default)]
+struct DurState {
+    in_flight: usize,
+    dirs: BTreeSet<PathBuf>,
+    failures: Vec<(PathBuf, Error)>,
+}
+
+/// A pool that fsyncs written message files and renames them into place while the receiver
+/// goes on reading; [`Durability::barrier`] waits for all of it and fsyncs the directories.
+struct Durability {
+    tx: Option<std::sync::mpsc::SyncSender<Pending>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    state: std::sync::Arc<(std::sync::Mutex<DurState>, std::sync::Condvar)>,
+}
+
+impl Durability {
+    fn new() -> Durability {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(QUEUE);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let state = std::sync::Arc::new((
+            std::sync::Mutex::new(DurState::default()),
+            std::sync::Condvar::new(),
+        ));
+        let workers = (0..SYNC_THREADS)
+            .map(|_| {
+                let rx = rx.clone();
+                let state = state.clone();
+                std::thread::spawn(move || loop {
+                    let next = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(p) = next else { return };
+                    let r = p
+                        .file
+                        .sync_all()
+                        .map_err(|e| Error::io(format!("fsync {}", p.tmp.display()), e))
+                        .and_then(|_| {
+                            fs::rename(&p.tmp, &p.dest).map_err(|e| {
+                                Error::io(format!("cannot rename to {}", p.dest.display()), e)
+                            })
+                        });
+                    drop(p.file);
+                    if r.is_err() {
+                        let _ = fs::remove_file(&p.tmp);
+                    }
+                    let (lock, cv) = &*state;
+                    if let Ok(mut st) = lock.lock() {
+                        match r {
+                            Ok(()) => {
+                                if let Some(d) = p.dest.parent() {
+                                    st.dirs.insert(d.to_path_buf());
+                                }
+                            }
+                            Err(e) => st.failures.push((p.dest.clone(), e)),
+                        }
+                        st.in_flight -= 1;
+                        cv.notify_all();
+                    }
+                })
+            })
+            .collect();
+        Durability {
+            tx: Some(tx),
+            workers,
+            state,
+        }
+    }
+
+    fn submit(&self, p: Pending) -> Result<()> {
+        let (lock, _) = &*self.state;
+        if let Ok(mut st) = lock.lock() {
+            st.in_flight += 1;
+        }
+        let sent = self.tx.as_ref().map(|tx| tx.send(p));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => {
+                if let Ok(mut st) = lock.lock() {
+                    st.in_flight -= 1;
+                }
+                Err(Error::internal("the fsync pool is gone"))
+            }
+        }
+    }
+
+    /// Wait for every submitted file; returns (directories to fsync, failures).
+    fn barrier(&self) -> (BTreeSet<PathBuf>, Vec<(PathBuf, Error)>) {
+        let (lock, cv) = &*self.state;
+        let Ok(mut st) = lock.lock() else {
+            return (BTreeSet::new(), Vec::new());
+        };
+        while st.in_flight > 0 {
+            st = match cv.wait(st) {
+                Ok(s) => s,
+                Err(_) => return (BTreeSet::new(), Vec::new()),
+            };
+        }
+        (
+            std::mem::take(&mut st.dirs),
+            std::mem::take(&mut st.failures),
+        )
+    }
+}
+
+impl Drop for Durability {
+    fn drop(&mut self) {
+        self.tx = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Applies operations inside one domain directory and tracks the resulting tree.
+pub struct Applier {
+    pub base: PathBuf,
+    /// The domain tree as it is now (scan + applied operations), by path.
+    pub tree: HashMap<String, Entry>,
+    known_dirs: HashSet<String>,
+    durability: Option<Durability>,
+    pending: usize,
+    pub errors: Vec<String>,
+    pub error_count: usize,
+    pub applied: u64,
+}
+
+impl Applier {
+    pub fn new(base: PathBuf, entries: Vec<Entry>) -> Applier {
+        Applier {
+            base,
+            tree: entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
+            known_dirs: HashSet::new(),
+            durability: None,
+            pending: 0,
+            errors: Vec::new(),
+            error_count: 0,
+            applied: 0,
+        }
+    }
+
+    pub fn fail(&mut self, err: Error) {
+        self.error_count += 1;
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(err.message().to_string());
+        }
+    }
+
+    fn path(&mut self, rel: &str) -> Result<PathBuf> {
+        check_rel(rel)?;
+        check_parents(&self.base, rel, &mut self.known_dirs)?;
+        Ok(self.base.join(rel))
+    }
+
+    /// Apply one decoded non-data operation record.
+    pub fn apply_record(&mut self, d: &mut Dec) -> Result<Option<Entry>> {
+        let tag = d.u8()?;
+        match tag {
+            tag::MKDIR => {
+                let e = Entry::decode(d)?;
+                let r = self.mkdir(&e);
+                self.done(r);
+            }
+            tag::LINK => {
+                let from = d.string()?;
+                let to = Entry::decode(d)?;
+                self.flush();
+                let r = self.link(&from, &to);
+                self.done(r);
+            }
+            tag::RENAME => {
+                let from = d.string()?;
+                let to = d.string()?;
+                self.flush();
+                let r = self.rename(&from, &to);
+                self.done(r);
+            }
+            tag::DELETE => {
+                let p = d.string()?;
+                self.flush();
+                let r = self.delete(&p);
+                self.done(r);
+            }
+            tag::RMDIR => {
+                let p = d.string()?;
+                self.flush();
+                let r = self.rmdir(&p);
+                self.done(r);
+            }
+            tag::PUT_INLINE => {
+                let e = Entry::decode(d)?;
+                let data = d.bytes()?;
+                let r = self.put(e, &mut std::iter::once(Ok(data.to_vec())));
+                self.done(r);
+            }
+            tag::PUT_STREAM => {
+                // The caller feeds the data frames.
+                return Ok(Some(Entry::decode(d)?));
+            }
+            _ => return Err(Error::bad_input("protocol error: unknown operation")),
+        }
+        Ok(None)
+    }
+
+    pub fn done(&mut self, r: Result<()>) {
+        match r {
+            Ok(()) => self.applied += 1,
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn mkdir(&mut self, e: &Entry) -> Result<()> {
+        let p = self.path(&e.path)?;
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(Error::bad_input(format!(
+                    "{}: exists and is not a directory",
+                    p.display()
+                )))
+            }
+            Err(_) => {
+                fs::create_dir(&p)
+                    .map_err(|err| Error::io(format!("cannot create {}", p.display()), err))?;
+                let _ = std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid));
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&p, fs::Permissions::from_mode(e.mode & 0o7777))
+            .map_err(|err| Error::io(format!("chmod {}", p.display()), err))?;
+        self.known_dirs.insert(e.path.clone());
+        let mut t = e.clone();
+        t.ino = 0;
+        self.tree.insert(e.path.clone(), t);
+        Ok(())
+    }
+
+    fn link(&mut self, from: &str, to: &Entry) -> Result<()> {
+        let src = self.path(from)?;
+        let dst = self.path(&to.path)?;
+        let m = fs::symlink_metadata(&src)
+            .map_err(|e| Error::io(format!("cannot link from {}", src.display()), e))?;
+        if !m.file_type().is_file() {
+            return Err(Error::bad_input(format!(
+                "{}: not a regular file",
+                src.display()
+            )));
+        }
+        fs::hard_link(&src, &dst)
+            .map_err(|e| Error::io(format!("cannot link {}", dst.display()), e))?;
+        if let Some(s) = self.tree.get(from).cloned() {
+            let mut n = s;
+            n.path = to.path.clone();
+            self.tree.insert(to.path.clone(), n);
+        }
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let src = self.path(from)?;
+        let dst = self.path(to)?;
+        let m = fs::symlink_metadata(&src)
+            .map_err(|e| Error::io(format!("cannot rename {}", src.display()), e))?;
+        if m.file_type().is_dir() {
+            return Err(Error::bad_input(format!(
+                "{}: is a directory",
+                src.display()
+            )));
+        }
+        fs::rename(&src, &dst)
+            .map_err(|e| Error::io(format!("cannot rename to {}", dst.display()), e))?;
+        if let Some(mut e) = self.tree.remove(from) {
+            e.path = to.to_string();
+            self.tree.insert(to.to_string(), e);
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, rel: &str) -> Result<()> {
+        let p = self.path(rel)?;
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() => {
+                return Err(Error::bad_input(format!("{}: is a directory", p.display())))
+            }
+            Ok(_) => {
+                fs::remove_file(&p)
+                    .map_err(|e| Error::io(format!("cannot delete {}", p.display()), e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("cannot stat {}", p.display()), e)),
+        }
+        self.tree.remove(rel);
+        Ok(())
+    }
+
+    fn rmdir(&mut self, rel: &str) -> Result<()> {
+        let p = self.path(rel)?;
+        // Not empty (tmp/ contents are never listed) or already gone: leave it.
+        if fs::remove_dir(&p).is_ok() {
+            self.tree.remove(rel);
+            self.known_dirs.remove(rel);
+        }
+        Ok(())
+    }
+
+    /// Write a file from `chunks`. Messages go to the Maildir's `tmp/` and are made durable
+    /// and renamed in batches; other files are replaced at once (under the uidlist lock for
+    /// Dovecot's control files).
+    pub fn put(
+        &mut self,
+        mut e: Entry,
+        chunks: &mut dyn Iterator<Item = Result<Vec<u8>>>,
+    ) -> Result<()> {
+        let dest = self.path(&e.path)?;
+        if let Ok(m) = fs::symlink_metadata(&dest) {
+            if m.file_type().is_dir() {
+                // Drain the data, then fail.
+                for c in &mut *chunks {
+                    c?;
+                }
+                return Err(Error::bad_input(format!(
+                    "{}: is a directory",
+                    dest.display()
+                )));
+            }
+        }
+        let is_message = message_key(&e.path).is_some();
+        if e.kind == Kind::Symlink {
+            for c in &mut *chunks {
+                c?;
+            }
+            self.flush();
+            let target = e.target.clone().unwrap_or_default();
+            let dir = dest.parent().unwrap_or(Path::new("."));
+            let tmp = dir.join(fsops::tmp_name());
+            std::os::unix::fs::symlink(&target, &tmp)
+                .map_err(|err| Error::io(format!("cannot create {}", tmp.display()), err))?;
+            let _ = std::os::unix::fs::lchown(&tmp, Some(e.uid), Some(e.gid));
+            if let Err(err) = fs::rename(&tmp, &dest) {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::io(
+                    format!("cannot rename to {}", dest.display()),
+                    err,
+                ));
+            }
+            e.ino = 0;
+            self.tree.insert(e.path.clone(), e);
+            return Ok(());
+        }
+        // Where the temporary file goes.
+        let tmp_dir = if is_message {
+            let folder = parent(parent(&e.path));
+            let rel = if folder.is_empty() {
+                "tmp".to_string()
+            } else {
+                format!("{folder}/tmp")
+            };
+            let td = self.base.join(&rel);
+            match fs::symlink_metadata(&td) {
+                Ok(m) if m.file_type().is_dir() => td,
+                Ok(_) => {
+                    return Err(Error::bad_input(format!(
+                        "{}: not a directory",
+                        td.display()
+                    )))
+                }
+                Err(_) => {
+                    fs::create_dir(&td)
+                        .map_err(|err| Error::io(format!("cannot create {}", td.display()), err))?;
+                    td
+                }
+            }
+        } else {
+            dest.parent().unwrap_or(Path::new(".")).to_path_buf()
+        };
+        let tmp = tmp_dir.join(fsops::tmp_name());
+        let mut file = fsops::create_new(&tmp)?;
+        let mut size = 0u64;
+        let result = (|| {
+            for c in &mut *chunks {
+                let c = c?;
+                size += c.len() as u64;
+                file.write_all(&c)
+                    .map_err(|err| Error::io(format!("writing {}", tmp.display()), err))?;
+            }
+            e.size = size;
+            fsops::set_attrs(&file, &e)
+        })();
+        if let Err(err) = result {
+            // Drain what is left so the stream stays in step.
+            for c in &mut *chunks {
+                let _ = c;
+            }
+            let _ = fs::remove_file(&tmp);
+            return Err(err);
+        }
+        e.ino = 0;
+        if is_message {
+            let d = self.durability.get_or_insert_with(Durability::new);
+            d.submit(Pending { file, tmp, dest })?;
+            self.pending += 1;
+            self.tree.insert(e.path.clone(), e);
+            return Ok(());
+        }
+        // Control and other files: after the messages they describe.
+        self.flush();
+        let r = (|| {
+            file.sync_all()
+                .map_err(|err| Error::io(format!("fsync {}", tmp.display()), err))?;
+            drop(file);
+            let _lock = if super::entry::needs_uidlist_lock(&e.path) {
+                Some(UidlistLock::acquire(&tmp_dir)?)
+            } else {
+                None
+            };
+            fs::rename(&tmp, &dest)
+                .map_err(|err| Error::io(format!("cannot rename to {}", dest.display()), err))?;
+            fsops::sync_dir(&tmp_dir)
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r?;
+        self.tree.insert(e.path.clone(), e);
+        Ok(())
+    }
+
+    /// Wait until every message file written so far is durable and in place, and fsync the
+    /// directories they landed in.
+    pub fn flush(&mut self) {
+        if self.pending == 0 {
+            return;
+        }
+        self.pending = 0;
+        let Some(d) = self.durability.as_ref() else {
+            return;
+        };
+        let (dirs, failures) = d.barrier();
+        for (dest, err) in failures {
+            self.fail(err);
+            self.forget(&dest);
+        }
+        for d in dirs {
+            if let Err(e) = fsops::sync_dir(&d) {
+                self.fail(e);
+            }
+        }
+    }
+
+    fn forget(&mut self, dest: &Path) {
+        if let Ok(rel) = dest.strip_prefix(&self.base) {
+            if let Some(rel) = rel.to_str() {
+                self.tree.remove(rel);
+                self.applied = self.applied.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The tree as a sorted list.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut v: Vec<Entry> = self.tree.values().cloned().collect();
+        v.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
+}

@@ -1,0 +1,510 @@
+//! Scanning a domain tree: never follows symlinks, records errors, skips `tmp/` contents,
+//! lock files and excludes, and reuses the previous listing of directories whose mtime did
+//! not change (message files are immutable: a name seen before is not stat'ed again).
+
+use super::entry::{Entry, Kind};
+use super::wire::{Dec, Enc};
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Prefix of our own temporary files (never listed, cleaned up by the receiver).
+pub const TMP_PREFIX: &str = ".mailsync-tmp.";
+/// Deepest directory nesting accepted.
+const MAX_DEPTH: usize = 64;
+/// Most entries accepted in one domain.
+const MAX_ENTRIES: usize = 20_000_000;
+
+/// Dovecot index and cache files (rebuildable): excluded unless `index_files` is on.
+pub const INDEX_PATTERNS: &[&str] = &[
+    "dovecot.index*",
+    "dovecot.list.index*",
+    "dovecot.mailbox.log*",
+    "dovecot-uidvalidity*",
+    "dovecot.lda-dupes*",
+];
+
+/// What to skip.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Glob patterns (`*`, `?`): on the file name, or on the whole path when they hold `/`.
+    pub excludes: Vec<String>,
+}
+
+impl Filter {
+    pub fn new(mut excludes: Vec<String>, index_files: bool) -> Filter {
+        if !index_files {
+            excludes.extend(INDEX_PATTERNS.iter().map(|s| s.to_string()));
+        }
+        Filter { excludes }
+    }
+
+    /// True when `name` (at `path`) must not be replicated.
+    pub fn skip(&self, path: &str, name: &str, is_dir: bool) -> bool {
+        if name.starts_with(TMP_PREFIX) || name == ".mailsync" {
+            return true;
+        }
+        if !is_dir && name.ends_with(".lock") {
+            return true;
+        }
+        self.excludes.iter().any(|p| {
+            if p.contains('/') {
+                glob(p.as_bytes(), path.as_bytes())
+            } else {
+                glob(p.as_bytes(), name.as_bytes())
+            }
+        })
+    }
+}
+
+/// `*` and `?` glob match.
+pub fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// A directory's listing kept between runs.
+#[derive(Debug, Clone, Default)]
+pub struct CachedDir {
+    pub mtime: i64,
+    pub mtime_ns: u32,
+    /// The listing was taken well after the last change (no same-tick race).
+    pub stable: bool,
+    pub files: Vec<Entry>,
+    pub subdirs: Vec<String>,
+}
+
+/// Per-domain listing cache.
+#[derive(Debug, Clone, Default)]
+pub struct Cache {
+    pub dirs: HashMap<String, CachedDir>,
+}
+
+const CACHE_MAGIC: &[u8] = b"mailsync-scan-cache 1\n";
+
+impl Cache {
+    pub fn load(path: &Path) -> Cache {
+        let Ok(data) = fs::read(path) else {
+            return Cache::default();
+        };
+        Self::decode(&data).unwrap_or_default()
+    }
+
+    fn decode(data: &[u8]) -> Result<Cache> {
+        let rest = data
+            .strip_prefix(CACHE_MAGIC)
+            .ok_or_else(|| Error::bad_input("bad cache"))?;
+        let mut d = Dec::new(rest);
+        let n = d.uv()?;
+        let mut dirs = HashMap::new();
+        for _ in 0..n {
+            let path = d.string()?;
+            let mtime = d.iv()?;
+            let mtime_ns = d.u32()?;
+            let stable = d.u8()? != 0;
+            let nf = d.uv()?;
+            let mut files = Vec::new();
+            for _ in 0..nf {
+                let mut e = Entry::decode(&mut d)?;
+                e.ino = d.uv()?;
+                files.push(e);
+            }
+            let ns = d.uv()?;
+            let mut subdirs = Vec::new();
+            for _ in 0..ns {
+                subdirs.push(d.string()?);
+            }
+            dirs.insert(
+                path,
+                CachedDir {
+                    mtime,
+                    mtime_ns,
+                    stable,
+                    files,
+                    subdirs,
+                },
+            );
+        }
+        Ok(Cache { dirs })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut e = Enc::new();
+        e.buf.extend_from_slice(CACHE_MAGIC);
+        e.uv(self.dirs.len() as u64);
+        for (p, c) in &self.dirs {
+            e.str(p)
+                .iv(c.mtime)
+                .uv(u64::from(c.mtime_ns))
+                .u8(u8::from(c.stable));
+            e.uv(c.files.len() as u64);
+            for f in &c.files {
+                f.encode(&mut e);
+                e.uv(f.ino);
+            }
+            e.uv(c.subdirs.len() as u64);
+            for s in &c.subdirs {
+                e.str(s);
+            }
+        }
+        super::fsops::write_file_atomic(path, &e.buf, false)
+    }
+}
+
+/// The result of scanning one domain directory.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Entries sorted by path (the domain directory itself is not included).
+    pub entries: Vec<Entry>,
+    /// Everything that went wrong (unreadable directories, failed stats).
+    pub errors: Vec<String>,
+    /// Our own leftover temporary files (relative paths) from an interrupted run.
+    pub leftovers: Vec<String>,
+    /// The domain directory does not exist.
+    pub missing: bool,
+    /// Files stat'ed this run (for tests of the cache).
+    pub stats: u64,
+}
+
+impl Scan {
+    /// Number of message files.
+    pub fn messages(&self) -> usize {
+        self.entries.iter().filter(|e| e.is_message()).count()
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Build an entry from `lstat` metadata.
+pub fn entry_from_meta(path: String, meta: &fs::Metadata, target: Option<String>) -> Entry {
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else {
+        Kind::File
+    };
+    Entry {
+        path,
+        kind,
+        size: if kind == Kind::File { meta.size() } else { 0 },
+        mtime: meta.mtime(),
+        mtime_ns: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        ino: meta.ino(),
+        target,
+    }
+}
+
+/// Scan `domain_dir`. `old` is the previous run's cache (may be empty); the new cache is
+/// returned with the scan.
+pub fn scan(domain_dir: &Path, filter: &Filter, old: &Cache) -> (Scan, Cache) {
+    let mut out = Scan::default();
+    let mut new = Cache::default();
+    match fs::symlink_metadata(domain_dir) {
+        Ok(m) if m.file_type().is_dir() => {}
+        Ok(_) => {
+            out.errors.push(format!(
+                "{} is not a directory (symlinks are not followed)",
+                domain_dir.display()
+            ));
+            return (out, new);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            out.missing = true;
+            return (out, new);
+        }
+        Err(e) => {
+            out.errors
+                .push(format!("cannot stat {}: {e}", domain_dir.display()));
+            return (out, new);
+        }
+    }
+    let horizon = now_secs() - 2;
+    let mut stack: Vec<(String, usize)> = vec![(String::new(), 0)];
+    while let Some((rel, depth)) = stack.pop() {
+        let abs: PathBuf = if rel.is_empty() {
+            domain_dir.to_path_buf()
+        } else {
+            domain_dir.join(&rel)
+        };
+        let meta = match fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.is_empty() => continue,
+            Err(e) => {
+                out.errors
+                    .push(format!("cannot stat {}: {e}", abs.display()));
+                continue;
+            }
+        };
+        if !meta.file_type().is_dir() {
+            // Replaced by something else between listing and now: list it as what it is.
+            if let Some(e) = stat_entry(&abs, &rel, &mut out) {
+                out.entries.push(e);
+            }
+            continue;
+        }
+        if !rel.is_empty() {
+            out.entries.push(entry_from_meta(rel.clone(), &meta, None));
+        }
+        let name = super::entry::file_name(&rel);
+        if name == "tmp" && !rel.is_empty() {
+            // Maildir tmp/: the directory is replicated, never its contents.
+            continue;
+        }
+        if depth >= MAX_DEPTH {
+            out.errors
+                .push(format!("{}: nested too deep, not listed", abs.display()));
+            continue;
+        }
+        let dir_entry = entry_from_meta(String::new(), &meta, None);
+        let is_msg_dir = name == "cur" || name == "new";
+        let cached = old.dirs.get(&rel);
+        let (files, subdirs) = match cached {
+            Some(c)
+                if c.stable && c.mtime == dir_entry.mtime && c.mtime_ns == dir_entry.mtime_ns =>
+            {
+                let mut files = Vec::with_capacity(c.files.len());
+                for f in &c.files {
+                    if is_msg_dir {
+                        files.push(f.clone());
+                    } else if let Some(e) = stat_entry(&domain_dir.join(&f.path), &f.path, &mut out)
+                    {
+                        files.push(e);
+                    }
+                }
+                (files, c.subdirs.clone())
+            }
+            _ => {
+                let prev: HashMap<&str, &Entry> = match cached {
+                    Some(c) if is_msg_dir => c
+                        .files
+                        .iter()
+                        .map(|f| (super::entry::file_name(&f.path), f))
+                        .collect(),
+                    _ => HashMap::new(),
+                };
+                list_dir(domain_dir, &abs, &rel, filter, &prev, &mut out)
+            }
+        };
+        new.dirs.insert(
+            rel.clone(),
+            CachedDir {
+                mtime: dir_entry.mtime,
+                mtime_ns: dir_entry.mtime_ns,
+                stable: dir_entry.mtime < horizon,
+                files: files.clone(),
+                subdirs: subdirs.clone(),
+            },
+        );
+        out.entries.extend(files);
+        for s in subdirs.into_iter().rev() {
+            let child = if rel.is_empty() {
+                s
+            } else {
+                format!("{rel}/{s}")
+            };
+            stack.push((child, depth + 1));
+        }
+        if out.entries.len() > MAX_ENTRIES {
+            out.errors
+                .push(format!("{}: too many entries", domain_dir.display()));
+            break;
+        }
+    }
+    out.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    (out, new)
+}
+
+fn stat_entry(abs: &Path, rel: &str, out: &mut Scan) -> Option<Entry> {
+    out.stats += 1;
+    match fs::symlink_metadata(abs) {
+        Ok(m) => {
+            if m.file_type().is_symlink() {
+                match fs::read_link(abs) {
+                    Ok(t) => match t.into_os_string().into_string() {
+                        Ok(t) => Some(entry_from_meta(rel.to_string(), &m, Some(t))),
+                        Err(_) => {
+                            out.errors
+                                .push(format!("{}: symlink target is not UTF-8", abs.display()));
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        out.errors
+                            .push(format!("cannot read {}: {e}", abs.display()));
+                        None
+                    }
+                }
+            } else if m.file_type().is_file() || m.file_type().is_dir() {
+                Some(entry_from_meta(rel.to_string(), &m, None))
+            } else {
+                None
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            out.errors
+                .push(format!("cannot stat {}: {e}", abs.display()));
+            None
+        }
+    }
+}
+
+fn list_dir(
+    domain_dir: &Path,
+    abs: &Path,
+    rel: &str,
+    filter: &Filter,
+    prev: &HashMap<&str, &Entry>,
+    out: &mut Scan,
+) -> (Vec<Entry>, Vec<String>) {
+    let mut files = Vec::new();
+    let mut subdirs = Vec::new();
+    let rd = match fs::read_dir(abs) {
+        Ok(rd) => rd,
+        Err(e) => {
+            out.errors
+                .push(format!("cannot list {}: {e}", abs.display()));
+            return (files, subdirs);
+        }
+    };
+    for item in rd {
+        let item = match item {
+            Ok(i) => i,
+            Err(e) => {
+                out.errors
+                    .push(format!("cannot list {}: {e}", abs.display()));
+                continue;
+            }
+        };
+        let Ok(name) = item.file_name().into_string() else {
+            out.errors.push(format!(
+                "{}: a file name is not UTF-8 ({:?}); not replicated",
+                abs.display(),
+                item.file_name()
+            ));
+            continue;
+        };
+        let path = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = match item.file_type() {
+            Ok(ft) => ft,
+            Err(e) => {
+                out.errors.push(format!("cannot stat {path}: {e}"));
+                continue;
+            }
+        };
+        if name.starts_with(super::scan::TMP_PREFIX) {
+            out.leftovers.push(path);
+            continue;
+        }
+        if filter.skip(&path, &name, ft.is_dir()) {
+            continue;
+        }
+        if ft.is_dir() {
+            subdirs.push(name);
+        } else if ft.is_file() || ft.is_symlink() {
+            if ft.is_file() {
+                if let Some(p) = prev.get(name.as_str()) {
+                    files.push((*p).clone());
+                    continue;
+                }
+            }
+            if let Some(e) = stat_entry(&domain_dir.join(&path), &path, out) {
+                if e.kind == Kind::Dir {
+                    subdirs.push(name);
+                } else {
+                    files.push(e);
+                }
+            }
+        }
+    }
+    subdirs.sort();
+    (files, subdirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_messages_are_not_stated_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for sub in ["u/Maildir/cur", "u/Maildir/new", "u/Maildir/tmp"] {
+            fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for i in 0..5 {
+            fs::write(d.join(format!("u/Maildir/cur/{i}.M1P1.h:2,S")), "x").unwrap();
+        }
+        fs::write(d.join("u/Maildir/tmp/partial"), "x").unwrap();
+        fs::write(d.join("u/Maildir/dovecot-uidlist.lock"), "").unwrap();
+        fs::write(d.join("u/Maildir/dovecot-uidlist"), "3 V1 N1\n").unwrap();
+        let f = Filter::new(vec![], false);
+        let (s1, c1) = scan(d, &f, &Cache::default());
+        assert!(s1.errors.is_empty());
+        // 5 messages + the uidlist; nothing from tmp/, no lock file.
+        assert_eq!(s1.stats, 6);
+        assert_eq!(s1.messages(), 5);
+        assert!(!s1
+            .entries
+            .iter()
+            .any(|e| e.path.contains("tmp/") || e.path.ends_with(".lock")));
+        // A flag change: the directory is listed again, only the new name is stat'ed (plus
+        // the control file, which may change in place).
+        fs::rename(
+            d.join("u/Maildir/cur/0.M1P1.h:2,S"),
+            d.join("u/Maildir/cur/0.M1P1.h:2,RS"),
+        )
+        .unwrap();
+        let (s2, _) = scan(d, &f, &c1);
+        assert_eq!(s2.stats, 2);
+        assert_eq!(s2.messages(), 5);
+        assert!(s2.entries.iter().any(|e| e.path.ends_with("0.M1P1.h:2,RS")));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob(b"dovecot.index*", b"dovecot.index.log"));
+        assert!(glob(b"*.tmp", b"a.tmp"));
+        assert!(!glob(b"*.tmp", b"a.tmpx"));
+        assert!(glob(b"a?c", b"abc"));
+        assert!(glob(b"*", b""));
+        assert!(!glob(b"x", b""));
+    }
+}

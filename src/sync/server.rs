@@ -1,0 +1,415 @@
+//! `mailsync serve`: the receiving end. Reads frames from stdin, writes to stdout, scans its
+//! own disk and applies the sender's operations locally, never outside `--root`.
+
+use super::entry::Entry;
+use super::manifest::{self, Manifest};
+use super::ops::Applier;
+use super::scan::{self, Cache, Filter};
+use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
+use crate::error::{Error, Result};
+use crate::names::{Domain, Strictness};
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::PathBuf;
+
+/// Decides whether this node may receive a domain (fencing). Err = refuse.
+pub type Fence = Box<dyn FnMut(&Domain) -> Result<()> + Send>;
+
+/// Settings of the receiving end.
+pub struct ServeOptions {
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub node: String,
+    pub fence: Option<Fence>,
+}
+
+/// Serve one connection until the sender says goodbye.
+pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
+    let root_meta = std::fs::metadata(&opts.root)
+        .map_err(|e| Error::config(format!("mail root {}: {e}", opts.root.display())))?;
+    if !root_meta.is_dir() {
+        return Err(Error::config(format!(
+            "mail root {} is not a directory",
+            opts.root.display()
+        )));
+    }
+    let compress = {
+        let p = conn.expect(t::HELLO)?;
+        let mut d = Dec::new(p);
+        let magic = d.bytes()?;
+        if magic != MAGIC {
+            return Err(Error::bad_input("protocol error: not a mailsync sender"));
+        }
+        let version = d.u32()?;
+        if version != VERSION {
+            let mut e = Enc::new();
+            e.str(&format!(
+                "protocol version {version} not supported (this end speaks {VERSION})"
+            ));
+            conn.send_flush(t::ERROR, &e.buf)?;
+            return Err(Error::bad_input("protocol version mismatch"));
+        }
+        d.u8()? != 0
+    };
+    let mut e = Enc::new();
+    e.bytes(MAGIC).uv(u64::from(VERSION)).str(&opts.node);
+    conn.send_flush(t::HELLO_OK, &e.buf)?;
+    if compress {
+        conn.compress()?;
+    }
+    loop {
+        let (ty, payload) = conn.recv()?;
+        match ty {
+            t::BYE => return Ok(()),
+            t::DOMAIN => {
+                let payload = payload.to_vec();
+                serve_domain(conn, &mut opts, &payload)?;
+            }
+            _ => return Err(Error::bad_input("protocol error: unexpected frame")),
+        }
+    }
+}
+
+fn send_error_info(conn: &mut Conn, msg: &str) -> Result<()> {
+    let mut e = Enc::new();
+    e.u8(1).str(msg).str("").u8(0).u8(0);
+    conn.send_flush(t::DOMAIN_INFO, &e.buf)
+}
+
+fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Result<()> {
+    let mut d = Dec::new(payload);
+    let name = d.string()?;
+    let dir_entry = Entry::decode(&mut d)?;
+    let dry_run = d.u8()? != 0;
+    let pair = d.string()?;
+    let n = d.uv()?.min(10_000);
+    let mut excludes = Vec::new();
+    for _ in 0..n {
+        excludes.push(d.string()?);
+    }
+    let filter = Filter::new(excludes, true);
+    let domain = match Domain::parse(&name, Strictness::Admin) {
+        Ok(dm) => dm,
+        Err(_) => {
+            return send_error_info(
+                conn,
+                &format!(
+                    "{:?} is not a valid domain name",
+                    crate::names::printable(&name)
+                ),
+            )
+        }
+    };
+    if let Some(fence) = opts.fence.as_mut() {
+        if let Err(e) = fence(&domain) {
+            log::warn!("refusing domain {domain}: {}", e.message());
+            return send_error_info(conn, e.message());
+        }
+    }
+    let base = opts.root.join(domain.as_str());
+    match std::fs::symlink_metadata(&base) {
+        Ok(m) if !m.file_type().is_dir() => {
+            return send_error_info(
+                conn,
+                &format!(
+                    "{} is not a directory (symlinks are not followed)",
+                    base.display()
+                ),
+            );
+        }
+        Ok(_) => {}
+        Err(_) if !dry_run => {
+            if let Err(e) = std::fs::create_dir(&base) {
+                return send_error_info(conn, &format!("cannot create {}: {e}", base.display()));
+            }
+            let _ = std::os::unix::fs::lchown(&base, Some(dir_entry.uid), Some(dir_entry.gid));
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(
+                &base,
+                std::fs::Permissions::from_mode(dir_entry.mode & 0o7777),
+            );
+        }
+        Err(_) => {}
+    }
+    let _ = std::fs::create_dir_all(&opts.state_dir);
+    let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
+    let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
+    let old = Cache::load(&cache_path);
+    let (listing, cache) = scan::scan(&base, &filter, &old);
+    drop(old);
+    if !dry_run {
+        let _ = cache.save(&cache_path);
+    }
+    drop(cache);
+    // Leftovers of an interrupted run: remove them.
+    for l in &listing.leftovers {
+        if super::fsops::check_rel(l).is_ok() {
+            let _ = std::fs::remove_file(base.join(l));
+        }
+    }
+    let record = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
+    let mut e = Enc::new();
+    e.u8(0)
+        .str("")
+        .str(record.as_ref().map_or("", |m| m.digest.as_str()))
+        .u8(u8::from(record.is_some()))
+        .u8(u8::from(listing.missing));
+    conn.send_flush(t::DOMAIN_INFO, &e.buf)?;
+
+    // Listing.
+    let mode = {
+        let p = conn.expect(t::LIST_REQ)?;
+        Dec::new(p).u8()?
+    };
+    match (mode, &record) {
+        (0, Some(m)) => {
+            let old: HashMap<&str, &Entry> =
+                m.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+            let now: HashSet<&str> = listing.entries.iter().map(|e| e.path.as_str()).collect();
+            let changed = listing
+                .entries
+                .iter()
+                .filter(|e| !matches!(old.get(e.path.as_str()), Some(o) if o.same(e)));
+            send_entries(conn, 0, changed)?;
+            let removed: Vec<&str> = m
+                .entries
+                .iter()
+                .map(|e| e.path.as_str())
+                .filter(|p| !now.contains(p))
+                .collect();
+            send_paths(conn, 1, &removed)?;
+        }
+        _ => {
+            send_entries(conn, 0, listing.entries.iter())?;
+            if mode == 2 {
+                if let Some(m) = &record {
+                    send_entries(conn, 2, m.entries.iter())?;
+                }
+            }
+        }
+    }
+    let mut e = Enc::new();
+    e.uv(listing.errors.len() as u64);
+    for err in listing.errors.iter().take(50) {
+        e.str(err);
+    }
+    conn.send_flush(t::LIST_END, &e.buf)?;
+    let old_digest = record.map(|m| m.digest);
+
+    // Operations.
+    let mut applier = Applier::new(base.clone(), listing.entries);
+    loop {
+        let (ty, payload) = conn.recv()?;
+        match ty {
+            t::ABORT => {
+                applier.flush();
+                return Ok(());
+            }
+            t::OPS => {
+                let payload = payload.to_vec();
+                let mut d = Dec::new(&payload);
+                while !d.at_end() {
+                    if let Some(entry) = applier.apply_record(&mut d)? {
+                        // Stream: DATA frames until an empty one.
+                        let mut failed: Option<Error> = None;
+                        let mut chunks = DataFrames {
+                            conn,
+                            done: false,
+                            failed: &mut failed,
+                        };
+                        let r = applier.put(entry, &mut chunks);
+                        // Make sure the stream is consumed to its end.
+                        for c in chunks.by_ref() {
+                            let _ = c;
+                        }
+                        if let Some(err) = failed {
+                            return Err(err);
+                        }
+                        applier.done(r);
+                    }
+                }
+            }
+            t::END_OPS => break,
+            _ => return Err(Error::bad_input("protocol error: unexpected frame in ops")),
+        }
+    }
+    applier.flush();
+    let mut e = Enc::new();
+    e.uv(applier.applied).uv(applier.error_count as u64);
+    e.uv(applier.errors.len() as u64);
+    for err in &applier.errors {
+        e.str(err);
+    }
+    conn.send_flush(t::OPS_RESULT, &e.buf)?;
+
+    // Fetches (--adopt) and the commit.
+    loop {
+        let (ty, payload) = conn.recv()?;
+        match ty {
+            t::ABORT => return Ok(()),
+            t::FETCH => {
+                let payload = payload.to_vec();
+                let mut d = Dec::new(&payload);
+                let n = d.uv()?;
+                for _ in 0..n.min(10_000_000) {
+                    let p = d.string()?;
+                    send_file(conn, &base, &p)?;
+                }
+                conn.send_flush(t::FETCH_END, &[])?;
+            }
+            t::COMMIT => {
+                let mut keep_out = HashSet::new();
+                let mut payload = payload.to_vec();
+                loop {
+                    let mut d = Dec::new(&payload);
+                    let more = d.u8()? != 0;
+                    let n = d.uv()?;
+                    for _ in 0..n.min(1_000_000) {
+                        keep_out.insert(d.string()?);
+                    }
+                    if !more {
+                        break;
+                    }
+                    payload = conn.expect(t::COMMIT)?.to_vec();
+                }
+                let entries: Vec<Entry> = applier
+                    .entries()
+                    .into_iter()
+                    .filter(|e| !keep_out.contains(&e.path))
+                    .collect();
+                let m = Manifest::new(&pair, entries);
+                // Unchanged record: nothing to write.
+                let r = if old_digest.as_deref() == Some(m.digest.as_str()) {
+                    Ok(())
+                } else {
+                    m.save(&manifest_path)
+                };
+                let mut e = Enc::new();
+                match r {
+                    Ok(()) => {
+                        e.u8(0).str(&m.digest);
+                    }
+                    Err(err) => {
+                        e.u8(1).str(err.message());
+                    }
+                }
+                conn.send_flush(t::COMMIT_OK, &e.buf)?;
+                return Ok(());
+            }
+            _ => return Err(Error::bad_input("protocol error: unexpected frame")),
+        }
+    }
+}
+
+/// Iterator over DATA frames of one streamed file.
+struct DataFrames<'a> {
+    conn: &'a mut Conn,
+    done: bool,
+    failed: &'a mut Option<Error>,
+}
+
+impl Iterator for DataFrames<'_> {
+    type Item = Result<Vec<u8>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.conn.expect(t::DATA) {
+            Ok([]) => {
+                self.done = true;
+                None
+            }
+            Ok(p) => Some(Ok(p.to_vec())),
+            Err(e) => {
+                self.done = true;
+                *self.failed = Some(Error::new(e.kind(), e.message().to_string()));
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Send entries in frames of bounded size: `section u8` then entries.
+pub fn send_entries<'a>(
+    conn: &mut Conn,
+    section: u8,
+    entries: impl Iterator<Item = &'a Entry>,
+) -> Result<()> {
+    let mut e = Enc::new();
+    e.u8(section);
+    for en in entries {
+        en.encode(&mut e);
+        if e.len() > 512 << 10 {
+            conn.send(t::ENTRIES, &e.buf)?;
+            e = Enc::new();
+            e.u8(section);
+        }
+    }
+    if e.len() > 1 {
+        conn.send(t::ENTRIES, &e.buf)?;
+    }
+    Ok(())
+}
+
+fn send_paths(conn: &mut Conn, section: u8, paths: &[&str]) -> Result<()> {
+    let mut e = Enc::new();
+    e.u8(section);
+    for p in paths {
+        e.str(p);
+        if e.len() > 512 << 10 {
+            conn.send(t::ENTRIES, &e.buf)?;
+            e = Enc::new();
+            e.u8(section);
+        }
+    }
+    if e.len() > 1 {
+        conn.send(t::ENTRIES, &e.buf)?;
+    }
+    Ok(())
+}
+
+/// Send one file back (for `--adopt`): FILE {ok, entry | message}, then DATA frames and an
+/// empty DATA frame.
+fn send_file(conn: &mut Conn, base: &std::path::Path, rel: &str) -> Result<()> {
+    let mut known = HashSet::new();
+    let opened = super::fsops::check_rel(rel)
+        .and_then(|_| super::fsops::check_parents(base, rel, &mut known))
+        .and_then(|_| {
+            let p = base.join(rel);
+            let f = super::fsops::open_read(&p)
+                .map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
+            let m = f
+                .metadata()
+                .map_err(|e| Error::io(format!("cannot stat {}", p.display()), e))?;
+            if !m.is_file() {
+                return Err(Error::bad_input(format!(
+                    "{}: not a regular file",
+                    p.display()
+                )));
+            }
+            Ok((f, scan::entry_from_meta(rel.to_string(), &m, None)))
+        });
+    let mut e = Enc::new();
+    match opened {
+        Err(err) => {
+            e.u8(1).str(err.message());
+            conn.send(t::FILE, &e.buf)
+        }
+        Ok((mut f, entry)) => {
+            e.u8(0);
+            entry.encode(&mut e);
+            conn.send(t::FILE, &e.buf)?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(|err| Error::io(format!("reading {rel}"), err))?;
+                if n == 0 {
+                    break;
+                }
+                conn.send(t::DATA, &buf[..n])?;
+            }
+            conn.send(t::DATA, &[])
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Transports: a child process (`mailsync serve` on this host) or an SSH channel running
+//! `mailsync serve` on the remote host. Both carry the same framed protocol.
+
+use super::wire::Conn;
+use crate::error::{Error, Result};
+use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Something that must stay alive while a connection is used, and be finished after.
+pub trait Transport: Send {
+    /// Wait for the remote end to finish; report its failure.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// A child process speaking the protocol on stdin/stdout.
+pub struct ChildTransport {
+    child: Option<Child>,
+}
+
+impl Transport for ChildTransport {
+    fn finish(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let status = c
+                .wait()
+                .map_err(|e| Error::io("waiting for mailsync serve", e))?;
+            if !status.success() {
+                return Err(Error::temporary(format!(
+                    "mailsync serve ended with {status}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChildTransport {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Start `command... --root ROOT` as a child (no shell) and connect to it.
+pub fn local(command: &[String], root: &Path, bwlimit: u64) -> Result<(Conn, Box<dyn Transport>)> {
+    let (prog, args) = command
+        .split_first()
+        .ok_or_else(|| Error::config("empty remote command"))?;
+    let mut child = Command::new(prog)
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::io(format!("cannot start {prog}"), e))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::internal("child pipes missing"));
+    };
+    let conn = Conn::with_limit(stdout, stdin, bwlimit);
+    Ok((conn, Box::new(ChildTransport { child: Some(child) })))
+}
+
+/// SSH connection settings.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    pub port: u16,
+    pub user: String,
+    pub identity: PathBuf,
+    pub known_hosts: PathBuf,
+    /// The remote command (default `mailsync serve`); `--root DIR` is appended, quoted.
+    pub command: String,
+    pub timeout: Duration,
+}
+
+/// Quote a word for a POSIX shell (sshd runs the command through the user's shell).
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The SSH session and channel (kept alive while the connection is used).
+pub struct SshTransport {
+    session: ssh2::Session,
+    channel: Option<ssh2::Channel>,
+}
+
+impl Transport for SshTransport {
+    fn finish(&mut self) -> Result<()> {
+        if let Some(mut ch) = self.channel.take() {
+            let _ = ch.send_eof();
+            let _ = ch.wait_close();
+            let status = ch.exit_status().unwrap_or(-1);
+            if status != 0 {
+                let mut err = String::new();
+                let _ = ch.stderr().take(4096).read_to_string(&mut err);
+                return Err(Error::temporary(format!(
+                    "remote mailsync serve exited with status {status}{}",
+                    if err.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", err.trim())
+                    }
+                )));
+            }
+        }
+        let _ = self.session.disconnect(None, "bye", None);
+        Ok(())
+    }
+}
+
+fn ssh_err(what: &str, e: ssh2::Error) -> Error {
+    Error::temporary(format!("{what}: {e}"))
+}
+
+/// Connect to `host`, verify its key against known_hosts, authenticate with the key, and
+/// run the remote command. One session per call (per worker): libssh2 serialises all use
+/// of a session behind one lock, and the protocol is half-duplex, so a single thread per
+/// session never waits on itself.
+pub fn ssh(
+    host: &str,
+    root: &Path,
+    o: &SshOptions,
+    bwlimit: u64,
+) -> Result<(Conn, Box<dyn Transport>)> {
+    let addrs: Vec<_> = (host, o.port)
+        .to_socket_addrs()
+        .map_err(|e| Error::temporary(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    let mut last = None;
+    let mut tcp = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, o.timeout) {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let tcp = tcp.ok_or_else(|| {
+        Error::temporary(format!(
+            "cannot connect to {host} port {}: {}",
+            o.port,
+            last.map_or("no address".to_string(), |e| e.to_string())
+        ))
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let mut sess = ssh2::Session::new().map_err(|e| ssh_err("ssh", e))?;
+    sess.set_timeout(o.timeout.as_millis().min(u128::from(u32::MAX)) as u32);
+    // Prefer ed25519 host keys (what known_hosts usually pins).
+    let _ = sess.method_pref(
+        ssh2::MethodType::HostKey,
+        "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256,ssh-rsa",
+    );
+    sess.set_tcp_stream(tcp);
+    sess.handshake()
+        .map_err(|e| ssh_err(&format!("ssh handshake with {host}"), e))?;
+    check_host_key(&sess, host, o.port, &o.known_hosts)?;
+    sess.userauth_pubkey_file(&o.user, None, &o.identity, None)
+        .map_err(|e| {
+            Error::denied(format!(
+                "ssh: {}@{host} refused the key {}: {e}",
+                o.user,
+                o.identity.display()
+            ))
+        })?;
+    let root_str = root
+        .to_str()
+        .ok_or_else(|| Error::config("the remote root is not UTF-8"))?;
+    let command = format!("{} --root {}", o.command, shell_quote(root_str));
+    let mut ch = sess
+        .channel_session()
+        .map_err(|e| ssh_err("ssh channel", e))?;
+    ch.exec(&command)
+        .map_err(|e| ssh_err(&format!("ssh exec on {host}"), e))?;
+    // The session timeout bounds every blocking call; a long apply phase on the remote
+    // (fsync of a batch) must not trip it, so relax it after the handshake.
+    sess.set_timeout(0);
+    let reader = ch.stream(0);
+    let writer = ch.stream(0);
+    let conn = Conn::with_limit(reader, writer, bwlimit);
+    Ok((
+        conn,
+        Box::new(SshTransport {
+            session: sess,
+            channel: Some(ch),
+        }),
+    ))
+}
+
+fn check_host_key(sess: &ssh2::Session, host: &str, port: u16, known_hosts: &Path) -> Result<()> {
+    let mut kh = sess.known_hosts().map_err(|e| ssh_err("known_hosts", e))?;
+    if let Err(e) = kh.read_file(known_hosts, ssh2::KnownHostFileKind::OpenSSH) {
+        if known_hosts.exists() {
+            return Err(Error::config(format!(
+                "cannot read {}: {e}",
+                known_hosts.display()
+            )));
+        }
+    }
+    let (key, key_type) = sess
+        .host_key()
+        .ok_or_else(|| Error::temporary(format!("{host} sent no host key")))?;
+    let name = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    let type_name = match key_type {
+        ssh2::HostKeyType::Rsa => "ssh-rsa",
+        ssh2::HostKeyType::Dss => "ssh-dss",
+        ssh2::HostKeyType::Ecdsa256 => "ecdsa-sha2-nistp256",
+        ssh2::HostKeyType::Ecdsa384 => "ecdsa-sha2-nistp384",
+        ssh2::HostKeyType::Ecdsa521 => "ecdsa-sha2-nistp521",
+        ssh2::HostKeyType::Ed25519 => "ssh-ed25519",
+        _ => "unknown",
+    };
+    use base64::Engine;
+    let line = format!(
+        "{name} {type_name} {}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    match kh.check_port(host, port, key) {
+        ssh2::CheckResult::Match => Ok(()),
+        ssh2::CheckResult::NotFound => Err(Error::denied(format!(
+            "the host key of {name} is not in {}; after checking it out of band, add:\n{line}",
+            known_hosts.display()
+        ))),
+        ssh2::CheckResult::Mismatch => Err(Error::denied(format!(
+            "THE HOST KEY OF {name} HAS CHANGED (not the one in {}); refusing. If the change is \
+             legitimate, replace its line with:\n{line}",
+            known_hosts.display()
+        ))),
+        ssh2::CheckResult::Failure => Err(Error::temporary(format!(
+            "cannot check the host key of {name}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/usr/mail"), "/usr/mail");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("$(x)"), "'$(x)'");
+    }
+}

@@ -1,0 +1,371 @@
+//! The framed wire protocol between the sender and `mailsync serve`.
+//!
+//! A frame is `u32 big-endian length` (of what follows), `u8 type`, payload. Frames are
+//! bounded ([`MAX_FRAME`]); payloads are built with [`Enc`] and read with [`Dec`]
+//! (LEB128 varints, length-prefixed strings). The conversation is strictly half-duplex
+//! (one side writes a phase, then the other answers), so a single thread per connection
+//! cannot deadlock, over a pipe or an SSH channel alike.
+
+use crate::error::{Error, Result};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Protocol version spoken by this build.
+pub const VERSION: u32 = 1;
+/// Magic at the start of the handshake.
+pub const MAGIC: &[u8; 8] = b"MAILSYNC";
+/// Largest frame accepted (type byte + payload).
+pub const MAX_FRAME: usize = 4 << 20;
+/// File data is sent in chunks of this size.
+pub const CHUNK: usize = 256 << 10;
+
+/// Frame types.
+pub mod t {
+    pub const HELLO: u8 = 1;
+    pub const HELLO_OK: u8 = 2;
+    pub const DOMAIN: u8 = 3;
+    pub const DOMAIN_INFO: u8 = 4;
+    pub const LIST_REQ: u8 = 5;
+    pub const ENTRIES: u8 = 6;
+    pub const LIST_END: u8 = 7;
+    pub const OPS: u8 = 8;
+    pub const DATA: u8 = 9;
+    pub const END_OPS: u8 = 10;
+    pub const OPS_RESULT: u8 = 11;
+    pub const FETCH: u8 = 12;
+    pub const FILE: u8 = 13;
+    pub const FETCH_END: u8 = 14;
+    pub const COMMIT: u8 = 15;
+    pub const COMMIT_OK: u8 = 16;
+    pub const ABORT: u8 = 17;
+    pub const BYE: u8 = 18;
+    pub const ERROR: u8 = 19;
+}
+
+/// Payload builder.
+#[derive(Default)]
+pub struct Enc {
+    pub buf: Vec<u8>,
+}
+
+impl Enc {
+    pub fn new() -> Self {
+        Enc { buf: Vec::new() }
+    }
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
+        self
+    }
+    pub fn uv(&mut self, mut v: u64) -> &mut Self {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.buf.push(b);
+                return self;
+            }
+            self.buf.push(b | 0x80);
+        }
+    }
+    pub fn iv(&mut self, v: i64) -> &mut Self {
+        self.uv(((v << 1) ^ (v >> 63)) as u64)
+    }
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.uv(b.len() as u64);
+        self.buf.extend_from_slice(b);
+        self
+    }
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.bytes(s.as_bytes())
+    }
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// Payload reader; every read is bounds-checked and fails as `BadInput`.
+pub struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+fn short() -> Error {
+    Error::bad_input("protocol error: truncated frame")
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Dec { buf, pos: 0 }
+    }
+    pub fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+    pub fn u8(&mut self) -> Result<u8> {
+        let b = *self.buf.get(self.pos).ok_or_else(short)?;
+        self.pos += 1;
+        Ok(b)
+    }
+    pub fn uv(&mut self) -> Result<u64> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Error::bad_input("protocol error: bad varint"))
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        u32::try_from(self.uv()?).map_err(|_| Error::bad_input("protocol error: value too big"))
+    }
+    pub fn iv(&mut self) -> Result<i64> {
+        let u = self.uv()?;
+        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+    pub fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = usize::try_from(self.uv()?).map_err(|_| short())?;
+        let end = self.pos.checked_add(n).ok_or_else(short)?;
+        let s = self.buf.get(self.pos..end).ok_or_else(short)?;
+        self.pos = end;
+        Ok(s)
+    }
+    pub fn str(&mut self) -> Result<&'a str> {
+        std::str::from_utf8(self.bytes()?)
+            .map_err(|_| Error::bad_input("protocol error: string is not UTF-8"))
+    }
+    pub fn string(&mut self) -> Result<String> {
+        Ok(self.str()?.to_string())
+    }
+}
+
+/// Byte counters shared between a connection and the reports.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub read: AtomicU64,
+    pub written: AtomicU64,
+}
+
+impl Counters {
+    pub fn total(&self) -> u64 {
+        self.read.load(Ordering::Relaxed) + self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts bytes read from the raw transport.
+pub struct CountingReader<R> {
+    pub inner: R,
+    pub counters: Arc<Counters>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counters.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Counts bytes written to the raw transport and applies an optional rate limit.
+pub struct CountingWriter<W> {
+    pub inner: W,
+    pub counters: Arc<Counters>,
+    /// Bytes per second; 0 = unlimited.
+    pub limit: u64,
+    pub start: Instant,
+    pub sent: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
+        if self.limit > 0 {
+            self.sent += n as u64;
+            let due = Duration::from_secs_f64(self.sent as f64 / self.limit as f64);
+            let elapsed = self.start.elapsed();
+            if due > elapsed {
+                std::thread::sleep((due - elapsed).min(Duration::from_secs(5)));
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+type BoxRead = Box<dyn Read + Send>;
+type BoxWrite = Box<dyn Write + Send>;
+
+/// One framed connection (either end). Optionally zstd-compressed after the handshake.
+pub struct Conn {
+    reader: BoxRead,
+    writer: BoxWrite,
+    /// Set after [`Conn::compress`]: the raw halves are wrapped.
+    compressed: bool,
+    pub counters: Arc<Counters>,
+    /// Reusable receive buffer.
+    rbuf: Vec<u8>,
+}
+
+fn io_err(what: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::temporary(format!("connection closed by the other end while {what}"))
+    } else {
+        Error::io(format!("connection error while {what}"), e)
+    }
+}
+
+impl Conn {
+    pub fn new(reader: impl Read + Send + 'static, writer: impl Write + Send + 'static) -> Self {
+        Self::with_limit(reader, writer, 0)
+    }
+
+    /// A connection over a raw reader/writer pair, counting bytes; `limit` is bytes/s (0: none).
+    pub fn with_limit(
+        reader: impl Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+        limit: u64,
+    ) -> Self {
+        let counters = Arc::new(Counters::default());
+        let r = CountingReader {
+            inner: reader,
+            counters: counters.clone(),
+        };
+        let w = CountingWriter {
+            inner: writer,
+            counters: counters.clone(),
+            limit,
+            start: Instant::now(),
+            sent: 0,
+        };
+        Conn {
+            reader: Box::new(std::io::BufReader::with_capacity(256 << 10, r)),
+            writer: Box::new(std::io::BufWriter::with_capacity(256 << 10, w)),
+            compressed: false,
+            counters,
+            rbuf: Vec::new(),
+        }
+    }
+
+    /// Switch both directions to zstd streams (both ends call this at the same point).
+    pub fn compress(&mut self) -> Result<()> {
+        if self.compressed {
+            return Ok(());
+        }
+        self.flush()?;
+        let reader = std::mem::replace(&mut self.reader, Box::new(std::io::empty()));
+        let writer = std::mem::replace(&mut self.writer, Box::new(std::io::sink()));
+        let mut dec = zstd::stream::read::Decoder::new(reader)
+            .map_err(|e| Error::io("starting decompression", e))?;
+        // Bound the memory a peer can make us allocate (we compress with a 1 MiB window).
+        dec.window_log_max(22)
+            .map_err(|e| Error::io("starting decompression", e))?;
+        let mut enc = zstd::stream::write::Encoder::new(writer, 3)
+            .map_err(|e| Error::io("starting compression", e))?;
+        // Keep memory bounded: a small window is plenty for mail.
+        let _ = enc.window_log(20);
+        self.reader = Box::new(dec);
+        self.writer = Box::new(enc.auto_finish());
+        self.compressed = true;
+        Ok(())
+    }
+
+    pub fn send(&mut self, ty: u8, payload: &[u8]) -> Result<()> {
+        if payload.len() + 1 > MAX_FRAME {
+            return Err(Error::internal("protocol: frame too large to send"));
+        }
+        let len = (payload.len() + 1) as u32;
+        self.writer
+            .write_all(&len.to_be_bytes())
+            .and_then(|_| self.writer.write_all(&[ty]))
+            .and_then(|_| self.writer.write_all(payload))
+            .map_err(|e| io_err("sending", e))
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.writer.flush().map_err(|e| io_err("sending", e))
+    }
+
+    /// Send and flush (end of a phase).
+    pub fn send_flush(&mut self, ty: u8, payload: &[u8]) -> Result<()> {
+        self.send(ty, payload)?;
+        self.flush()
+    }
+
+    /// Receive one frame: (type, payload). The payload borrows the connection's buffer.
+    pub fn recv(&mut self) -> Result<(u8, &[u8])> {
+        let mut len = [0u8; 4];
+        self.reader
+            .read_exact(&mut len)
+            .map_err(|e| io_err("receiving", e))?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 || len > MAX_FRAME {
+            return Err(Error::bad_input(format!(
+                "protocol error: bad frame length {len}"
+            )));
+        }
+        self.rbuf.resize(len, 0);
+        self.reader
+            .read_exact(&mut self.rbuf)
+            .map_err(|e| io_err("receiving", e))?;
+        let ty = self.rbuf[0];
+        if ty == t::ERROR {
+            let msg = Dec::new(&self.rbuf[1..])
+                .string()
+                .unwrap_or_else(|_| "unreadable error".to_string());
+            return Err(Error::temporary(format!("remote: {msg}")));
+        }
+        Ok((ty, &self.rbuf[1..]))
+    }
+
+    /// Receive a frame of an expected type.
+    pub fn expect(&mut self, ty: u8) -> Result<&[u8]> {
+        let (got, payload) = self.recv()?;
+        if got != ty {
+            return Err(Error::bad_input(format!(
+                "protocol error: expected frame {ty}, got {got}"
+            )));
+        }
+        Ok(payload)
+    }
+
+    /// Bytes on the raw transport so far (after compression).
+    pub fn wire_bytes(&self) -> u64 {
+        self.counters.total()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_roundtrip() {
+        let mut e = Enc::new();
+        for v in [0u64, 1, 127, 128, 300, u64::MAX] {
+            e.uv(v);
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            e.iv(v);
+        }
+        e.str("héllo");
+        let mut d = Dec::new(&e.buf);
+        for v in [0u64, 1, 127, 128, 300, u64::MAX] {
+            assert_eq!(d.uv().unwrap(), v);
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            assert_eq!(d.iv().unwrap(), v);
+        }
+        assert_eq!(d.str().unwrap(), "héllo");
+        assert!(d.at_end());
+        assert!(d.u8().is_err());
+        assert!(Dec::new(&[5, b'a']).str().is_err());
+    }
+}
