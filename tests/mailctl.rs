@@ -1345,3 +1345,56 @@ fn password_prompt_on_a_terminal_does_not_echo() {
     let bare = h.trim().strip_prefix("{SHA512-CRYPT}").unwrap().to_string();
     assert!(sha_crypt::sha512_check("Tty-Secret-91", &bare).is_ok());
 }
+
+#[test]
+fn switchover_runs_the_real_mailsync_before_flipping_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = root.join("a");
+    let b = root.join("b");
+    let cur = a.join("msk.domain.ru/ivanov/Maildir/cur");
+    std::fs::create_dir_all(&cur).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(cur.join("1.M1P1.host,S=5:2,S"), "hello").unwrap();
+    let db_dir = root.join("db");
+    std::fs::create_dir(&db_dir).unwrap();
+    let url = fixtures::sqlite_seed(&db_dir);
+    // The target node's mail root stands in for storage-02 (mailsync's local transport).
+    let config = write_config(
+        root,
+        &[("storage-01", url.clone(), "storage")],
+        &format!(
+            "mailsync_args = [\"--config\", \"{{config}}\", \"--domain\", \"{{domain}}\", \
+             \"{{from}}\", \"{}\"]\n[mail]\nroot = \"{}\"\nhome = \"{}/{{domain}}/{{mailbox}}\"\n",
+            b.display(),
+            a.display(),
+            a.display()
+        ),
+    );
+    let r = mailctl_at(
+        &config,
+        &["switchover", "--from", S1, "--domain", "msk.domain.ru"],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("synced with mailsync first: msk.domain.ru"),
+        "{}",
+        r.stdout
+    );
+    assert!(b
+        .join("msk.domain.ru/ivanov/Maildir/cur/1.M1P1.host,S=5:2,S")
+        .exists());
+    let mut d = mailcluster::directory::open(&url, Duration::from_secs(3)).unwrap();
+    let route = d
+        .route(&Domain::parse("msk.domain.ru", Strictness::Lookup).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (route.primary.as_str(), route.backup.as_deref()),
+        (S2, Some(S1))
+    );
+}

@@ -117,6 +117,10 @@ fn bounds_on_clients_and_time() {
         .ask("ping")
         .as_deref()
         == Some("OK pong")));
+    // SIGTERM still stops it when its socket file is gone (no wake-up connection possible)
+    let mut serve = serve;
+    std::fs::remove_file(&serve.socket).unwrap();
+    assert_eq!(serve.stop(), Some(0));
 }
 
 #[test]

@@ -461,6 +461,14 @@ impl Server {
             })
             .map_err(|e| Error::io("starting the probe thread", e))?;
         loop {
+            // Wait for a connection at most a second at a time, so that a stop request is
+            // noticed even when the wake-up connection cannot be made (socket file removed).
+            if !self.readable(Duration::from_secs(1)) {
+                if self.shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                continue;
+            }
             let conn = match &self.listener {
                 Listener::Unix(l, _) => l.accept().map(|(s, _)| Conn::Unix(s)),
                 Listener::Tcp(l) => l.accept().map(|(s, _)| Conn::Tcp(s)),
@@ -505,6 +513,34 @@ impl Server {
         }
         log::info!("stopped");
         Ok(())
+    }
+}
+
+impl Server {
+    /// poll(2) the listening socket: true when a connection is waiting (or on an error,
+    /// so that accept reports it).
+    fn readable(&self, timeout: Duration) -> bool {
+        use std::os::unix::io::AsRawFd;
+        let fd = match &self.listener {
+            Listener::Unix(l, _) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            // EINTR (a signal: the caller re-checks the stop flag); anything else: do not spin.
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return false;
+        }
+        n > 0
     }
 }
 

@@ -22,14 +22,111 @@ pub fn snippets_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("exim-snippets")
 }
 
-/// A temp dir that unprivileged daemons (Exim's uid, postgres) can traverse.
+/// A temp dir that unprivileged daemons (Exim's uid, postgres) can traverse. Also removed
+/// at process exit (test fixtures kept in `static`s are never dropped).
 pub fn open_tempdir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("mc-exim-")
         .tempdir()
         .expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    at_exit(Cleanup::Dir(dir.path().to_path_buf()));
     dir
+}
+
+/// What the exit hook undoes.
+enum Cleanup {
+    Pid(i32),
+    Dir(PathBuf),
+}
+
+static CLEANUP: std::sync::Mutex<Vec<Cleanup>> = std::sync::Mutex::new(Vec::new());
+
+fn at_exit(item: Cleanup) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        extern "C" fn run() {
+            let items = match CLEANUP.lock() {
+                Ok(mut v) => std::mem::take(&mut *v),
+                Err(_) => return,
+            };
+            // Processes first (they use the directories), bounded, then the directories.
+            for item in &items {
+                if let Cleanup::Pid(pid) = item {
+                    stop_child(*pid);
+                }
+            }
+            for item in items {
+                if let Cleanup::Dir(d) = item {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+        }
+        // SAFETY: a plain extern "C" fn without captured state.
+        unsafe {
+            libc::atexit(run);
+        }
+    });
+    if let Ok(mut v) = CLEANUP.lock() {
+        v.push(item);
+    }
+}
+
+/// SIGTERM, wait up to 5 s, then SIGKILL and reap.
+fn stop_child(pid: i32) {
+    // SAFETY: our own child, still registered (not yet reaped).
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+        for _ in 0..500 {
+            if libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) != 0 {
+                return;
+            }
+            libc::usleep(10_000);
+        }
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+fn forget_pid(pid: i32) {
+    if let Ok(mut v) = CLEANUP.lock() {
+        v.retain(|c| !matches!(c, Cleanup::Pid(p) if *p == pid));
+    }
+}
+
+/// Spawn a child that dies with the test process even if it is killed: PR_SET_PDEATHSIG
+/// fires when the *thread* that forked exits, so all children are forked by one keeper
+/// thread that lives as long as the process.
+fn spawn_kept(cmd: Command) -> std::process::Child {
+    use std::sync::mpsc;
+    type Job = (Command, mpsc::Sender<std::io::Result<std::process::Child>>);
+    static KEEPER: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    let tx = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                        Ok(())
+                    });
+                }
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        std::sync::Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.lock()
+        .expect("keeper")
+        .send((cmd, reply_tx))
+        .expect("keeper thread");
+    let child = reply_rx.recv().expect("keeper reply").expect("spawn");
+    at_exit(Cleanup::Pid(child.id() as i32));
+    child
 }
 
 /// Write a file readable by everyone (configs the Exim user must read).
@@ -245,17 +342,16 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(config: &Path, socket: &Path) -> Serve {
-        let child = Command::new(mailmap_bin())
-            .arg("--config")
+        let mut cmd = Command::new(mailmap_bin());
+        cmd.arg("--config")
             .arg(config)
             .arg("serve")
             .arg("--socket")
             .arg(socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mailmap serve");
+            .stderr(Stdio::null());
+        let child = spawn_kept(cmd);
         let serve = Serve {
             child,
             socket: socket.to_path_buf(),
@@ -290,11 +386,13 @@ impl Serve {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
+                forget_pid(self.pid());
                 return st.code();
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
+                forget_pid(self.pid());
                 return None;
             }
             std::thread::sleep(Duration::from_millis(10));
