@@ -84,6 +84,7 @@ SELECT 0, ldomain.domain || '.' || mdomain.domain, ldomain.active AND mdomain.ac
 FROM maps INNER JOIN ldomain ON (maps.ldomain_id = ldomain.id) \
           INNER JOIN mdomain ON (maps.mdomain_id = mdomain.id) \
 WHERE lower(ldomain.domain || '.' || mdomain.domain) = $1 \
+  AND (lower(ldomain.domain) = $2 OR ldomain.domain LIKE '%.%') \
 UNION ALL \
 SELECT 1, co_domain.domain, co_domain.active, co_maps.storage1, co_maps.storage2 \
 FROM co_maps INNER JOIN co_domain ON (co_maps.domain_id = co_domain.id) \
@@ -118,6 +119,7 @@ fn mail_sql(with_password: bool, one: bool) -> String {
         s.push_str(
             " AND lower(mail.mailbox) = $1 \
               AND lower(ldomain.domain || '.' || mdomain.domain) = $2 \
+              AND (lower(ldomain.domain) = $3 OR ldomain.domain LIKE '%.%') \
               ORDER BY mail.id LIMIT 1",
         );
     }
@@ -206,8 +208,21 @@ fn merge_routes(rows: &[Vec<Val>]) -> BTreeMap<Domain, DomainRecord> {
     out
 }
 
+/// The domain's first label. An ldomain row without a dot can only match a domain whose
+/// first label it is: the queries filter `ldomain` on it before joining (no concatenation
+/// per joined row), and still match ldomain rows that contain a dot the slow way.
+fn first_label(domain: &Domain) -> &str {
+    domain.as_str().split('.').next().unwrap_or_default()
+}
+
 pub(crate) fn route(db: &mut dyn Sql, domain: &Domain) -> Result<Option<DomainRecord>> {
-    let rows = db.query(ROUTE_SQL, &[Param::Text(domain.as_str())])?;
+    let rows = db.query(
+        ROUTE_SQL,
+        &[
+            Param::Text(domain.as_str()),
+            Param::Text(first_label(domain)),
+        ],
+    )?;
     Ok(merge_routes(&rows).remove(domain))
 }
 
@@ -273,7 +288,11 @@ pub(crate) fn mailbox(
     let with_password = db.has_password()?;
     let rows = db.query(
         &mail_sql(with_password, true),
-        &[Param::Text(mailbox.as_str()), Param::Text(domain.as_str())],
+        &[
+            Param::Text(mailbox.as_str()),
+            Param::Text(domain.as_str()),
+            Param::Text(first_label(domain)),
+        ],
     )?;
     Ok(rows.iter().find_map(|r| mailbox_record(r)))
 }
