@@ -5,7 +5,7 @@
 #
 #   bench/http/run.sh            (as root on Debian 12: postgresql 15, nginx + perl module,
 #                                 libdbd-pg-perl, wrk, rustc; CARGO_TARGET_DIR honoured)
-# Knobs: RUNS=3 DURATION=10 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000
+# Knobs: RUNS=3 DURATION=10 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
 # (the fixed rates must stay below each handler's capacity, or the latency is queueing)
 #
 # Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
@@ -114,47 +114,49 @@ TOML
 PIDS+=($!)
 
 NG_STATIC=$(free_port) NG_SEED=$(free_port)
-mkdir -p "$ROOT/nginx/logs" "$ROOT/nginx/tmp"
-cat >"$ROOT/nginx/nginx.conf" <<NGX
-load_module /usr/lib/nginx/modules/ngx_http_perl_module.so;
-pid $ROOT/nginx/nginx.pid;
-error_log $ROOT/nginx/logs/error.log warn;
-lock_file $ROOT/nginx/nginx.lock;
+# Two nginx instances: the ceiling must not share worker processes with the perl handler,
+# which blocks its worker for the length of each request (two connects and two queries).
+nginx_conf() { # dir port extra-main extra-http location-body
+    mkdir -p "$1/logs" "$1/tmp"
+    cat >"$1/nginx.conf" <<NGX
+$3
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+lock_file $1/nginx.lock;
 worker_processes 2;
 user www-data www-data;
-env BENCH_PGHOST=$ROOT/pg/sock;
-env BENCH_PGPORT=$PGPORT;
-env BENCH_PGDB=mail;
 events { worker_connections 1024; }
 http {
     access_log off;
     keepalive_timeout 0;
-    client_body_temp_path $ROOT/nginx/tmp/body;
-    proxy_temp_path $ROOT/nginx/tmp/proxy;
-    fastcgi_temp_path $ROOT/nginx/tmp/fastcgi;
-    uwsgi_temp_path $ROOT/nginx/tmp/uwsgi;
-    scgi_temp_path $ROOT/nginx/tmp/scgi;
-    perl_modules $HERE;
-    perl_require seed_mailauth.pm;
+    client_body_temp_path $1/tmp/body;
+    proxy_temp_path $1/tmp/proxy;
+    fastcgi_temp_path $1/tmp/fastcgi;
+    uwsgi_temp_path $1/tmp/uwsgi;
+    scgi_temp_path $1/tmp/scgi;
+    $4
     server {
-        listen 127.0.0.1:$NG_STATIC;
-        location /auth {
-            add_header Auth-Status OK;
-            add_header Auth-Server 127.0.0.2;
-            add_header Auth-Port 143;
-            return 200 "";
-        }
-    }
-    server {
-        listen 127.0.0.1:$NG_SEED;
-        location /auth { perl seed_mailauth::handler; }
+        listen 127.0.0.1:$2;
+        location /auth { $5 }
     }
 }
 NGX
-nginx -p "$ROOT/nginx/" -c "$ROOT/nginx/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+    nginx -p "$1/" -c "$1/nginx.conf" -g 'daemon off;' &
+    PIDS+=($!)
+}
+nginx_conf "$ROOT/nginx-static" "$NG_STATIC" "" "" \
+    'add_header Auth-Status OK; add_header Auth-Server 127.0.0.2; add_header Auth-Port 143; return 200 "";'
+nginx_conf "$ROOT/nginx-seed" "$NG_SEED" \
+    "load_module /usr/lib/nginx/modules/ngx_http_perl_module.so;
+env BENCH_PGHOST=$ROOT/pg/sock;
+env BENCH_PGPORT=$PGPORT;
+env BENCH_PGDB=mail;" \
+    "perl_modules $HERE;
+    perl_require seed_mailauth.pm;" \
+    'perl seed_mailauth::handler;'
 for i in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$MA_PORT) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$NG_SEED) 2>/dev/null && break
+    (exec 3<>/dev/tcp/127.0.0.1/$MA_PORT) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$NG_SEED) 2>/dev/null \
+        && (exec 3<>/dev/tcp/127.0.0.1/$NG_STATIC) 2>/dev/null && break
     sleep 0.05
 done
 check() { # one request, must be OK
@@ -170,13 +172,18 @@ check "$NG_STATIC" x y
 
 RES="$ROOT/results.txt"
 : >"$RES"
+# Each measurement starts on a settled machine: the previous one's backlog (queued perl
+# requests, hashing, PostgreSQL backends exiting) must not land in the next one's tail.
+settle() { sleep "${SETTLE:-3}"; }
 wrk_run() { # name port users-file
     local out
+    settle
     out=$(USERS=$3 wrk -t2 -c"$CONC" -d"${DURATION}s" -s "$HERE/wrk_auth.lua" "http://127.0.0.1:$2/auth" | grep '^RESULT')
     echo "wrk $1 $out" | tee -a "$RES"
 }
 rate_run() { # name port users-file rate
     local out
+    settle
     out=$("$ROOT/ratebench" "127.0.0.1:$2" "$4" "$DURATION" "$3" 64)
     echo "rate $1@$4 $out" | tee -a "$RES"
 }
