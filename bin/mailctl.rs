@@ -1,16 +1,14 @@
 //! mailctl: administer every node's database at once — schema, domains, mailboxes, routing,
-//! failover and failback, drift. Parses arguments, calls `mailcluster::admin`, prints tables
-//! (or JSON with --json) and maps errors to exit codes.
+//! failover and failback, drift. Parses arguments, calls `mailcluster::admin`, prints its
+//! reports through `admin::render` (tables, or JSON with --json) and maps errors to exit codes.
 
 use clap::{Parser, Subcommand};
-use mailcluster::admin::drift::DriftReport;
-use mailcluster::admin::ops::{self, DomainView, MailboxView, MoveReport};
-use mailcluster::admin::{password, prompt, ApplyOptions, Cluster, Outcome};
+use mailcluster::admin::ops;
+use mailcluster::admin::{password, prompt, render, ApplyOptions, Cluster};
 use mailcluster::cli::CommonArgs;
 use mailcluster::config::Role;
 use mailcluster::directory::txn::{Change, DomainKind};
 use mailcluster::error::{Error, Result};
-use serde::Serialize;
 
 /// Administer every node's mail directory database at once.
 #[derive(Parser)]
@@ -266,198 +264,24 @@ fn main() {
     mailcluster::cli::exit("mailctl", run(cli))
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    let s = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::internal(format!("encoding JSON: {e}")))?;
-    println!("{s}");
-    Ok(())
-}
-
-/// A plain-text table with a header line.
-fn table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(c.len());
-            }
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(headers.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-}
-
-fn yn(b: bool) -> String {
-    if b { "yes" } else { "no" }.to_string()
-}
-
-fn print_outcome(json: bool, o: &Outcome) -> Result<i32> {
-    if json {
-        print_json(o)?;
-    } else {
-        for n in &o.notes {
-            eprintln!("note: {n}");
-        }
-        for c in &o.changes {
-            println!("{c}");
-        }
-        println!(
-            "applied to: {} ({})",
-            if o.applied.is_empty() {
-                "none".to_string()
-            } else {
-                o.applied.join(", ")
-            },
-            o.method
-        );
-        for m in &o.missing {
-            println!(
-                "NOT applied to {}: {} (recorded; repair with `mailctl drift --repair --from NAME` \
-                 or `mailctl rejoin`)",
-                m.database, m.reason
-            );
-        }
-    }
-    Ok(if o.missing.is_empty() { 0 } else { 75 })
-}
-
-fn domain_rows(v: &[DomainView]) -> Vec<Vec<String>> {
-    v.iter()
-        .map(|d| {
-            vec![
-                d.domain.clone(),
-                d.kind.to_string(),
-                yn(d.active),
-                d.primary.clone(),
-                d.backup.clone().unwrap_or_else(|| "-".into()),
-                d.mailboxes.to_string(),
-            ]
-        })
-        .collect()
-}
-
-fn mailbox_rows(v: &[MailboxView]) -> Vec<Vec<String>> {
-    v.iter()
-        .map(|m| {
-            vec![
-                m.address.clone(),
-                yn(m.active),
-                yn(m.domain_active),
-                match m.has_password {
-                    None => "(smtp db)".into(),
-                    Some(false) => "none".into(),
-                    Some(true) => m.scheme.clone().unwrap_or_default(),
-                },
-            ]
-        })
-        .collect()
-}
-
-fn print_moves(json: bool, r: &MoveReport) -> Result<i32> {
-    if json {
-        print_json(r)?;
-        return Ok(if r.outcome.missing.is_empty() { 0 } else { 75 });
-    }
-    table(
-        &["domain", "from", "to", "backup"],
-        &r.moves
-            .iter()
-            .map(|m| {
-                vec![
-                    m.domain.clone(),
-                    m.from.clone(),
-                    m.to.clone(),
-                    m.backup.clone().unwrap_or_else(|| "-".into()),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    );
-    if !r.synced.is_empty() {
-        println!("synced with mailsync first: {}", r.synced.join(", "));
-    }
-    for s in &r.skipped {
-        println!("not moved: {s}");
-    }
-    let code = print_outcome(false, &r.outcome)?;
-    if !r.next_steps.is_empty() {
-        println!("next steps:");
-        for (i, s) in r.next_steps.iter().enumerate() {
-            println!("  {}. {s}", i + 1);
-        }
-    }
-    // A failover that recorded the failed node's change as pending did its job.
-    Ok(if r.next_steps.is_empty() { code } else { 0 })
-}
-
-fn print_drift(json: bool, r: &DriftReport) -> Result<i32> {
-    if json {
-        print_json(r)?;
-    } else {
-        for n in &r.notes {
-            eprintln!("note: {n}");
-        }
-        println!(
-            "reference: {}; compared: {}",
-            r.reference,
-            if r.compared.is_empty() {
-                "none".to_string()
-            } else {
-                r.compared.join(", ")
-            }
-        );
-        for c in &r.repaired {
-            println!("repaired {c}");
-        }
-        if !r.items.is_empty() {
-            table(
-                &["database", "object", "problem", "detail"],
-                &r.items
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            i.database.clone(),
-                            i.object.clone(),
-                            i.problem.to_string(),
-                            i.detail.clone(),
-                        ]
-                    })
-                    .collect::<Vec<_>>(),
-            );
-        }
-        for u in &r.unreachable {
-            println!("unreachable: {}: {}", u.database, u.reason);
-        }
-        for p in &r.pending {
-            println!("pending for {}: {} ({})", p.database, p.change, p.reason);
-        }
-        if r.is_clean() {
-            println!("no drift");
-        }
-    }
-    Ok(if r.is_clean() { 0 } else { 1 })
-}
-
-/// Warn about node names nobody has heard of (a typo routes mail to nowhere).
-fn warn_unknown_nodes(cluster: &Cluster, nodes: &[&str]) {
-    for n in cluster.unknown_nodes(nodes) {
+/// The primary and optional backup node of a route, warning about names nobody has heard
+/// of (a typo routes mail to nowhere).
+fn parse_nodes(
+    cluster: &Cluster,
+    primary: &str,
+    backup: Option<&str>,
+) -> Result<(String, Option<String>)> {
+    let primary = ops::parse_node(primary)?;
+    let backup = backup.map(ops::parse_node).transpose()?;
+    let mut nodes = vec![primary.as_str()];
+    nodes.extend(backup.as_deref());
+    for n in cluster.unknown_nodes(&nodes) {
         eprintln!(
             "warning: node {n} appears nowhere in the routing table and has no [[directory]]; \
              check the spelling (mail for the domain goes to that host)"
         );
     }
+    Ok((primary, backup))
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -473,7 +297,7 @@ fn run(cli: Cli) -> Result<i32> {
     let cluster = Cluster::from_config(&config)?;
     let apply = |changes: Vec<Change>| -> Result<i32> {
         let o = cluster.apply(&changes, &opts)?;
-        print_outcome(json, &o)
+        render::outcome(json, &o)
     };
     match cli.command {
         Command::Schema { .. } => Ok(0),
@@ -486,11 +310,7 @@ fn run(cli: Cli) -> Result<i32> {
                 disabled,
             } => {
                 let domain = ops::parse_domain(&domain)?;
-                let primary = ops::parse_node(&primary)?;
-                let backup = backup.as_deref().map(ops::parse_node).transpose()?;
-                let mut nodes = vec![primary.as_str()];
-                nodes.extend(backup.as_deref());
-                warn_unknown_nodes(&cluster, &nodes);
+                let (primary, backup) = parse_nodes(&cluster, &primary, backup.as_deref())?;
                 if !co && domain.split_first().is_none() {
                     return Err(Error::bad_input(format!(
                         "{domain} is a second-level domain: add a third-level domain under it \
@@ -512,43 +332,17 @@ fn run(cli: Cli) -> Result<i32> {
             DomainCmd::List { from } => {
                 let (src, v) = cluster.domain_list(from.as_deref())?;
                 if json {
-                    print_json(&v)?;
+                    render::print_json(&v)?;
                 } else {
-                    eprintln!("(read from {src})");
-                    table(
-                        &["domain", "kind", "active", "primary", "backup", "mailboxes"],
-                        &domain_rows(&v),
-                    );
+                    render::read_from(&src);
+                    render::domains(&v);
                 }
                 Ok(0)
             }
             DomainCmd::Show { domain, from } => {
                 let domain = ops::parse_domain(&domain)?;
                 let (src, d, m) = cluster.domain_show(&domain, from.as_deref())?;
-                if json {
-                    #[derive(Serialize)]
-                    struct Show<'a> {
-                        domain: &'a DomainView,
-                        mailboxes: &'a [MailboxView],
-                    }
-                    print_json(&Show {
-                        domain: &d,
-                        mailboxes: &m,
-                    })?;
-                } else {
-                    eprintln!("(read from {src})");
-                    table(
-                        &["domain", "kind", "active", "primary", "backup", "mailboxes"],
-                        &domain_rows(std::slice::from_ref(&d)),
-                    );
-                    if !m.is_empty() {
-                        println!();
-                        table(
-                            &["mailbox", "active", "domain active", "password"],
-                            &mailbox_rows(&m),
-                        );
-                    }
-                }
+                render::domain_show(json, &src, &d, &m)?;
                 Ok(0)
             }
             DomainCmd::Enable { domain } => {
@@ -577,10 +371,7 @@ fn run(cli: Cli) -> Result<i32> {
                 let (_, d, m) = cluster.domain_show(&domain, None)?;
                 let dir = ops::home_path(&cluster.mail.home, &domain, "");
                 let dir = dir.trim_end_matches('/');
-                let nodes = match &d.backup {
-                    Some(b) => format!("{} (primary) and {b} (backup)", d.primary),
-                    None => format!("{} (primary)", d.primary),
-                };
+                let nodes = d.nodes_description();
                 let note = format!(
                     "the Maildirs of its {} mailbox(es) under {dir} on {nodes} are NOT deleted: \
                      mailctl only edits the databases and mailsync stops replicating the \
@@ -626,13 +417,10 @@ fn run(cli: Cli) -> Result<i32> {
                 let domain = domain.as_deref().map(ops::parse_domain).transpose()?;
                 let (src, v) = cluster.mailbox_list(domain.as_ref(), from.as_deref())?;
                 if json {
-                    print_json(&v)?;
+                    render::print_json(&v)?;
                 } else {
-                    eprintln!("(read from {src})");
-                    table(
-                        &["mailbox", "active", "domain active", "password"],
-                        &mailbox_rows(&v),
-                    );
+                    render::read_from(&src);
+                    render::mailboxes(&v);
                 }
                 Ok(0)
             }
@@ -640,13 +428,10 @@ fn run(cli: Cli) -> Result<i32> {
                 let (mailbox, domain) = ops::parse_mailbox_address(&address)?;
                 let (src, v) = cluster.mailbox_show(&mailbox, &domain, from.as_deref())?;
                 if json {
-                    print_json(&v)?;
+                    render::print_json(&v)?;
                 } else {
-                    eprintln!("(read from {src})");
-                    table(
-                        &["mailbox", "active", "domain active", "password"],
-                        &mailbox_rows(std::slice::from_ref(&v)),
-                    );
+                    render::read_from(&src);
+                    render::mailboxes(std::slice::from_ref(&v));
                     println!(
                         "home: {}",
                         ops::home_path(&cluster.mail.home, &domain, mailbox.as_str())
@@ -687,10 +472,7 @@ fn run(cli: Cli) -> Result<i32> {
                 let (mailbox, domain) = ops::parse_mailbox_address(&address)?;
                 let (_, d) = cluster.route_show(&domain, None)?;
                 let home = ops::home_path(&cluster.mail.home, &domain, mailbox.as_str());
-                let nodes = match &d.backup {
-                    Some(b) => format!("{} (primary) and {b} (backup)", d.primary),
-                    None => format!("{} (primary)", d.primary),
-                };
+                let nodes = d.nodes_description();
                 if !json {
                     eprintln!(
                         "the Maildir {home} on {nodes} is NOT deleted: mailctl only edits the \
@@ -710,17 +492,10 @@ fn run(cli: Cli) -> Result<i32> {
                 let domain = ops::parse_domain(&domain)?;
                 let (src, d) = cluster.route_show(&domain, from.as_deref())?;
                 if json {
-                    print_json(&d)?;
+                    render::print_json(&d)?;
                 } else {
-                    eprintln!("(read from {src})");
-                    table(
-                        &["domain", "primary", "backup"],
-                        &[vec![
-                            d.domain.clone(),
-                            d.primary.clone(),
-                            d.backup.clone().unwrap_or_else(|| "-".into()),
-                        ]],
-                    );
+                    render::read_from(&src);
+                    render::route(&d);
                 }
                 Ok(0)
             }
@@ -730,11 +505,7 @@ fn run(cli: Cli) -> Result<i32> {
                 backup,
             } => {
                 let domain = ops::parse_domain(&domain)?;
-                let primary = ops::parse_node(&primary)?;
-                let backup = backup.as_deref().map(ops::parse_node).transpose()?;
-                let mut nodes = vec![primary.as_str()];
-                nodes.extend(backup.as_deref());
-                warn_unknown_nodes(&cluster, &nodes);
+                let (primary, backup) = parse_nodes(&cluster, &primary, backup.as_deref())?;
                 apply(vec![Change::SetRoute {
                     domain,
                     primary,
@@ -746,54 +517,9 @@ fn run(cli: Cli) -> Result<i32> {
             NodeCmd::List { from, no_probe } => {
                 let v = cluster.node_list(from.as_deref(), !no_probe)?;
                 if json {
-                    print_json(&v)?;
+                    render::print_json(&v)?;
                 } else {
-                    let rows: Vec<Vec<String>> = v
-                        .iter()
-                        .map(|n| {
-                            vec![
-                                n.node.clone(),
-                                n.primary_of.to_string(),
-                                n.backup_of.to_string(),
-                                n.mailboxes.to_string(),
-                                if n.databases.is_empty() {
-                                    "-".into()
-                                } else {
-                                    n.databases
-                                        .iter()
-                                        .map(|d| {
-                                            format!(
-                                                "{}:{}",
-                                                d.name,
-                                                if d.reachable { "up" } else { "DOWN" }
-                                            )
-                                        })
-                                        .collect::<Vec<_>>()
-                                        .join(" ")
-                                },
-                                if n.services.is_empty() {
-                                    "-".into()
-                                } else {
-                                    n.services
-                                        .iter()
-                                        .map(|s| format!("{}:{}", s.service, s.state))
-                                        .collect::<Vec<_>>()
-                                        .join(" ")
-                                },
-                            ]
-                        })
-                        .collect();
-                    table(
-                        &[
-                            "node",
-                            "primary of",
-                            "backup of",
-                            "mailboxes",
-                            "databases",
-                            "services",
-                        ],
-                        &rows,
-                    );
+                    render::nodes(&v);
                 }
                 Ok(0)
             }
@@ -804,31 +530,11 @@ fn run(cli: Cli) -> Result<i32> {
                 .map(|d| ops::parse_domain(d))
                 .collect::<Result<Vec<_>>>()?;
             let r = cluster.failover(&node, to.as_deref(), &domains, cli.partial)?;
-            print_moves(json, &r)
+            render::moves(json, &r)
         }
         Command::Rejoin { node, from } => {
             let r = cluster.rejoin(&node, from.as_deref())?;
-            if json {
-                print_json(&r)?;
-            } else {
-                for p in &r.pending_applied {
-                    println!("applied pending: {p}");
-                }
-                for c in &r.drift.repaired {
-                    println!("repaired {c}");
-                }
-                println!(
-                    "{} ({}) is level with {}",
-                    r.node,
-                    r.databases.join(", "),
-                    r.reference
-                );
-                println!("next steps:");
-                for (i, s) in r.next_steps.iter().enumerate() {
-                    println!("  {}. {s}", i + 1);
-                }
-            }
-            Ok(0)
+            render::rejoin(json, &r)
         }
         Command::Switchover {
             node,
@@ -841,11 +547,11 @@ fn run(cli: Cli) -> Result<i32> {
                 .map(|d| ops::parse_domain(d))
                 .collect::<Result<Vec<_>>>()?;
             let r = cluster.switchover(&node, to.as_deref(), &domains, skip_sync)?;
-            print_moves(json, &r)
+            render::moves(json, &r)
         }
         Command::Failback { node, skip_sync } => {
             let r = cluster.failback(&node, skip_sync)?;
-            print_moves(json, &r)
+            render::moves(json, &r)
         }
         Command::Drift { repair, from } => {
             let r = if repair {
@@ -875,14 +581,14 @@ fn run(cli: Cli) -> Result<i32> {
             } else {
                 cluster.drift(from.as_deref())?
             };
-            print_drift(json, &r)
+            render::drift(json, &r)
         }
         Command::Recover { foreign } => {
             let mut cluster = cluster;
             cluster.foreign = foreign;
             let notes = cluster.recover_now()?;
             if json {
-                print_json(&notes)?;
+                render::print_json(&notes)?;
             } else if notes.is_empty() {
                 println!("nothing to recover");
             } else {
@@ -902,12 +608,6 @@ fn schema(config: &mailcluster::config::Config, action: &SchemaCmd, json: bool) 
         SchemaCmd::Check { role } => schema::check(config, role.map(Role::from))?,
         SchemaCmd::Upgrade => (schema::upgrade(config)?, true),
     };
-    if json {
-        print_json(&serde_json::json!({ "ok": ok, "lines": lines }))?;
-    } else {
-        for l in lines {
-            println!("{l}");
-        }
-    }
+    render::lines(json, ok, &lines)?;
     Ok(if ok { 0 } else { 78 })
 }

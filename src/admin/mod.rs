@@ -16,6 +16,7 @@ pub mod health;
 pub mod ops;
 pub mod password;
 pub mod prompt;
+pub mod render;
 pub mod schema;
 pub mod state;
 

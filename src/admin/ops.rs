@@ -60,6 +60,16 @@ pub struct DomainView {
     pub mailboxes: usize,
 }
 
+impl DomainView {
+    /// "storage-01 (primary) and storage-02 (backup)", for notes about both copies.
+    pub fn nodes_description(&self) -> String {
+        match &self.backup {
+            Some(b) => format!("{} (primary) and {b} (backup)", self.primary),
+            None => format!("{} (primary)", self.primary),
+        }
+    }
+}
+
 /// A mailbox for listing (never the password; only whether there is one).
 #[derive(Debug, Clone, Serialize)]
 pub struct MailboxView {
