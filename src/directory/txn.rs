@@ -324,7 +324,13 @@ impl AdminDb {
         Error::new(kind, format!("database {}: {what}", self.name))
     }
 
-    fn exec(&mut self, sql: &str, params: &[Param]) -> Result<u64> {
+    /// Run one statement on the backend. A temporary failure on PostgreSQL marks the
+    /// connection broken: the rest of this run must not act on a half-known state.
+    fn guarded<T>(
+        &mut self,
+        pg: impl FnOnce(&mut PgConn, &str, Duration) -> Result<T>,
+        sqlite: impl FnOnce(&mut rusqlite::Connection, &str) -> Result<T>,
+    ) -> Result<T> {
         if self.broken {
             return Err(self.err(
                 ErrorKind::Temporary,
@@ -334,8 +340,8 @@ impl AdminDb {
         let name = self.name.clone();
         let timeout = self.timeout;
         let res = match &mut self.backend {
-            Backend::Pg(pg) => pg_exec(pg, &name, timeout, sql, params),
-            Backend::Sqlite(c) => sqlite_exec(c, &name, sql, params),
+            Backend::Pg(conn) => pg(conn, &name, timeout),
+            Backend::Sqlite(c) => sqlite(c, &name),
         };
         if let Err(e) = &res {
             if e.kind() == ErrorKind::Temporary && self.is_postgres() {
@@ -345,25 +351,18 @@ impl AdminDb {
         res
     }
 
+    fn exec(&mut self, sql: &str, params: &[Param]) -> Result<u64> {
+        self.guarded(
+            |pg, name, timeout| pg_exec(pg, name, timeout, sql, params),
+            |c, name| sqlite_exec(c, name, sql, params),
+        )
+    }
+
     fn query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Vec<Cell>>> {
-        if self.broken {
-            return Err(self.err(
-                ErrorKind::Temporary,
-                "connection lost earlier in this run; run the command again",
-            ));
-        }
-        let name = self.name.clone();
-        let timeout = self.timeout;
-        let res = match &mut self.backend {
-            Backend::Pg(pg) => pg_query(pg, &name, timeout, sql, params),
-            Backend::Sqlite(c) => sqlite_query(c, &name, sql, params),
-        };
-        if let Err(e) = &res {
-            if e.kind() == ErrorKind::Temporary && self.is_postgres() {
-                self.broken = true;
-            }
-        }
-        res
+        self.guarded(
+            |pg, name, timeout| pg_query(pg, name, timeout, sql, params),
+            |c, name| sqlite_query(c, name, sql, params),
+        )
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
