@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "MAILCLUSTER_CONFIG";
@@ -467,11 +467,23 @@ impl Config {
 /// order, and that one is kept. "Not found" is an answer, never a reason to ask elsewhere.
 /// When every database fails, the error is temporary (configuration when each failure was a
 /// configuration error) and names each database tried, with passwords hidden.
+///
+/// File order is the order of preference (a node lists its own database first): a
+/// long-running reader that moved down the list goes back to the first database once
+/// [`RETRY_PREFERRED_AFTER`] has passed, so one outage does not pin it to a remote copy
+/// for good. While the preferred database is still down, that retry costs one failed
+/// attempt (at most the timeout) per period.
 pub struct FirstReachable {
     entries: Vec<(DirectoryConfig, Option<Box<dyn Directory>>)>,
     current: usize,
     timeout: Duration,
+    /// When the reader last moved away from the first database.
+    moved_at: Option<Instant>,
+    retry_preferred_after: Duration,
 }
+
+/// How long [`FirstReachable`] stays on a fallback database before trying the first again.
+pub const RETRY_PREFERRED_AFTER: Duration = Duration::from_secs(60);
 
 impl FirstReachable {
     /// Directories to read, in order of preference; none is contacted yet.
@@ -480,7 +492,16 @@ impl FirstReachable {
             entries: directories.into_iter().map(|d| (d, None)).collect(),
             current: 0,
             timeout,
+            moved_at: None,
+            retry_preferred_after: RETRY_PREFERRED_AFTER,
         }
+    }
+
+    /// Try the first database again this long after moving away from it (default
+    /// [`RETRY_PREFERRED_AFTER`]).
+    pub fn retry_preferred_after(mut self, after: Duration) -> FirstReachable {
+        self.retry_preferred_after = after;
+        self
     }
 
     /// The name of the directory that answered last (or will be tried first).
@@ -489,6 +510,13 @@ impl FirstReachable {
     }
 
     fn call<T>(&mut self, mut f: impl FnMut(&mut dyn Directory) -> Result<T>) -> Result<T> {
+        let retrying_first = self.current != 0
+            && self
+                .moved_at
+                .map_or(true, |t| t.elapsed() >= self.retry_preferred_after);
+        if retrying_first {
+            self.current = 0;
+        }
         let n = self.entries.len();
         let mut failures = Vec::new();
         let mut all_config = true;
@@ -522,6 +550,14 @@ impl FirstReachable {
                             config.name,
                             failures.join("; ")
                         );
+                    }
+                    if i == 0 {
+                        if retrying_first {
+                            log::info!("reading directory {} again", config.name);
+                        }
+                        self.moved_at = None;
+                    } else if i != self.current || self.moved_at.is_none() {
+                        self.moved_at = Some(Instant::now());
                     }
                     self.current = i;
                     return other;

@@ -164,3 +164,30 @@ fn no_directory_configured() {
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(e.to_string().contains("--db"));
 }
+
+#[test]
+fn the_first_directory_is_read_again_once_it_is_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = sqlite_dir(tmp.path(), "b", &[("msk.domain.ru", S1, S2)]);
+    // The preferred directory does not exist yet (its node is down).
+    let a_url = format!("sqlite:{}", tmp.path().join("a.sqlite").display());
+    let dirs = config_with(Some(S1), &[("a", &a_url), ("b", &b)]).directories;
+    let mut dir = mailcluster::config::FirstReachable::new(dirs, Duration::from_secs(1))
+        .retry_preferred_after(Duration::from_millis(200));
+    use mailcluster::directory::Directory;
+    assert!(dir.route(&d("msk.domain.ru")).unwrap().is_some());
+    assert_eq!(dir.current_name(), Some("b"));
+
+    // It comes back with a domain only it knows: within the retry period, b still answers.
+    let a = sqlite_dir(tmp.path(), "a", &[("spb.domain.ru", S2, S1)]);
+    assert_eq!(a, a_url);
+    assert_eq!(dir.route(&d("spb.domain.ru")).unwrap(), None);
+    assert_eq!(dir.current_name(), Some("b"));
+
+    // After the period the reader goes back to it and stays there.
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(dir.route(&d("spb.domain.ru")).unwrap().is_some());
+    assert_eq!(dir.current_name(), Some("a"));
+    assert!(dir.route(&d("spb.domain.ru")).unwrap().is_some());
+    assert_eq!(dir.current_name(), Some("a"));
+}
