@@ -16,7 +16,12 @@ Phases: initial copy, no-change run, run after a day of activity (mailsync-gen.p
 Per phase: wall, CPU (user+sys of both ends: the remote side runs under /usr/bin/time via
 --remote-command / --rsync-path), wire bytes (protocol bytes: mailsync's wire_bytes, rsync's
 --stats "Total bytes sent + received"), peak RSS of each end. Medians over --reps.
-Needs: root (sshd, root login by key), /usr/sbin/sshd, rsync, /usr/bin/time.
+Remote user (--remote-user, default `mailbench`): a dedicated system user with /bin/sh as
+its shell, created if missing, owning the destination. sshd runs every remote command through
+the user's shell; root's bash here sources ~/.bashrc (pyenv init, ~0.5 s) for each one, which
+is not what a storage node's replication user pays. Both tools use the same user.
+`--remote-user root` measures the old way.
+Needs: root (sshd, useradd), /usr/sbin/sshd, rsync, /usr/bin/time.
 """
 import argparse
 import json
@@ -27,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import pwd
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -84,11 +90,11 @@ class Sshd:
             "-o IdentitiesOnly=yes -o BatchMode=yes -F /dev/null" % (self.port, self.key, self.kh)
         )
 
-    def setup_time(self):
+    def setup_time(self, user):
         """Wall time of `ssh host true`: the per-connection cost every tool pays (key
         exchange, authentication, the remote user's shell start-up)."""
         t = time.time()
-        subprocess.run(self.ssh.split() + ["root@127.0.0.1", "true"], check=True)
+        subprocess.run(self.ssh.split() + ["%s@127.0.0.1" % user, "true"], check=True)
         return time.time() - t
 
     def stop(self):
@@ -135,7 +141,7 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
             a.bin, "--root", src, "--remote-root", dst, "--state-dir", state, "--jobs", "2",
         ] + compress + [
             "--json", "--no-progress", "-i", sshd.key, "--known-hosts", sshd.kh,
-            "--port", str(sshd.port), "--user", "root", "--remote-command",
+            "--port", str(sshd.port), "--user", a.remote_user, "--remote-command",
             "/usr/bin/time -a -o %s -f '%s' %s serve --no-fence" % (tfile_r, TIMEFMT, a.bin),
         ]
         for d in domains:
@@ -153,7 +159,8 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
         if tool == "rsync-seed":
             jobs = [
                 ["rsync", "-H", "--delete-during", "-azz", "--stats", "-e", sshd.ssh,
-                 "--rsync-path", rpath, "%s/%s/" % (src, d), "root@127.0.0.1:%s/%s/" % (dst, d)]
+                 "--rsync-path", rpath, "%s/%s/" % (src, d),
+                 "%s@127.0.0.1:%s/%s/" % (a.remote_user, dst, d)]
                 for d in domains
             ]
             # The seed's mailrsync.pl: one thread per pair of domains, all threads at once,
@@ -182,7 +189,8 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
         else:
             r = subprocess.run(
                 timed + ["rsync", "-aH", "--delete", "--stats", "-e", sshd.ssh, "--rsync-path",
-                         rpath, "--exclude", "/.mailsync", src + "/", "root@127.0.0.1:%s/" % dst],
+                         rpath, "--exclude", "/.mailsync", src + "/",
+                         "%s@127.0.0.1:%s/" % (a.remote_user, dst)],
                 capture_output=True, text=True)
             if r.returncode != 0:
                 print(r.stderr[-2000:], file=sys.stderr)
@@ -192,6 +200,11 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
     cl, rl = read_times(tfile_l)
     cr, rr = read_times(tfile_r)
     return dict(wall=wall, cpu=cl + cr, wire=wire, rss_local_kb=rl, rss_remote_kb=rr, data=data)
+
+
+def load():
+    with open("/proc/loadavg") as f:
+        return "load %s" % " ".join(f.read().split()[:3])
 
 
 def drop_caches():
@@ -214,6 +227,8 @@ def main():
     ap.add_argument("--bin", default=None)
     ap.add_argument("--cold", action="store_true", help="also one cold-cache rep (drops caches)")
     ap.add_argument("--tools", default="mailsync,rsync-seed,rsync-fast")
+    ap.add_argument("--remote-user", default="mailbench")
+    ap.add_argument("--phases", default="initial,nochange,day")
     a = ap.parse_args()
     if a.bin is None:
         tgt = os.environ.get("CARGO_TARGET_DIR", os.path.join(HERE, "..", "target"))
@@ -229,15 +244,28 @@ def main():
         "find %s -path '*/cur/*' -o -path '*/new/*' | wc -l" % base, shell=True,
         capture_output=True, text=True).stdout)
     size = subprocess.run(["du", "-sb", base], capture_output=True, text=True).stdout.split()[0]
+    # The remote user and what it must own.
+    rtmp = os.path.join(a.work, "remote-tmp")
+    home = os.path.join(a.work, "home-" + a.remote_user)
+    if a.remote_user != "root":
+        try:
+            pwd.getpwnam(a.remote_user)
+        except KeyError:
+            sh(["useradd", "--system", "--no-create-home", "--home-dir", home, "--shell",
+                "/bin/sh", a.remote_user])
+    for d in (rtmp, home):
+        os.makedirs(d, exist_ok=True)
+        shutil.chown(d, a.remote_user, a.remote_user)
     sshd = Sshd(a.work)
     results = {}
     try:
         reps = [(i, False) for i in range(a.reps)] + ([(a.reps, True)] if a.cold else [])
         for rep, cold in reps:
-            setup = statistics.median(sshd.setup_time() for _ in range(3))
+            setup = statistics.median(sshd.setup_time(a.remote_user) for _ in range(3))
             results.setdefault(("ssh-setup", "true", "cold" if cold else "warm"), []).append(
                 dict(wall=setup, cpu=0.0, wire=0, rss_local_kb=0, rss_remote_kb=0, data=None))
-            print("ssh setup (ssh host true) rep %d: %.2fs" % (rep, setup), flush=True)
+            print("ssh setup (ssh %s@host true) rep %d: %.2fs; %s" % (
+                a.remote_user, rep, setup, load()), flush=True)
             for tool in a.tools.split(","):
                 src = os.path.join(a.work, "src")
                 dst = os.path.join(a.work, "dst")
@@ -246,8 +274,9 @@ def main():
                     shutil.rmtree(d, ignore_errors=True)
                 sh(["cp", "-al", base, src])
                 os.makedirs(dst)
-                tl, tr = os.path.join(a.work, "t.local"), os.path.join(a.work, "t.remote")
-                for phase in ("initial", "nochange", "day"):
+                shutil.chown(dst, a.remote_user, a.remote_user)
+                tl, tr = os.path.join(a.work, "t.local"), os.path.join(rtmp, "t.remote")
+                for phase in a.phases.split(","):
                     if phase == "day":
                         sh(["/usr/bin/python3", GEN, "mutate", src, "--seed", "7"],
                            stdout=subprocess.DEVNULL)
@@ -259,10 +288,12 @@ def main():
                     r = run_tool(tool, src, dst, a, sshd, state, tl, tr)
                     key = (tool, phase, "cold" if cold else "warm")
                     results.setdefault(key, []).append(r)
-                    print("%-10s %-8s %-4s rep %d: %s" % (tool, phase, key[2], rep, r), flush=True)
+                    print("%-10s %-8s %-4s rep %d: %s; %s" % (tool, phase, key[2], rep, r, load()),
+                          flush=True)
                 # Check: the copy equals the source (names and sizes).
                 diff = subprocess.run(
-                    ["rsync", "-anH", "--delete", "--exclude", "/.mailsync", "--itemize-changes",
+                    ["rsync", "-anH", "--no-o", "--no-g", "--delete", "--exclude", "/.mailsync",
+                     "--itemize-changes",
                      "--checksum", src + "/", dst + "/"], capture_output=True, text=True).stdout
                 changed = [l for l in diff.splitlines() if l and not l.startswith(".d")]
                 if changed:
@@ -275,14 +306,16 @@ def main():
         for d in sorted(x for x in os.listdir(base) if not x.startswith(".")):
             os.makedirs(os.path.join(empty, d))
         os.makedirs(empty_dst)
+        shutil.chown(empty_dst, a.remote_user, a.remote_user)
         if "mailsync" in a.tools.split(","):
             r = run_tool("mailsync", empty, empty_dst, a, sshd, os.path.join(a.work, "state"),
-                         os.path.join(a.work, "t.local"), os.path.join(a.work, "t.remote"))
+                         os.path.join(a.work, "t.local"), os.path.join(rtmp, "t.remote"))
             results[("mailsync", "empty-tree", "warm")] = [r]
             print("mailsync on an empty tree: %s" % r, flush=True)
     finally:
         sshd.stop()
-    summary = {"messages": nmsg, "bytes": int(size), "tag": tag, "results": {}}
+    summary = {"messages": nmsg, "bytes": int(size), "tag": tag, "results": {},
+               "remote_user": a.remote_user, "load_at_end": load()}
     for (tool, phase, cache), rs in sorted(results.items()):
         med = {k: statistics.median([r[k] for r in rs if r[k] is not None])
                for k in ("wall", "cpu", "wire", "rss_local_kb", "rss_remote_kb")}

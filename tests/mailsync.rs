@@ -995,3 +995,26 @@ fn over_ssh_with_a_forced_command_key() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("uid=0"));
     assert!(!out.status.success());
 }
+
+#[test]
+fn bwlimit_caps_the_sending_rate() {
+    let e = env();
+    let md = maildir(&e.a, "alice", "");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let body: Vec<u8> = (0..300_000).map(|_| rng.gen()).collect();
+    deliver(&md, "new", "1600000000.M1P1.host", &body, "");
+    // 100 KiB/s: the limiter sleeps until every byte written is due, so the run cannot
+    // end before bytes_sent / rate seconds (a lower bound only: no timing luck involved).
+    let start = std::time::Instant::now();
+    let v = ok(a_to_b(&e, &["--bwlimit", "100K"]));
+    let took = start.elapsed().as_secs_f64();
+    let sent = n(&v, "bytes_sent");
+    assert_eq!(sent, 300_000, "{v}");
+    let floor = sent as f64 / (100.0 * 1024.0);
+    assert!(took >= floor, "{took:.2}s for {sent} bytes at 100K/s (floor {floor:.2}s)");
+    assert_equal(&e.a, &e.b);
+    // A rate that does not parse is bad input (exit 64), before anything is sent.
+    let (code, _, err) = a_to_b(&e, &["--bwlimit", "fast"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("rate"), "{err}");
+}

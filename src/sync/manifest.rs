@@ -5,6 +5,7 @@
 use super::entry::{digest, Entry};
 use super::wire::{Dec, Enc};
 use crate::error::{Error, Result};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8] = b"mailsync-manifest 1\n";
@@ -80,14 +81,21 @@ impl Manifest {
         }
     }
 
+    /// Write durably, streamed (never a second copy of the record in memory).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut e = Enc::new();
-        e.buf.extend_from_slice(MAGIC);
-        e.str(&self.pair).str(&self.digest);
-        e.uv(self.entries.len() as u64);
-        for en in &self.entries {
-            en.encode(&mut e);
-        }
-        super::fsops::write_file_atomic(path, &e.buf, true)
+        super::fsops::write_file_atomic_with(path, true, |w| {
+            let mut e = Enc::new();
+            e.buf.extend_from_slice(MAGIC);
+            e.str(&self.pair).str(&self.digest);
+            e.uv(self.entries.len() as u64);
+            for en in &self.entries {
+                en.encode(&mut e);
+                if e.len() >= 64 << 10 {
+                    w.write_all(&e.buf)?;
+                    e.buf.clear();
+                }
+            }
+            w.write_all(&e.buf)
+        })
     }
 }
