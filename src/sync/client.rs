@@ -211,7 +211,8 @@ fn sync_domain_inner(
     for e in &local.errors {
         rep.error(format!("local scan: {e}"));
     }
-    let own = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
+    // Our record, held as "these local entries, plus what differs" (no second copy).
+    let own = Manifest::load_against(&manifest_path, &pair, &local.entries)?;
     let own_digest = own.as_ref().map(|m| m.digest.clone());
     // Paths this end sent in runs that did not complete (an intent log written before the
     // operations go out): they came from here, so they are ours to delete.
@@ -275,9 +276,11 @@ fn sync_domain_inner(
     }
     // The record of what was in sync, and the full remote listing: in mode 0 the record
     // plus the remote's changes, as references (no copy of the record).
-    let record: Option<Vec<Entry>> = match mode {
-        0 => own.map(|m| m.entries),
-        2 => Some(remote_record),
+    let local_entries = local.entries;
+    remote_record.sort_by(|a, b| a.path.cmp(&b.path));
+    let record: Option<Vec<&Entry>> = match mode {
+        0 => own.as_ref().map(|r| r.entries(&local_entries)),
+        2 => Some(remote_record.iter().collect()),
         _ => None,
     };
     listed.sort_by(|a, b| a.path.cmp(&b.path));
@@ -289,7 +292,7 @@ fn sync_domain_inner(
             removed.sort_unstable();
             let mut r: Vec<&Entry> = Vec::with_capacity(record.len() + listed.len());
             let mut ch = listed.iter().peekable();
-            for e in record {
+            for &e in record {
                 while let Some(c) = ch.next_if(|c| c.path < e.path) {
                     r.push(c);
                 }
@@ -307,20 +310,21 @@ fn sync_domain_inner(
         _ => listed.iter().collect(),
     };
     // Paths this end sent in an interrupted run count as in sync (rare: a copy then).
-    let with_sent: Option<Vec<Entry>> = if sent_log.is_empty() {
+    let placeholders: Vec<Entry> = sent_log.iter().map(|p| path_entry(p)).collect();
+    let with_sent: Option<Vec<&Entry>> = if placeholders.is_empty() {
         None
     } else {
-        let mut s = record.clone().unwrap_or_default();
-        s.extend(sent_log.iter().map(|p| path_entry(p)));
+        let mut s: Vec<&Entry> = record.clone().unwrap_or_default();
+        s.extend(placeholders.iter());
         s.sort_by(|a, b| a.path.cmp(&b.path));
         s.dedup_by(|a, b| a.path == b.path);
         Some(s)
     };
-    let synced: Option<&[Entry]> = with_sent.as_deref().or(record.as_deref());
+    let synced: Option<&[&Entry]> = with_sent.as_deref().or(record.as_deref());
     rep.trusted_record = synced.is_some();
 
     // Safety rules for deletes.
-    let local_has_files = local.entries.iter().any(|e| e.kind != Kind::Dir);
+    let local_has_files = local_entries.iter().any(|e| e.kind != Kind::Dir);
     let remote_has_files = remote.iter().any(|e| e.kind != Kind::Dir);
     let mut allow_delete = local.errors.is_empty() && !local.missing;
     if !local_has_files && remote_has_files {
@@ -334,7 +338,6 @@ fn sync_domain_inner(
             "the local domain is empty but the remote is not; nothing deleted".to_string()
         });
     }
-    let local_entries = local.entries;
     let p = plan(
         &local_entries,
         &remote,
@@ -441,6 +444,9 @@ fn sync_domain_inner(
     drop(remote);
     drop(with_sent);
     drop(record);
+    drop(own);
+    drop(placeholders);
+    drop(remote_record);
     drop(listed);
     sess.conn.send_flush(t::END_OPS, &[])?;
     {

@@ -2,7 +2,7 @@
 //! ends (the sender in its state directory, the receiver in its own), so that a reversed
 //! direction still knows what was in sync.
 
-use super::entry::{digest, Entry};
+use super::entry::{digest, Digester, Entry};
 use super::wire::{Dec, Enc};
 use crate::error::{Error, Result};
 use std::io::Write;
@@ -16,6 +16,30 @@ pub struct Manifest {
     pub pair: String,
     pub digest: String,
     pub entries: Vec<Entry>,
+}
+
+/// A record loaded against a local listing (see [`Manifest::load_against`]).
+#[derive(Debug, Default)]
+pub struct Record {
+    pub digest: String,
+    pub in_local: Vec<bool>,
+    pub extra: Vec<Entry>,
+}
+
+impl Record {
+    /// The record's entries, sorted by path, as references.
+    pub fn entries<'a>(&'a self, local: &'a [Entry]) -> Vec<&'a Entry> {
+        let mut out = Vec::with_capacity(local.len() + self.extra.len());
+        let mut x = self.extra.iter().peekable();
+        for (e, _) in local.iter().zip(&self.in_local).filter(|(_, &k)| k) {
+            while let Some(o) = x.next_if(|o| o.path < e.path) {
+                out.push(o);
+            }
+            out.push(e);
+        }
+        out.extend(x);
+        out
+    }
 }
 
 /// The key of a node pair, the same in both directions.
@@ -70,6 +94,71 @@ impl Manifest {
         };
         match decode() {
             Ok(m) => Ok(Some(m)),
+            Err(e) => {
+                log::warn!(
+                    "{}: unusable manifest ({}); treating the domain as never synced",
+                    path.display(),
+                    e.message()
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Load the record of `pair` against the local listing `local` (sorted by path),
+    /// without keeping a copy of the entries that equal a local one: the record is then
+    /// `local[i]` for every `in_local[i]`, plus `extra` (sorted). Decoded one entry at a
+    /// time, the digest computed on the way. None when there is no usable record for
+    /// `pair`.
+    pub fn load_against(path: &Path, pair: &str, local: &[Entry]) -> Result<Option<Record>> {
+        let data = match std::fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+        };
+        let decode = || -> Result<Option<Record>> {
+            let rest = data
+                .strip_prefix(MAGIC)
+                .ok_or_else(|| Error::bad_input("not a manifest"))?;
+            let mut d = Dec::new(rest);
+            if d.str()? != pair {
+                return Ok(None);
+            }
+            let dg = d.string()?;
+            let n = d.uv()?;
+            let mut digester = Digester::new(pair);
+            let mut in_local = vec![false; local.len()];
+            let mut extra = Vec::new();
+            let mut j = 0;
+            let mut last: Option<String> = None;
+            for _ in 0..n {
+                let e = Entry::decode(&mut d)?;
+                if last.as_deref().is_some_and(|l| l >= e.path.as_str()) {
+                    return Err(Error::bad_input("entries out of order"));
+                }
+                digester.add(&e);
+                while j < local.len() && local[j].path < e.path {
+                    j += 1;
+                }
+                if j < local.len() && local[j].recorded_eq(&e) {
+                    in_local[j] = true;
+                    last = Some(e.path);
+                } else {
+                    last = Some(e.path.clone());
+                    extra.push(e);
+                }
+            }
+            if digester.finish() != dg {
+                return Err(Error::bad_input("digest mismatch"));
+            }
+            Ok(Some(Record {
+                digest: dg,
+                in_local,
+                extra,
+            }))
+        };
+        match decode() {
+            Ok(r) => Ok(r),
             Err(e) => {
                 log::warn!(
                     "{}: unusable manifest ({}); treating the domain as never synced",

@@ -128,7 +128,7 @@ fn msg_range<E: std::borrow::Borrow<Entry>>(
 pub fn plan<'a>(
     local: &'a [Entry],
     remote: &[&'a Entry],
-    synced: Option<&[Entry]>,
+    synced: Option<&[&Entry]>,
     rules: Rules,
 ) -> Plan<'a> {
     let mut p = Plan::default();
@@ -377,7 +377,7 @@ mod tests {
     fn flag_change_is_a_rename() {
         let l = vec![f("u/Maildir/cur/1.a,S=5:2,S", 5)];
         let r = vec![f("u/Maildir/new/1.a,S=5", 5)];
-        let p = plan(&l, &refs(&r), Some(&r), ALL);
+        let p = plan(&l, &refs(&r), Some(&refs(&r)), ALL);
         assert_eq!(
             p.ops,
             vec![Op::Rename {
@@ -396,7 +396,7 @@ mod tests {
             f("u/Maildir/cur/2.a:2,S", 5),
         ];
         l.sort_by(|a, b| a.path.cmp(&b.path));
-        let p = plan(&l, &refs(&r), Some(&r), ALL);
+        let p = plan(&l, &refs(&r), Some(&refs(&r)), ALL);
         assert_eq!(p.renames(), 1);
         assert_eq!(p.links(), 1);
         assert_eq!(p.puts(), 0);
@@ -407,7 +407,7 @@ mod tests {
     fn deletes_only_what_was_in_sync() {
         let r = vec![f("u/Maildir/cur/1.a:2,", 5), f("u/Maildir/new/2.b", 5)];
         let synced = vec![f("u/Maildir/cur/1.a:2,", 5)];
-        let p = plan(&[], &refs(&r), Some(&synced), ALL);
+        let p = plan(&[], &refs(&r), Some(&refs(&synced)), ALL);
         assert_eq!(p.ops, vec![Op::Delete(&r[0].path)]);
         assert_eq!(p.conflicts.len(), 1);
         // No record: nothing deleted.
@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(p.deletes(), 0);
         assert_eq!(p.conflicts.len(), 2);
         // Deletes withheld.
-        let p = plan(&[], &refs(&r), Some(&synced), Rules::default());
+        let p = plan(&[], &refs(&r), Some(&refs(&synced)), Rules::default());
         assert_eq!(p.deletes(), 0);
         assert_eq!(p.withheld, 1);
     }

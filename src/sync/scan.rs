@@ -506,8 +506,9 @@ mod tests {
         fs::write(d.join("u/Maildir/dovecot-uidlist"), "3 V1 N1\n").unwrap();
         let f = Filter::new(vec![], false);
         let (s1, c1) = scan(d, &f, Cache::default());
-        c1.save(&d.join("cache"), &s1.entries).unwrap();
-        let c1 = Cache::load(&d.join("cache"));
+        let state = tempfile::tempdir().unwrap();
+        c1.save(&state.path().join("cache"), &s1.entries).unwrap();
+        let c1 = Cache::load(&state.path().join("cache"));
         assert!(s1.errors.is_empty());
         // 5 messages + the uidlist; nothing from tmp/, no lock file.
         assert_eq!(s1.stats, 6);
