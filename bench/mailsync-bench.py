@@ -253,6 +253,8 @@ def main():
         except KeyError:
             sh(["useradd", "--system", "--no-create-home", "--home-dir", home, "--shell",
                 "/bin/sh", a.remote_user])
+            # Key login only, but not a locked account (sshd refuses those).
+            sh(["usermod", "-p", "*", a.remote_user])
     for d in (rtmp, home):
         os.makedirs(d, exist_ok=True)
         shutil.chown(d, a.remote_user, a.remote_user)
