@@ -202,7 +202,7 @@ fn sync_domain_inner(
     let local = {
         let old = Cache::load(&cache_path);
         let (s, cache) = scan::scan(&base, &opts.filter, old);
-        if !opts.dry_run && s.errors.is_empty() {
+        if !opts.dry_run && s.errors.is_empty() && cache.dirty {
             let _ = cache.save(&cache_path, &s.entries);
         }
         s
@@ -557,7 +557,7 @@ fn sync_domain_inner(
         if applier.error_count > 0 {
             adopted.clear();
         }
-        for (_, e) in applier.tree {
+        for e in applier.tree.into_added() {
             if adopted.contains(&e.path) {
                 local_entries.push(e);
             }

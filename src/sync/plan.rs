@@ -91,34 +91,54 @@ fn cmp_key(a: Key, b: Key, base_only: bool) -> std::cmp::Ordering {
     }
 }
 
-/// A message index: positions of the message files of `list`, sorted by key (or base
-/// name): 4 bytes a message instead of a hash map of keys.
-fn msg_index<E: std::borrow::Borrow<Entry>>(list: &[E], base_only: bool) -> Vec<u32> {
-    let key = |i: u32| message_key(&list[i as usize].borrow().path);
-    let mut v: Vec<u32> = (0..list.len() as u32)
-        .filter(|&i| list[i as usize].borrow().kind == Kind::File && key(i).is_some())
-        .collect();
-    // Keys are parsed again on each comparison: cheap, and nothing else is allocated.
-    v.sort_by(|&a, &b| match (key(a), key(b)) {
-        (Some(x), Some(y)) => cmp_key(x, y, base_only),
-        _ => std::cmp::Ordering::Equal,
-    });
+/// A message file in an index: its position and where its key lies in its path (parsed
+/// once: comparisons then cost no parsing). 16 bytes a message.
+#[derive(Debug, Clone, Copy)]
+struct MsgRef {
+    i: u32,
+    folder_len: u32,
+    base_start: u32,
+    base_len: u32,
+}
+
+fn key_at<'x, E: std::borrow::Borrow<Entry>>(list: &'x [E], m: &MsgRef) -> Key<'x> {
+    let p = list[m.i as usize].borrow().path.as_str();
+    let (bs, bl) = (m.base_start as usize, m.base_len as usize);
+    (&p[..m.folder_len as usize], &p[bs..bs + bl])
+}
+
+/// A message index: the message files of `list`, sorted by key (or base name).
+fn msg_index<E: std::borrow::Borrow<Entry>>(list: &[E], base_only: bool) -> Vec<MsgRef> {
+    let mut v: Vec<MsgRef> = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        let e = e.borrow();
+        if e.kind != Kind::File {
+            continue;
+        }
+        if let Some((folder, base)) = message_key(&e.path) {
+            let start = base.as_ptr() as usize - e.path.as_ptr() as usize;
+            v.push(MsgRef {
+                i: i as u32,
+                folder_len: folder.len() as u32,
+                base_start: start as u32,
+                base_len: base.len() as u32,
+            });
+        }
+    }
+    v.sort_by(|a, b| cmp_key(key_at(list, a), key_at(list, b), base_only));
     v
 }
 
 /// The positions in a message index whose key (or base name) equals `k`.
 fn msg_range<E: std::borrow::Borrow<Entry>>(
     list: &[E],
-    idx: &[u32],
+    idx: &[MsgRef],
     base_only: bool,
     k: Key,
 ) -> std::ops::Range<usize> {
-    let ord = |i: &u32| match message_key(&list[*i as usize].borrow().path) {
-        Some(x) => cmp_key(x, k, base_only),
-        None => std::cmp::Ordering::Less,
-    };
-    let lo = idx.partition_point(|i| ord(i) == std::cmp::Ordering::Less);
-    let hi = lo + idx[lo..].partition_point(|i| ord(i) == std::cmp::Ordering::Equal);
+    let ord = |m: &MsgRef| cmp_key(key_at(list, m), k, base_only);
+    let lo = idx.partition_point(|m| ord(m) == std::cmp::Ordering::Less);
+    let hi = lo + idx[lo..].partition_point(|m| ord(m) == std::cmp::Ordering::Equal);
     lo..hi
 }
 
@@ -146,7 +166,7 @@ pub fn plan<'a>(
     let rmsg_get = |k: Key| -> Option<&'a Entry> {
         // The last one, as a map built in order would keep.
         let r = msg_range(remote, &rmsg, false, k);
-        r.last().map(|i| remote[rmsg[i] as usize])
+        r.last().map(|i| remote[rmsg[i].i as usize])
     };
     let in_smsg = |k: Key| !msg_range(synced, &smsg, false, k).is_empty();
     let in_lmsg = |k: Key| !msg_range(local, &lmsg, false, k).is_empty();
@@ -157,11 +177,10 @@ pub fn plan<'a>(
     let mut leaving = vec![false; remote.len()];
     let mut moved = vec![false; remote.len()];
     if allow_delete {
-        for &i in &rmsg {
-            if let Some(k) = message_key(&remote[i as usize].path) {
-                if !in_lmsg(k) && in_smsg(k) {
-                    leaving[i as usize] = true;
-                }
+        for m in &rmsg {
+            let k = key_at(remote, m);
+            if !in_lmsg(k) && in_smsg(k) {
+                leaving[m.i as usize] = true;
             }
         }
     }
@@ -210,10 +229,12 @@ pub fn plan<'a>(
             continue;
         }
         // Same base name in another remote folder: a move (it is leaving there) or a copy.
-        let cands = &rbase[msg_range(remote, &rbase, true, k)];
-        if let Some(&i) = cands
+        let cands = rbase[msg_range(remote, &rbase, true, k)]
             .iter()
-            .find(|&&i| leaving[i as usize] && !moved[i as usize])
+            .map(|m| m.i);
+        if let Some(i) = cands
+            .clone()
+            .find(|&i| leaving[i as usize] && !moved[i as usize])
         {
             moved[i as usize] = true;
             renames.push(Op::Rename {
@@ -222,9 +243,9 @@ pub fn plan<'a>(
             });
             continue;
         }
-        if let Some(&i) = cands
-            .iter()
-            .find(|&&i| remote[i as usize].size == l.size && !moved[i as usize])
+        if let Some(i) = cands
+            .clone()
+            .find(|&i| remote[i as usize].size == l.size && !moved[i as usize])
         {
             links.push(Op::Link {
                 from: &remote[i as usize].path,

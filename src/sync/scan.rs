@@ -102,6 +102,8 @@ pub struct CachedDir {
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
     pub dirs: HashMap<String, CachedDir>,
+    /// Differs from the cache the scan started from (else saving it again is useless).
+    pub dirty: bool,
 }
 
 const CACHE_MAGIC: &[u8] = b"mailsync-scan-cache 1\n";
@@ -149,7 +151,7 @@ impl Cache {
                 },
             );
         }
-        Ok(Cache { dirs })
+        Ok(Cache { dirs, dirty: false })
     }
 
     /// Save the cache of a scan: the directories' metadata kept here, their files taken
@@ -328,14 +330,22 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
                 let files = if is_msg_dir {
                     c.files
                 } else {
-                    c.files
+                    let files: Vec<Entry> = c
+                        .files
                         .iter()
                         .filter_map(|f| stat_entry(&domain_dir.join(&f.path), &f.path, &mut out))
-                        .collect()
+                        .collect();
+                    if files.len() != c.files.len()
+                        || files.iter().zip(&c.files).any(|(a, b)| !a.recorded_eq(b))
+                    {
+                        new.dirty = true;
+                    }
+                    files
                 };
                 (files, c.subdirs)
             }
             _ => {
+                new.dirty = true;
                 let prev: HashMap<&str, &Entry> = match &cached {
                     Some(c) if is_msg_dir => c
                         .files
@@ -373,6 +383,10 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
         }
     }
     out.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    out.entries.shrink_to_fit();
+    if !old.dirs.is_empty() {
+        new.dirty = true; // directories gone since
+    }
     (out, new)
 }
 

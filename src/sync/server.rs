@@ -136,7 +136,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
     let old = Cache::load(&cache_path);
     let (listing, cache) = scan::scan(&base, &filter, old);
-    if !dry_run {
+    if !dry_run && cache.dirty {
         let _ = cache.save(&cache_path, &listing.entries);
     }
     drop(cache);
@@ -272,11 +272,10 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                     }
                     payload = conn.expect(t::COMMIT)?.to_vec();
                 }
-                let entries: Vec<Entry> = applier
-                    .entries()
-                    .into_iter()
-                    .filter(|e| !keep_out.contains(&e.path))
-                    .collect();
+                let mut entries: Vec<Entry> = applier.into_entries();
+                if !keep_out.is_empty() {
+                    entries.retain(|e| !keep_out.contains(&e.path));
+                }
                 let m = Manifest::new(&pair, entries);
                 // Unchanged record: nothing to write.
                 let r = if old_digest.as_deref() == Some(m.digest.as_str()) {
