@@ -12,7 +12,9 @@ Tools (each from an empty destination, on a `cp -al` copy of the same generated 
                per pair of domains, all threads at once
   rsync-fast   rsync's fastest mode here: one whole-tree `rsync -aH --delete` (no compression
                on loopback)
-Phases: initial copy, no-change run, run after a day of activity (mailsync-gen.py mutate).
+Phases: initial copy, no-change run (--nochange-reps times), run after a day of activity
+(mailsync-gen.py mutate). Each tool has its own source copy and destination; within each phase
+the tools take turns (order rotated per rep), so load changes on a shared machine hit all alike.
 Per phase: wall, CPU (user+sys of both ends: the remote side runs under /usr/bin/time via
 --remote-command / --rsync-path), wire bytes (protocol bytes: mailsync's wire_bytes, rsync's
 --stats "Total bytes sent + received"), peak RSS of each end. Medians over --reps.
@@ -229,6 +231,10 @@ def main():
     ap.add_argument("--tools", default="mailsync,rsync-seed,rsync-fast")
     ap.add_argument("--remote-user", default="mailbench")
     ap.add_argument("--phases", default="initial,nochange,day")
+    ap.add_argument("--nochange-reps", type=int, default=3,
+                    help="no-change runs per rep (cheap; medians)")
+    ap.add_argument("--quick-check", action="store_true",
+                    help="check copies by size and mtime, not by content")
     a = ap.parse_args()
     if a.bin is None:
         tgt = os.environ.get("CARGO_TARGET_DIR", os.path.join(HERE, "..", "target"))
@@ -268,38 +274,54 @@ def main():
                 dict(wall=setup, cpu=0.0, wire=0, rss_local_kb=0, rss_remote_kb=0, data=None))
             print("ssh setup (ssh %s@host true) rep %d: %.2fs; %s" % (
                 a.remote_user, rep, setup, load()), flush=True)
-            for tool in a.tools.split(","):
-                src = os.path.join(a.work, "src")
-                dst = os.path.join(a.work, "dst")
-                state = os.path.join(a.work, "state")
+            # Every tool has its own source copy and destination, and the tools take turns
+            # within each phase (order rotated per rep): a change in the load of this shared
+            # machine hits all of them alike.
+            tools = a.tools.split(",")
+            tools = tools[rep % len(tools):] + tools[:rep % len(tools)]
+            tl, tr = os.path.join(a.work, "t.local"), os.path.join(rtmp, "t.remote")
+            dirs = {}
+            for tool in tools:
+                src, dst, state = (os.path.join(a.work, "%s-%s" % (x, tool))
+                                   for x in ("src", "dst", "state"))
                 for d in (src, dst, state):
                     shutil.rmtree(d, ignore_errors=True)
                 sh(["cp", "-al", base, src])
                 os.makedirs(dst)
                 shutil.chown(dst, a.remote_user, a.remote_user)
-                tl, tr = os.path.join(a.work, "t.local"), os.path.join(rtmp, "t.remote")
-                for phase in a.phases.split(","):
-                    if phase == "day":
-                        sh(["/usr/bin/python3", GEN, "mutate", src, "--seed", "7"],
+                dirs[tool] = (src, dst, state)
+            for phase in a.phases.split(","):
+                if phase == "day":
+                    for tool in tools:
+                        sh(["/usr/bin/python3", GEN, "mutate", dirs[tool][0], "--seed", "7"],
                            stdout=subprocess.DEVNULL)
-                    # No tool pays for the previous one's writeback (mailsync fsyncs, and an
-                    # fsync on ext4 waits for other dirty data too; rsync never fsyncs).
-                    subprocess.run(["sync"])
-                    if cold:
-                        drop_caches()
-                    r = run_tool(tool, src, dst, a, sshd, state, tl, tr)
-                    key = (tool, phase, "cold" if cold else "warm")
-                    results.setdefault(key, []).append(r)
-                    print("%-10s %-8s %-4s rep %d: %s; %s" % (tool, phase, key[2], rep, r, load()),
-                          flush=True)
-                # Check: the copy equals the source (names and sizes).
+                for turn in range(a.nochange_reps if phase == "nochange" else 1):
+                    for tool in tools:
+                        src, dst, state = dirs[tool]
+                        # No tool pays for the previous one's writeback (mailsync fsyncs, and
+                        # an fsync on ext4 waits for other dirty data too; rsync never fsyncs).
+                        subprocess.run(["sync"])
+                        if cold:
+                            drop_caches()
+                        r = run_tool(tool, src, dst, a, sshd, state, tl, tr)
+                        key = (tool, phase, "cold" if cold else "warm")
+                        results.setdefault(key, []).append(r)
+                        print("%-10s %-8s %-4s rep %d: %s; %s" % (
+                            tool, phase, key[2], rep, r, load()), flush=True)
+            for tool in tools:
+                src, dst, _ = dirs[tool]
+                # Check: the copy equals the source (names, sizes, mtimes; contents too
+                # unless --quick-check).
                 diff = subprocess.run(
                     ["rsync", "-anH", "--no-o", "--no-g", "--delete", "--exclude", "/.mailsync",
-                     "--itemize-changes",
-                     "--checksum", src + "/", dst + "/"], capture_output=True, text=True).stdout
+                     "--itemize-changes"] + ([] if a.quick_check else ["--checksum"]) +
+                    [src + "/", dst + "/"], capture_output=True, text=True).stdout
                 changed = [l for l in diff.splitlines() if l and not l.startswith(".d")]
                 if changed:
                     print("WARNING: %s left differences: %s" % (tool, changed[:5]), flush=True)
+                else:
+                    print("%s: copy equal to the source" % tool, flush=True)
+                shutil.rmtree(dst, ignore_errors=True)
         # Empty-tree baseline for mailsync's memory per message tracked.
         empty = os.path.join(a.work, "empty")
         empty_dst = os.path.join(a.work, "empty-dst")
