@@ -129,14 +129,15 @@ impl Cache {
             let mtime_ns = d.u32()?;
             let stable = d.u8()? != 0;
             let nf = d.uv()?;
-            let mut files = Vec::new();
+            // Exact size (no growth slack); bounded in case the file is damaged.
+            let mut files = Vec::with_capacity(nf.min(1 << 16) as usize);
             for _ in 0..nf {
                 let mut e = Entry::decode(&mut d)?;
                 e.ino = d.uv()?;
                 files.push(e);
             }
             let ns = d.uv()?;
-            let mut subdirs = Vec::new();
+            let mut subdirs = Vec::with_capacity(ns.min(1 << 16) as usize);
             for _ in 0..ns {
                 subdirs.push(d.string()?);
             }
@@ -284,6 +285,9 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
         }
     }
     let horizon = now_secs() - 2;
+    // The listing will hold about what the cache holds: no growth slack.
+    out.entries
+        .reserve(old.dirs.values().map(|c| c.files.len() + 1).sum::<usize>());
     let mut stack: Vec<(String, usize)> = vec![(String::new(), 0)];
     while let Some((rel, depth)) = stack.pop() {
         let abs: PathBuf = if rel.is_empty() {

@@ -105,6 +105,10 @@ impl<'a> Dec<'a> {
     pub fn at_end(&self) -> bool {
         self.pos >= self.buf.len()
     }
+    /// Bytes consumed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
     pub fn u8(&mut self) -> Result<u8> {
         let b = *self.buf.get(self.pos).ok_or_else(short)?;
         self.pos += 1;
