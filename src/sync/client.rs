@@ -15,6 +15,8 @@ use std::time::Instant;
 
 /// Files up to this size travel inline in an OPS frame.
 const INLINE_MAX: u64 = 128 << 10;
+/// An OPS frame is sent once it holds this much.
+const FRAME_FILL: usize = 512 << 10;
 /// Control files read whole under the uidlist lock are bounded.
 const CONTROL_MAX: u64 = 256 << 20;
 
@@ -396,7 +398,9 @@ fn sync_domain_inner(
     // as read; vanished files are left out of the record.
     let mut updates: Vec<(usize, Entry)> = Vec::new();
     let mut gone: Vec<usize> = Vec::new();
-    let mut frame = Enc::new();
+    // One frame buffer, sized once (a frame is sent past FRAME_FILL: at most that plus one
+    // inline file), reused: no growth by doubling.
+    let mut frame = Enc::with_capacity(FRAME_FILL + INLINE_MAX as usize + (4 << 10));
     for op in &p.ops {
         match op {
             Op::Put(entry) => {
@@ -431,9 +435,9 @@ fn sync_domain_inner(
                 encode_op(other, &mut frame);
             }
         }
-        if frame.len() > 512 << 10 {
+        if frame.len() > FRAME_FILL {
             sess.conn.send(t::OPS, &frame.buf)?;
-            frame = Enc::new();
+            frame.buf.clear();
         }
     }
     if !frame.is_empty() {
@@ -680,7 +684,7 @@ fn stream_put(
     frame.u8(tag::PUT_STREAM);
     sent.encode(frame);
     conn.send(t::OPS, &frame.buf)?;
-    *frame = Enc::new();
+    frame.buf.clear();
     let mut size = first.len() as u64;
     if !first.is_empty() {
         conn.send(t::DATA, &first)?;

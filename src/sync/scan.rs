@@ -286,8 +286,13 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
     }
     let horizon = now_secs() - 2;
     // The listing will hold about what the cache holds: no growth slack.
-    out.entries
-        .reserve(old.dirs.values().map(|c| c.files.len() + 1).sum::<usize>());
+    out.entries.reserve(
+        old.dirs
+            .values()
+            .map(|c| c.files.len() + c.subdirs.len())
+            .sum::<usize>()
+            + 1,
+    );
     let mut stack: Vec<(String, usize)> = vec![(String::new(), 0)];
     while let Some((rel, depth)) = stack.pop() {
         let abs: PathBuf = if rel.is_empty() {

@@ -54,6 +54,11 @@ impl Enc {
     pub fn new() -> Self {
         Enc { buf: Vec::new() }
     }
+    pub fn with_capacity(n: usize) -> Self {
+        Enc {
+            buf: Vec::with_capacity(n),
+        }
+    }
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
