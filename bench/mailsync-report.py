@@ -21,7 +21,7 @@ def main():
         print()
         print("| phase | tool | wall s | CPU s (both ends) | wire bytes | peak RSS local / remote KiB | wall vs rsync-fast | wire vs rsync-seed |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for phase in ("initial", "nochange", "day"):
+        for phase in ("initial", "nochange", "day", "day2"):
             fast = r.get("rsync-fast/%s/%s" % (phase, cache))
             seed = r.get("rsync-seed/%s/%s" % (phase, cache))
             for tool in ("mailsync", "mailsync-plain", "rsync-fast", "rsync-seed"):
