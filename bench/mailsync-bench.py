@@ -233,6 +233,8 @@ def main():
     ap.add_argument("--phases", default="initial,nochange,day")
     ap.add_argument("--nochange-reps", type=int, default=3,
                     help="no-change runs per rep (cheap; medians)")
+    ap.add_argument("--rotate", type=int, default=0,
+                    help="start the tools' turn order at this offset")
     ap.add_argument("--quick-check", action="store_true",
                     help="check copies by size and mtime, not by content")
     a = ap.parse_args()
@@ -278,7 +280,8 @@ def main():
             # within each phase (order rotated per rep): a change in the load of this shared
             # machine hits all of them alike.
             tools = a.tools.split(",")
-            tools = tools[rep % len(tools):] + tools[:rep % len(tools)]
+            k = (rep + a.rotate) % len(tools)
+            tools = tools[k:] + tools[:k]
             tl, tr = os.path.join(a.work, "t.local"), os.path.join(rtmp, "t.remote")
             dirs = {}
             for tool in tools:
