@@ -12,11 +12,18 @@ Tools (each from an empty destination, on a `cp -al` copy of the same generated 
                per pair of domains, all threads at once
   rsync-fast   rsync's fastest mode here: one whole-tree `rsync -aH --delete` (no compression
                on loopback)
-Phases: initial copy, no-change run, run after a day of activity (mailsync-gen.py mutate).
+Phases: initial copy, no-change run (--nochange-reps times), run after a day of activity
+(mailsync-gen.py mutate). Each tool has its own source copy and destination; within each phase
+the tools take turns (order rotated per rep), so load changes on a shared machine hit all alike.
 Per phase: wall, CPU (user+sys of both ends: the remote side runs under /usr/bin/time via
 --remote-command / --rsync-path), wire bytes (protocol bytes: mailsync's wire_bytes, rsync's
 --stats "Total bytes sent + received"), peak RSS of each end. Medians over --reps.
-Needs: root (sshd, root login by key), /usr/sbin/sshd, rsync, /usr/bin/time.
+Remote user (--remote-user, default `mailbench`): a dedicated system user with /bin/sh as
+its shell, created if missing, owning the destination. sshd runs every remote command through
+the user's shell; root's bash here sources ~/.bashrc (pyenv init, ~0.5 s) for each one, which
+is not what a storage node's replication user pays. Both tools use the same user.
+`--remote-user root` measures the old way.
+Needs: root (sshd, useradd), /usr/sbin/sshd, rsync, /usr/bin/time.
 """
 import argparse
 import json
@@ -27,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import pwd
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -84,11 +92,11 @@ class Sshd:
             "-o IdentitiesOnly=yes -o BatchMode=yes -F /dev/null" % (self.port, self.key, self.kh)
         )
 
-    def setup_time(self):
+    def setup_time(self, user):
         """Wall time of `ssh host true`: the per-connection cost every tool pays (key
         exchange, authentication, the remote user's shell start-up)."""
         t = time.time()
-        subprocess.run(self.ssh.split() + ["root@127.0.0.1", "true"], check=True)
+        subprocess.run(self.ssh.split() + ["%s@127.0.0.1" % user, "true"], check=True)
         return time.time() - t
 
     def stop(self):
@@ -135,7 +143,7 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
             a.bin, "--root", src, "--remote-root", dst, "--state-dir", state, "--jobs", "2",
         ] + compress + [
             "--json", "--no-progress", "-i", sshd.key, "--known-hosts", sshd.kh,
-            "--port", str(sshd.port), "--user", "root", "--remote-command",
+            "--port", str(sshd.port), "--user", a.remote_user, "--remote-command",
             "/usr/bin/time -a -o %s -f '%s' %s serve --no-fence" % (tfile_r, TIMEFMT, a.bin),
         ]
         for d in domains:
@@ -153,7 +161,8 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
         if tool == "rsync-seed":
             jobs = [
                 ["rsync", "-H", "--delete-during", "-azz", "--stats", "-e", sshd.ssh,
-                 "--rsync-path", rpath, "%s/%s/" % (src, d), "root@127.0.0.1:%s/%s/" % (dst, d)]
+                 "--rsync-path", rpath, "%s/%s/" % (src, d),
+                 "%s@127.0.0.1:%s/%s/" % (a.remote_user, dst, d)]
                 for d in domains
             ]
             # The seed's mailrsync.pl: one thread per pair of domains, all threads at once,
@@ -182,7 +191,8 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
         else:
             r = subprocess.run(
                 timed + ["rsync", "-aH", "--delete", "--stats", "-e", sshd.ssh, "--rsync-path",
-                         rpath, "--exclude", "/.mailsync", src + "/", "root@127.0.0.1:%s/" % dst],
+                         rpath, "--exclude", "/.mailsync", src + "/",
+                         "%s@127.0.0.1:%s/" % (a.remote_user, dst)],
                 capture_output=True, text=True)
             if r.returncode != 0:
                 print(r.stderr[-2000:], file=sys.stderr)
@@ -192,6 +202,11 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
     cl, rl = read_times(tfile_l)
     cr, rr = read_times(tfile_r)
     return dict(wall=wall, cpu=cl + cr, wire=wire, rss_local_kb=rl, rss_remote_kb=rr, data=data)
+
+
+def load():
+    with open("/proc/loadavg") as f:
+        return "load %s" % " ".join(f.read().split()[:3])
 
 
 def drop_caches():
@@ -214,6 +229,14 @@ def main():
     ap.add_argument("--bin", default=None)
     ap.add_argument("--cold", action="store_true", help="also one cold-cache rep (drops caches)")
     ap.add_argument("--tools", default="mailsync,rsync-seed,rsync-fast")
+    ap.add_argument("--remote-user", default="mailbench")
+    ap.add_argument("--phases", default="initial,nochange,day")
+    ap.add_argument("--nochange-reps", type=int, default=3,
+                    help="no-change runs per rep (cheap; medians)")
+    ap.add_argument("--rotate", type=int, default=0,
+                    help="start the tools' turn order at this offset")
+    ap.add_argument("--quick-check", action="store_true",
+                    help="check copies by size and mtime, not by content")
     a = ap.parse_args()
     if a.bin is None:
         tgt = os.environ.get("CARGO_TARGET_DIR", os.path.join(HERE, "..", "target"))
@@ -229,44 +252,85 @@ def main():
         "find %s -path '*/cur/*' -o -path '*/new/*' | wc -l" % base, shell=True,
         capture_output=True, text=True).stdout)
     size = subprocess.run(["du", "-sb", base], capture_output=True, text=True).stdout.split()[0]
+    # The remote user and what it must own.
+    rtmp = os.path.join(a.work, "remote-tmp")
+    home = os.path.join(a.work, "home-" + a.remote_user)
+    if a.remote_user != "root":
+        try:
+            pwd.getpwnam(a.remote_user)
+        except KeyError:
+            sh(["useradd", "--system", "--no-create-home", "--home-dir", home, "--shell",
+                "/bin/sh", a.remote_user])
+            # Key login only, but not a locked account (sshd refuses those).
+            sh(["usermod", "-p", "*", a.remote_user])
+    for d in (rtmp, home):
+        os.makedirs(d, exist_ok=True)
+        shutil.chown(d, a.remote_user, a.remote_user)
     sshd = Sshd(a.work)
     results = {}
     try:
-        reps = [(i, False) for i in range(a.reps)] + ([(a.reps, True)] if a.cold else [])
+        reps = [(i, False) for i in range(a.reps)]
         for rep, cold in reps:
-            setup = statistics.median(sshd.setup_time() for _ in range(3))
+            setup = statistics.median(sshd.setup_time(a.remote_user) for _ in range(3))
             results.setdefault(("ssh-setup", "true", "cold" if cold else "warm"), []).append(
                 dict(wall=setup, cpu=0.0, wire=0, rss_local_kb=0, rss_remote_kb=0, data=None))
-            print("ssh setup (ssh host true) rep %d: %.2fs" % (rep, setup), flush=True)
-            for tool in a.tools.split(","):
-                src = os.path.join(a.work, "src")
-                dst = os.path.join(a.work, "dst")
-                state = os.path.join(a.work, "state")
+            print("ssh setup (ssh %s@host true) rep %d: %.2fs; %s" % (
+                a.remote_user, rep, setup, load()), flush=True)
+            # Every tool has its own source copy and destination, and the tools take turns
+            # within each phase (order rotated per rep): a change in the load of this shared
+            # machine hits all of them alike.
+            tools = a.tools.split(",")
+            k = (rep + a.rotate) % len(tools)
+            tools = tools[k:] + tools[:k]
+            tl, tr = os.path.join(a.work, "t.local"), os.path.join(rtmp, "t.remote")
+            dirs = {}
+            for tool in tools:
+                src, dst, state = (os.path.join(a.work, "%s-%s" % (x, tool))
+                                   for x in ("src", "dst", "state"))
                 for d in (src, dst, state):
                     shutil.rmtree(d, ignore_errors=True)
                 sh(["cp", "-al", base, src])
                 os.makedirs(dst)
-                tl, tr = os.path.join(a.work, "t.local"), os.path.join(a.work, "t.remote")
-                for phase in ("initial", "nochange", "day"):
-                    if phase == "day":
-                        sh(["/usr/bin/python3", GEN, "mutate", src, "--seed", "7"],
-                           stdout=subprocess.DEVNULL)
-                    # No tool pays for the previous one's writeback (mailsync fsyncs, and an
-                    # fsync on ext4 waits for other dirty data too; rsync never fsyncs).
-                    subprocess.run(["sync"])
-                    if cold:
-                        drop_caches()
-                    r = run_tool(tool, src, dst, a, sshd, state, tl, tr)
-                    key = (tool, phase, "cold" if cold else "warm")
-                    results.setdefault(key, []).append(r)
-                    print("%-10s %-8s %-4s rep %d: %s" % (tool, phase, key[2], rep, r), flush=True)
-                # Check: the copy equals the source (names and sizes).
+                shutil.chown(dst, a.remote_user, a.remote_user)
+                dirs[tool] = (src, dst, state)
+            phases = [(p, False) for p in a.phases.split(",")]
+            if a.cold and rep == a.reps - 1:
+                # Cold cache (caches dropped before every run), on the same copies: a no-change
+                # run, then a second day of activity (seed 8). The initial copy is measured warm
+                # only (a cold one would cost another full copy per tool).
+                phases += [("nochange", True), ("day2", True)]
+            for phase, cold in phases:
+                if phase in ("day", "day2"):
+                    for tool in tools:
+                        sh(["/usr/bin/python3", GEN, "mutate", dirs[tool][0], "--seed",
+                            "7" if phase == "day" else "8"], stdout=subprocess.DEVNULL)
+                for turn in range(a.nochange_reps if phase == "nochange" and not cold else 1):
+                    for tool in tools:
+                        src, dst, state = dirs[tool]
+                        # No tool pays for the previous one's writeback (mailsync fsyncs, and
+                        # an fsync on ext4 waits for other dirty data too; rsync never fsyncs).
+                        subprocess.run(["sync"])
+                        if cold:
+                            drop_caches()
+                        r = run_tool(tool, src, dst, a, sshd, state, tl, tr)
+                        key = (tool, phase, "cold" if cold else "warm")
+                        results.setdefault(key, []).append(r)
+                        print("%-10s %-8s %-4s rep %d: %s; %s" % (
+                            tool, phase, key[2], rep, r, load()), flush=True)
+            for tool in tools:
+                src, dst, _ = dirs[tool]
+                # Check: the copy equals the source (names, sizes, mtimes; contents too
+                # unless --quick-check).
                 diff = subprocess.run(
-                    ["rsync", "-anH", "--delete", "--exclude", "/.mailsync", "--itemize-changes",
-                     "--checksum", src + "/", dst + "/"], capture_output=True, text=True).stdout
+                    ["rsync", "-anH", "--no-o", "--no-g", "--delete", "--exclude", "/.mailsync",
+                     "--itemize-changes"] + ([] if a.quick_check else ["--checksum"]) +
+                    [src + "/", dst + "/"], capture_output=True, text=True).stdout
                 changed = [l for l in diff.splitlines() if l and not l.startswith(".d")]
                 if changed:
                     print("WARNING: %s left differences: %s" % (tool, changed[:5]), flush=True)
+                else:
+                    print("%s: copy equal to the source" % tool, flush=True)
+                shutil.rmtree(dst, ignore_errors=True)
         # Empty-tree baseline for mailsync's memory per message tracked.
         empty = os.path.join(a.work, "empty")
         empty_dst = os.path.join(a.work, "empty-dst")
@@ -275,14 +339,16 @@ def main():
         for d in sorted(x for x in os.listdir(base) if not x.startswith(".")):
             os.makedirs(os.path.join(empty, d))
         os.makedirs(empty_dst)
+        shutil.chown(empty_dst, a.remote_user, a.remote_user)
         if "mailsync" in a.tools.split(","):
             r = run_tool("mailsync", empty, empty_dst, a, sshd, os.path.join(a.work, "state"),
-                         os.path.join(a.work, "t.local"), os.path.join(a.work, "t.remote"))
+                         os.path.join(a.work, "t.local"), os.path.join(rtmp, "t.remote"))
             results[("mailsync", "empty-tree", "warm")] = [r]
             print("mailsync on an empty tree: %s" % r, flush=True)
     finally:
         sshd.stop()
-    summary = {"messages": nmsg, "bytes": int(size), "tag": tag, "results": {}}
+    summary = {"messages": nmsg, "bytes": int(size), "tag": tag, "results": {},
+               "remote_user": a.remote_user, "load_at_end": load()}
     for (tool, phase, cache), rs in sorted(results.items()):
         med = {k: statistics.median([r[k] for r in rs if r[k] is not None])
                for k in ("wall", "cpu", "wire", "rss_local_kb", "rss_remote_kb")}

@@ -21,7 +21,7 @@ def main():
         print()
         print("| phase | tool | wall s | CPU s (both ends) | wire bytes | peak RSS local / remote KiB | wall vs rsync-fast | wire vs rsync-seed |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for phase in ("initial", "nochange", "day"):
+        for phase in ("initial", "nochange", "day", "day2"):
             fast = r.get("rsync-fast/%s/%s" % (phase, cache))
             seed = r.get("rsync-seed/%s/%s" % (phase, cache))
             for tool in ("mailsync", "mailsync-plain", "rsync-fast", "rsync-seed"):
@@ -34,15 +34,22 @@ def main():
                     phase, tool, x["wall"], x["cpu"], x["wire"], x["rss_local_kb"],
                     x["rss_remote_kb"], wr, ww))
     e = r.get("mailsync/empty-tree/warm")
-    i = r.get("mailsync/initial/warm")
-    if e and i:
-        per = (i["rss_local_kb"] - e["rss_local_kb"]) * 1024 / d["messages"]
-        per_r = (i["rss_remote_kb"] - e["rss_remote_kb"]) * 1024 / d["messages"]
+    if e:
         print()
-        print("Memory per message tracked (peak RSS of the initial copy minus that of a run on an "
-              "empty tree, over %d messages): sender %.0f bytes, receiver %.0f bytes." % (
-                  d["messages"], per, per_r))
-
+        for phase in ("initial", "nochange", "day"):
+            i = r.get("mailsync/%s/warm" % phase)
+            if not i:
+                continue
+            per = (i["rss_local_kb"] - e["rss_local_kb"]) * 1024 / d["messages"]
+            per_r = (i["rss_remote_kb"] - e["rss_remote_kb"]) * 1024 / d["messages"]
+            print("Memory per message tracked, %s run (peak RSS minus that of a run on an empty "
+                  "tree, %d / %d KiB local / remote, over %d messages): sender %.0f bytes, "
+                  "receiver %.0f bytes." % (phase, e["rss_local_kb"], e["rss_remote_kb"],
+                                            d["messages"], per, per_r))
+    if d.get("remote_user"):
+        print()
+        print("Remote user: %s; load average at the end: %s." % (
+            d["remote_user"], d.get("load_at_end", "?")))
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,8 @@ use mailcluster::names::{self, Domain, Strictness};
 use mailcluster::sync::{self, scan::Filter, transport, Job, RunOptions, SyncConfig, Target};
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Replicate Maildirs between the two storage nodes (primary -> backup), rename-aware,
@@ -95,6 +97,11 @@ struct RunArgs {
     /// Treat kept remote-only messages (conflicts) as failures
     #[arg(long)]
     strict: bool,
+    /// Keep running: a round every SECS seconds (default 60) until SIGTERM/SIGINT. A round
+    /// with nothing to do costs a stat per directory (cached listings), so short intervals
+    /// are cheap; see the README for why this is a loop and not inotify.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60")]
+    watch: Option<u64>,
     /// Log debug messages
     #[arg(short, long)]
     verbose: bool,
@@ -296,78 +303,12 @@ fn run(common: &CommonArgs, mut a: RunArgs) -> Result<i32> {
             .map_err(|_| Error::bad_input(format!("bad remote host {h:?}")))?;
     }
 
-    // The domains, their destinations, and the sender-side fence.
-    let mut dir = open_directory(&config)?;
-    let mut jobs_list = Vec::new();
-    let mut refused = Vec::new();
-    if a.domains.is_empty() {
-        let d = dir.as_mut().ok_or_else(|| {
-            Error::config("no directory configured: give --domain, or --db / [[directory]]")
-        })?;
-        for rec in d.domains(Some(&node))? {
-            let t = match (&target, &rec.backup) {
-                (Some(t), _) => t.clone(),
-                (None, Some(b)) => Target::Host(b.clone()),
-                (None, None) => {
-                    refused.push((
-                        rec.domain.to_string(),
-                        "no backup node (storage2)".to_string(),
-                    ));
-                    continue;
-                }
-            };
-            jobs_list.push(Job {
-                domain: rec.domain,
-                target: t,
-            });
-        }
-    } else {
-        for raw in &a.domains {
-            let domain = Domain::parse(raw, Strictness::Admin)?;
-            let rec = match dir.as_mut() {
-                Some(d) => d.route(&domain)?,
-                None => None,
-            };
-            if dir.is_some() {
-                match &rec {
-                    None => {
-                        refused.push((domain.to_string(), "unknown to the directory".into()));
-                        continue;
-                    }
-                    Some(r) if r.primary != node => {
-                        refused.push((
-                            domain.to_string(),
-                            format!(
-                                "this node ({node}) is not its primary ({}); refusing to send it \
-                                 (fencing)",
-                                r.primary
-                            ),
-                        ));
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
-            let t =
-                match (&target, rec.and_then(|r| r.backup)) {
-                    (Some(t), _) => t.clone(),
-                    (None, Some(b)) => Target::Host(b),
-                    (None, None) => return Err(Error::bad_input(
-                        "give REMOTE (a host or an absolute path): no directory to find the backup",
-                    )),
-                };
-            jobs_list.push(Job { domain, target: t });
-        }
-    }
-    drop(dir);
-
     // One run per node pair.
     let pair_name = match &target {
         Some(t) => format!("{node}-{t}"),
         None => format!("{node}-backups"),
     };
     let _lock = sync::RunLock::acquire(&state_dir, &pair_name)?;
-
     let local_command = match a.remote_command.as_deref().or(sc.remote_command.as_deref()) {
         Some(c) if matches!(target, Some(Target::Path(_))) => {
             c.split_whitespace().map(str::to_string).collect()
@@ -432,7 +373,122 @@ fn run(common: &CommonArgs, mut a: RunArgs) -> Result<i32> {
             .unwrap_or(root),
         progress,
     };
-    let mut report = sync::run(jobs_list, &opts);
+    let stop = Arc::new(AtomicBool::new(false));
+    if a.watch.is_some() {
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, Arc::clone(&stop))
+                .map_err(|e| Error::io("cannot install a signal handler", e))?;
+        }
+    }
+    loop {
+        let code = match domain_jobs(&config, &a, &opts.send.node, &target) {
+            Ok((jobs_list, refused)) => round(&a, &opts, jobs_list, refused),
+            // In --watch mode a failing directory is retried next round.
+            Err(e) if a.watch.is_some() => {
+                eprintln!("mailsync: {}", e.message());
+                Ok(mailcluster::error::exit::TEMPFAIL)
+            }
+            Err(e) => Err(e),
+        }?;
+        let Some(every) = a.watch else {
+            return Ok(code);
+        };
+        // Sleep until the next round, waking for a stop signal.
+        let until = std::time::Instant::now() + Duration::from_secs(every.max(1));
+        while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(code);
+        }
+    }
+}
+
+/// Domains refused before sending, with the reason.
+type Refused = Vec<(String, String)>;
+
+/// The domains of one round, their destinations, and those refused by the sender-side
+/// fence (re-read from the directory every round of `--watch`).
+fn domain_jobs(
+    config: &Config,
+    a: &RunArgs,
+    node: &str,
+    target: &Option<Target>,
+) -> Result<(Vec<Job>, Refused)> {
+    let mut dir = open_directory(config)?;
+    let mut jobs_list = Vec::new();
+    let mut refused = Vec::new();
+    if a.domains.is_empty() {
+        let d = dir.as_mut().ok_or_else(|| {
+            Error::config("no directory configured: give --domain, or --db / [[directory]]")
+        })?;
+        for rec in d.domains(Some(node))? {
+            let t = match (target, &rec.backup) {
+                (Some(t), _) => t.clone(),
+                (None, Some(b)) => Target::Host(b.clone()),
+                (None, None) => {
+                    refused.push((
+                        rec.domain.to_string(),
+                        "no backup node (storage2)".to_string(),
+                    ));
+                    continue;
+                }
+            };
+            jobs_list.push(Job {
+                domain: rec.domain,
+                target: t,
+            });
+        }
+    } else {
+        for raw in &a.domains {
+            let domain = Domain::parse(raw, Strictness::Admin)?;
+            let rec = match dir.as_mut() {
+                Some(d) => d.route(&domain)?,
+                None => None,
+            };
+            if dir.is_some() {
+                match &rec {
+                    None => {
+                        refused.push((domain.to_string(), "unknown to the directory".into()));
+                        continue;
+                    }
+                    Some(r) if r.primary != node => {
+                        refused.push((
+                            domain.to_string(),
+                            format!(
+                                "this node ({node}) is not its primary ({}); refusing to send it \
+                                 (fencing)",
+                                r.primary
+                            ),
+                        ));
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            let t =
+                match (target, rec.and_then(|r| r.backup)) {
+                    (Some(t), _) => t.clone(),
+                    (None, Some(b)) => Target::Host(b),
+                    (None, None) => return Err(Error::bad_input(
+                        "give REMOTE (a host or an absolute path): no directory to find the backup",
+                    )),
+                };
+            jobs_list.push(Job { domain, target: t });
+        }
+    }
+    drop(dir);
+    Ok((jobs_list, refused))
+}
+
+/// One round: replicate the domains, print the report; the exit code.
+fn round(
+    a: &RunArgs,
+    opts: &RunOptions,
+    jobs_list: Vec<Job>,
+    refused: Vec<(String, String)>,
+) -> Result<i32> {
+    let mut report = sync::run(jobs_list, opts);
     for (domain, why) in refused {
         report.domains += 1;
         report.errors += 1;
@@ -444,10 +500,15 @@ fn run(common: &CommonArgs, mut a: RunArgs) -> Result<i32> {
         });
     }
     if a.json {
+        // One object per line in --watch mode (one per round).
+        let json = if a.watch.is_some() {
+            serde_json::to_string(&report)
+        } else {
+            serde_json::to_string_pretty(&report)
+        };
         println!(
             "{}",
-            serde_json::to_string_pretty(&report)
-                .map_err(|e| Error::internal(format!("json: {e}")))?
+            json.map_err(|e| Error::internal(format!("json: {e}")))?
         );
     } else {
         for d in report.per_domain.iter().filter(|d| !d.ok) {

@@ -995,3 +995,95 @@ fn over_ssh_with_a_forced_command_key() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("uid=0"));
     assert!(!out.status.success());
 }
+
+#[test]
+fn bwlimit_caps_the_sending_rate() {
+    let e = env();
+    let md = maildir(&e.a, "alice", "");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let body: Vec<u8> = (0..300_000).map(|_| rng.gen()).collect();
+    deliver(&md, "new", "1600000000.M1P1.host", &body, "");
+    // 100 KiB/s: the limiter sleeps until every byte written is due, so the run cannot
+    // end before bytes_sent / rate seconds (a lower bound only: no timing luck involved).
+    let start = std::time::Instant::now();
+    let v = ok(a_to_b(&e, &["--bwlimit", "100K"]));
+    let took = start.elapsed().as_secs_f64();
+    let sent = n(&v, "bytes_sent");
+    assert_eq!(sent, 300_000, "{v}");
+    let floor = sent as f64 / (100.0 * 1024.0);
+    assert!(
+        took >= floor,
+        "{took:.2}s for {sent} bytes at 100K/s (floor {floor:.2}s)"
+    );
+    assert_equal(&e.a, &e.b);
+    // A rate that does not parse is bad input (exit 64), before anything is sent.
+    let (code, _, err) = a_to_b(&e, &["--bwlimit", "fast"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("rate"), "{err}");
+}
+
+/// Poll `cond` every 50 ms for up to `secs` seconds.
+fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+#[test]
+fn watch_repeats_rounds_until_sigterm() {
+    let e = env();
+    populate(&e.a, 7);
+    let (a, b) = (e.a.to_str().unwrap(), e.b.to_str().unwrap());
+    let mut child = Command::new(BIN)
+        .args(["--root", a, "--domain", D, "--watch", "1", "--json", b])
+        .env_remove("MAILCLUSTER_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id() as i32;
+    let stdout = child.stdout.take().unwrap();
+    let mut child = Kill(child);
+    // The first round copies the tree; a message delivered afterwards arrives in a later
+    // round without starting mailsync again.
+    let uidlist = e.b.join(D).join("alice/Maildir/dovecot-uidlist");
+    assert!(wait_for(60, || uidlist.exists()), "no first round");
+    let md = maildir(&e.a, "alice", "");
+    let p = deliver(&md, "new", "1700000000.M1P1.host", b"later", "");
+    let there = e.b.join(p.strip_prefix(&e.a).unwrap());
+    assert!(
+        wait_for(60, || there.exists()),
+        "not replicated by a later round"
+    );
+    // SIGTERM ends it between rounds, with the last round's status.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut status = None;
+    assert!(wait_for(60, || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    }));
+    assert_eq!(status.unwrap().code(), Some(0));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut { stdout }, &mut out).unwrap();
+    let rounds: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rounds.len() >= 2, "{out}");
+    assert!(rounds.iter().all(|r| r["ok"] == true), "{out}");
+    assert_equal(&e.a, &e.b);
+}

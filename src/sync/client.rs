@@ -8,13 +8,15 @@ use super::scan::{self, Cache, Filter};
 use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
 use crate::names::Domain;
-use std::collections::{HashMap, HashSet};
-use std::io::Read;
+use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Files up to this size travel inline in an OPS frame.
 const INLINE_MAX: u64 = 128 << 10;
+/// An OPS frame is sent once it holds this much.
+const FRAME_FILL: usize = 512 << 10;
 /// Control files read whole under the uidlist lock are bounded.
 const CONTROL_MAX: u64 = 256 << 20;
 
@@ -201,10 +203,9 @@ fn sync_domain_inner(
     // Local scan, while the remote scans its side.
     let local = {
         let old = Cache::load(&cache_path);
-        let (s, cache) = scan::scan(&base, &opts.filter, &old);
-        drop(old);
-        if !opts.dry_run && s.errors.is_empty() {
-            let _ = cache.save(&cache_path);
+        let (s, cache) = scan::scan(&base, &opts.filter, old);
+        if !opts.dry_run && s.errors.is_empty() && cache.dirty {
+            let _ = cache.save(&cache_path, &s.entries);
         }
         s
     };
@@ -212,12 +213,13 @@ fn sync_domain_inner(
     for e in &local.errors {
         rep.error(format!("local scan: {e}"));
     }
-    let own = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
+    // Our record, held as "these local entries, plus what differs" (no second copy).
+    let own = Manifest::load_against(&manifest_path, &pair, &local.entries)?;
     let own_digest = own.as_ref().map(|m| m.digest.clone());
     // Paths this end sent in runs that did not complete (an intent log written before the
     // operations go out): they came from here, so they are ours to delete.
     let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
-    let mut sent_log = load_sent(&sent_path, &pair);
+    let sent_log = load_sent(&sent_path, &pair);
 
     let (remote_digest, remote_has_record, _remote_missing) = {
         let p = sess.conn.expect(t::DOMAIN_INFO)?;
@@ -274,35 +276,57 @@ fn sync_domain_inner(
     if remote_errors > 0 {
         rep.error(format!("the remote could not list {remote_errors} item(s)"));
     }
-    // The record of what was in sync, and the full remote listing.
-    let (synced, remote): (Option<Vec<Entry>>, Vec<Entry>) = match mode {
-        0 => {
-            let m = own.map(|m| m.entries).unwrap_or_default();
-            let changed: HashMap<String, Entry> =
-                listed.into_iter().map(|e| (e.path.clone(), e)).collect();
-            let mut r: Vec<Entry> = m
-                .iter()
-                .filter(|e| !removed.contains(&e.path) && !changed.contains_key(&e.path))
-                .cloned()
-                .collect();
-            r.extend(changed.into_values());
-            r.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-            (Some(m), r)
-        }
-        2 => (Some(remote_record), listed),
-        _ => (None, listed),
+    // The record of what was in sync, and the full remote listing: in mode 0 the record
+    // plus the remote's changes, as references (no copy of the record).
+    let local_entries = local.entries;
+    remote_record.sort_by(|a, b| a.path.cmp(&b.path));
+    let record: Option<Vec<&Entry>> = match mode {
+        0 => own.as_ref().map(|r| r.entries(&local_entries)),
+        2 => Some(remote_record.iter().collect()),
+        _ => None,
     };
-    rep.trusted_record = synced.is_some();
-    let synced = if sent_log.is_empty() {
-        synced
+    listed.sort_by(|a, b| a.path.cmp(&b.path));
+    let remote: Vec<&Entry> = match (mode, &record) {
+        (0, Some(record)) => {
+            // A merge of two sorted lists: the record minus what the remote removed or
+            // changed, plus its changed entries.
+            let mut removed: Vec<String> = removed.into_iter().collect();
+            removed.sort_unstable();
+            let mut r: Vec<&Entry> = Vec::with_capacity(record.len() + listed.len());
+            let mut ch = listed.iter().peekable();
+            for &e in record {
+                while let Some(c) = ch.next_if(|c| c.path < e.path) {
+                    r.push(c);
+                }
+                if ch.peek().is_some_and(|c| c.path == e.path) {
+                    continue; // changed: the new version comes from `listed`
+                }
+                if removed.binary_search(&e.path).is_ok() {
+                    continue;
+                }
+                r.push(e);
+            }
+            r.extend(ch);
+            r
+        }
+        _ => listed.iter().collect(),
+    };
+    // Paths this end sent in an interrupted run count as in sync (rare: a copy then).
+    let placeholders: Vec<Entry> = sent_log.iter().map(|p| path_entry(p)).collect();
+    let with_sent: Option<Vec<&Entry>> = if placeholders.is_empty() {
+        None
     } else {
-        let mut s = synced.unwrap_or_default();
-        s.extend(sent_log.iter().map(|p| path_entry(p)));
+        let mut s: Vec<&Entry> = record.clone().unwrap_or_default();
+        s.extend(placeholders.iter());
+        s.sort_by(|a, b| a.path.cmp(&b.path));
+        s.dedup_by(|a, b| a.path == b.path);
         Some(s)
     };
+    let synced: Option<&[&Entry]> = with_sent.as_deref().or(record.as_deref());
+    rep.trusted_record = synced.is_some();
 
     // Safety rules for deletes.
-    let local_has_files = local.entries.iter().any(|e| e.kind != Kind::Dir);
+    let local_has_files = local_entries.iter().any(|e| e.kind != Kind::Dir);
     let remote_has_files = remote.iter().any(|e| e.kind != Kind::Dir);
     let mut allow_delete = local.errors.is_empty() && !local.missing;
     if !local_has_files && remote_has_files {
@@ -316,10 +340,10 @@ fn sync_domain_inner(
             "the local domain is empty but the remote is not; nothing deleted".to_string()
         });
     }
-    let mut p = plan(
-        &local.entries,
+    let p = plan(
+        &local_entries,
         &remote,
-        synced.as_deref(),
+        synced,
         Rules {
             allow_delete,
             adopt: opts.adopt,
@@ -327,20 +351,22 @@ fn sync_domain_inner(
     );
     // Remote paths that stay but are not ours (conflicts, withheld deletes, remote-only
     // directories): left out of both records.
-    let local_paths: HashSet<&str> = local.entries.iter().map(|e| e.path.as_str()).collect();
+    let is_local = |path: &str| {
+        local_entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .is_ok()
+    };
     let mut exclusions: Vec<String> = remote
         .iter()
-        .filter(|e| !local_paths.contains(e.path.as_str()))
+        .filter(|e| !is_local(&e.path))
         .map(|e| e.path.clone())
         .collect();
-    drop(local_paths);
-    drop(remote);
-    drop(synced);
     for pr in &p.problems {
         rep.error(pr.clone());
     }
     rep.deletes_withheld = p.withheld as u64;
     rep.conflicts = p.conflicts.iter().map(|e| e.path.clone()).collect();
+    let fetch: Vec<String> = p.fetch.iter().map(|e| e.path.clone()).collect();
     if opts.dry_run {
         rep.files_sent = p.puts() as u64;
         rep.bytes_sent = p.put_bytes();
@@ -351,49 +377,50 @@ fn sync_domain_inner(
         return Ok(());
     }
 
-    // Record what is about to be sent, durably, before it goes out.
-    let before = sent_log.len();
+    // Record what is about to be sent, durably, before it goes out (the paths of earlier
+    // interrupted runs stay in the log).
+    let new_paths = p.ops.iter().filter_map(|op| match op {
+        Op::Put(e) | Op::Link { to: e, .. } => Some(e.path.as_str()),
+        Op::Rename { to, .. } => Some(*to),
+        _ => None,
+    });
+    let mut new_paths = new_paths.peekable();
+    if new_paths.peek().is_some() {
+        save_sent(
+            &sent_path,
+            &pair,
+            sent_log.iter().map(String::as_str).chain(new_paths),
+        )?;
+    }
+    drop(sent_log);
+
+    // Stream the operations. Files whose attributes changed since the scan are recorded
+    // as read; vanished files are left out of the record.
+    let mut updates: Vec<(usize, Entry)> = Vec::new();
+    let mut gone: Vec<usize> = Vec::new();
+    // One frame buffer, sized once (a frame is sent past FRAME_FILL: at most that plus one
+    // inline file), reused: no growth by doubling.
+    let mut frame = Enc::with_capacity(FRAME_FILL + INLINE_MAX as usize + (4 << 10));
     for op in &p.ops {
         match op {
-            Op::Put(e) | Op::Link { to: e, .. } => {
-                sent_log.insert(e.path.clone());
-            }
-            Op::Rename { to, .. } => {
-                sent_log.insert(to.clone());
-            }
-            _ => {}
-        }
-    }
-    if sent_log.len() != before {
-        save_sent(&sent_path, &pair, &sent_log)?;
-    }
-
-    // Stream the operations.
-    let mut local_entries = local.entries;
-    let index: HashMap<String, usize> = local_entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.path.clone(), i))
-        .collect();
-    let mut gone: HashSet<usize> = HashSet::new();
-    let mut frame = Enc::new();
-    let ops = std::mem::take(&mut p.ops);
-    for op in &ops {
-        match op {
             Op::Put(entry) => {
-                let i = index.get(&entry.path).copied();
+                let i = local_entries
+                    .binary_search_by(|e| e.path.as_str().cmp(&entry.path))
+                    .ok();
                 match send_put(&mut sess.conn, &mut frame, &base, entry)? {
                     Some(sent) => {
                         rep.files_sent += 1;
                         rep.bytes_sent += sent.size;
                         if let Some(i) = i {
-                            local_entries[i] = sent;
+                            if sent != **entry {
+                                updates.push((i, sent));
+                            }
                         }
                     }
                     None => {
                         rep.vanished += 1;
                         if let Some(i) = i {
-                            gone.insert(i);
+                            gone.push(i);
                         }
                     }
                 }
@@ -408,14 +435,23 @@ fn sync_domain_inner(
                 encode_op(other, &mut frame);
             }
         }
-        if frame.len() > 512 << 10 {
+        if frame.len() > FRAME_FILL {
             sess.conn.send(t::OPS, &frame.buf)?;
-            frame = Enc::new();
+            frame.buf.clear();
         }
     }
     if !frame.is_empty() {
         sess.conn.send(t::OPS, &frame.buf)?;
     }
+    drop(frame);
+    drop(p);
+    drop(remote);
+    drop(with_sent);
+    drop(record);
+    drop(own);
+    drop(placeholders);
+    drop(remote_record);
+    drop(listed);
     sess.conn.send_flush(t::END_OPS, &[])?;
     {
         let p = sess.conn.expect(t::OPS_RESULT)?;
@@ -431,33 +467,39 @@ fn sync_domain_inner(
             rep.error(format!("remote: {} more error(s)", nerr - n));
         }
     }
-    let mut local_entries: Vec<Entry> = local_entries
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !gone.contains(i))
-        .map(|(_, e)| e)
-        .collect();
+    let mut local_entries = local_entries;
+    for (i, e) in updates {
+        local_entries[i] = e;
+    }
+    if !gone.is_empty() {
+        gone.sort_unstable();
+        let mut i = 0;
+        local_entries.retain(|_| {
+            i += 1;
+            gone.binary_search(&(i - 1)).is_err()
+        });
+    }
 
     // Copy remote-only files back here.
     let mut adopted: HashSet<String> = HashSet::new();
-    if !p.fetch.is_empty() && rep.ok {
+    if !fetch.is_empty() && rep.ok {
         let mut e = Enc::new();
-        e.uv(p.fetch.len() as u64);
-        for f in &p.fetch {
-            e.str(&f.path);
+        e.uv(fetch.len() as u64);
+        for f in &fetch {
+            e.str(f);
         }
         sess.conn.send_flush(t::FETCH, &e.buf)?;
         let mut applier = Applier::new(base.clone(), Vec::new());
-        for f in &p.fetch {
+        for f in &fetch {
             let payload = sess.conn.expect(t::FILE)?;
             let mut d = Dec::new(payload);
             if d.u8()? != 0 {
                 let m = d.string()?;
-                rep.error(format!("adopting {}: {m}", f.path));
+                rep.error(format!("adopting {}: {m}", f));
                 continue;
             }
             let entry = Entry::decode(&mut d)?;
-            if entry.path != f.path {
+            if entry.path != *f {
                 return Err(Error::bad_input("protocol error: unexpected file"));
             }
             let target = base.join(&entry.path);
@@ -493,7 +535,7 @@ fn sync_domain_inner(
                     return Err(Error::temporary(m));
                 }
                 if !exists {
-                    rep.error(format!("adopting {}: cannot create its directory", f.path));
+                    rep.error(format!("adopting {}: cannot create its directory", f));
                 }
                 continue;
             }
@@ -508,7 +550,7 @@ fn sync_domain_inner(
                 Ok(()) => {
                     adopted.insert(entry.path.clone());
                 }
-                Err(err) => rep.error(format!("adopting {}: {}", f.path, err.message())),
+                Err(err) => rep.error(format!("adopting {}: {}", f, err.message())),
             }
         }
         sess.conn.expect(t::FETCH_END)?;
@@ -519,7 +561,7 @@ fn sync_domain_inner(
         if applier.error_count > 0 {
             adopted.clear();
         }
-        for (_, e) in applier.tree {
+        for e in applier.tree.into_added() {
             if adopted.contains(&e.path) {
                 local_entries.push(e);
             }
@@ -614,7 +656,7 @@ fn send_put(conn: &mut Conn, frame: &mut Enc, base: &Path, entry: &Entry) -> Res
     let mut sent = with_meta(entry, &meta);
     if meta.len() <= INLINE_MAX {
         let mut data = Vec::with_capacity(meta.len() as usize);
-        f.by_ref()
+        Read::by_ref(&mut f)
             .take(INLINE_MAX + 1)
             .read_to_end(&mut data)
             .map_err(|e| Error::io(format!("cannot read {}", abs.display()), e))?;
@@ -642,7 +684,7 @@ fn stream_put(
     frame.u8(tag::PUT_STREAM);
     sent.encode(frame);
     conn.send(t::OPS, &frame.buf)?;
-    *frame = Enc::new();
+    frame.buf.clear();
     let mut size = first.len() as u64;
     if !first.is_empty() {
         conn.send(t::DATA, &first)?;
@@ -708,14 +750,20 @@ fn load_sent(path: &Path, pair: &str) -> std::collections::BTreeSet<String> {
     out
 }
 
-fn save_sent(path: &Path, pair: &str, paths: &std::collections::BTreeSet<String>) -> Result<()> {
-    let mut e = Enc::new();
-    e.buf.extend_from_slice(SENT_MAGIC);
-    e.str(pair);
-    for p in paths {
-        e.str(p);
-    }
-    super::fsops::write_file_atomic(path, &e.buf, true)
+fn save_sent<'a>(path: &Path, pair: &str, paths: impl Iterator<Item = &'a str>) -> Result<()> {
+    super::fsops::write_file_atomic_with(path, true, |w| {
+        let mut e = Enc::new();
+        e.buf.extend_from_slice(SENT_MAGIC);
+        e.str(pair);
+        for p in paths {
+            e.str(p);
+            if e.len() >= 64 << 10 {
+                w.write_all(&e.buf)?;
+                e.buf.clear();
+            }
+        }
+        w.write_all(&e.buf)
+    })
 }
 
 fn with_meta(entry: &Entry, meta: &std::fs::Metadata) -> Entry {

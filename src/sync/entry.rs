@@ -145,10 +145,26 @@ pub fn needs_uidlist_lock(path: &str) -> bool {
 
 /// Digest of a set of entries (sorted by path): identifies a manifest.
 pub fn digest(entries: &[Entry], pair: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(pair.as_bytes());
-    h.update([0]);
+    let mut d = Digester::new(pair);
     for e in entries {
+        d.add(e);
+    }
+    d.finish()
+}
+
+/// [`digest`] fed one entry at a time (a record streamed from disk).
+pub struct Digester(Sha256);
+
+impl Digester {
+    pub fn new(pair: &str) -> Digester {
+        let mut h = Sha256::new();
+        h.update(pair.as_bytes());
+        h.update([0]);
+        Digester(h)
+    }
+
+    pub fn add(&mut self, e: &Entry) {
+        let h = &mut self.0;
         h.update(e.path.as_bytes());
         h.update([0, e.kind as u8]);
         if e.kind == Kind::File {
@@ -164,7 +180,25 @@ pub fn digest(entries: &[Entry], pair: &str) -> String {
         }
         h.update([0]);
     }
-    hex::encode(&h.finalize()[..16])
+
+    pub fn finish(self) -> String {
+        hex::encode(&self.0.finalize()[..16])
+    }
+}
+
+impl Entry {
+    /// Equal in every attribute a record keeps (all but the local inode).
+    pub fn recorded_eq(&self, o: &Entry) -> bool {
+        self.path == o.path
+            && self.kind == o.kind
+            && self.size == o.size
+            && self.mtime == o.mtime
+            && self.mtime_ns == o.mtime_ns
+            && self.mode == o.mode
+            && self.uid == o.uid
+            && self.gid == o.gid
+            && self.target == o.target
+    }
 }
 
 #[cfg(test)]

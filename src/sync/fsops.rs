@@ -117,14 +117,28 @@ pub fn open_read(path: &Path) -> std::io::Result<File> {
 /// Write `data` to `path` atomically (temp file in the same directory, rename); with
 /// `durable`, fsync the file and the directory.
 pub fn write_file_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
+    write_file_atomic_with(path, durable, |w| w.write_all(data))
+}
+
+/// [`write_file_atomic`] with the content written by `fill` through a buffered writer
+/// (large records are streamed, never held whole in memory).
+pub fn write_file_atomic_with(
+    path: &Path,
+    durable: bool,
+    fill: impl FnOnce(&mut std::io::BufWriter<&mut File>) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let tmp = dir.join(tmp_name());
     let result = (|| {
         let mut f = create_new(&tmp)?;
-        f.write_all(data)
-            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        {
+            let mut w = std::io::BufWriter::with_capacity(64 << 10, &mut f);
+            fill(&mut w)
+                .and_then(|()| w.flush())
+                .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        }
         if durable {
             f.sync_all()
                 .map_err(|e| Error::io(format!("fsync {}", tmp.display()), e))?;

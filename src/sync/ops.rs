@@ -5,7 +5,7 @@ use super::fsops::{self, check_parents, check_rel, UidlistLock};
 use super::plan::Op;
 use super::wire::{Dec, Enc};
 use crate::error::{Error, Result};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -175,11 +175,87 @@ impl Drop for Durability {
     }
 }
 
+/// The receiver's domain tree as operations change it: the scan's sorted listing (entries
+/// removed in place) plus the entries added since. No per-message hash map or copy.
+#[derive(Debug, Default)]
+pub struct Tree {
+    /// The scan, sorted by path; `gone[i]` marks removed entries (paths stay for the search).
+    base: Vec<Entry>,
+    gone: Vec<bool>,
+    added: std::collections::BTreeMap<String, Entry>,
+}
+
+impl Tree {
+    /// `entries` sorted by path.
+    pub fn new(entries: Vec<Entry>) -> Tree {
+        debug_assert!(entries.windows(2).all(|w| w[0].path <= w[1].path));
+        Tree {
+            gone: vec![false; entries.len()],
+            base: entries,
+            added: Default::default(),
+        }
+    }
+
+    fn slot(&self, path: &str) -> Option<usize> {
+        self.base
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.added.get(path).or_else(|| {
+            self.slot(path)
+                .filter(|&i| !self.gone[i])
+                .map(|i| &self.base[i])
+        })
+    }
+
+    pub fn insert(&mut self, path: String, e: Entry) {
+        if let Some(i) = self.slot(&path) {
+            self.base[i] = e;
+            self.gone[i] = false;
+        } else {
+            self.added.insert(path, e);
+        }
+    }
+
+    pub fn remove(&mut self, path: &str) -> Option<Entry> {
+        if let Some(e) = self.added.remove(path) {
+            return Some(e);
+        }
+        let i = self.slot(path).filter(|&i| !self.gone[i])?;
+        self.gone[i] = true;
+        Some(self.base[i].clone())
+    }
+
+    /// Every entry, sorted by path.
+    pub fn into_sorted(self) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(self.base.len() + self.added.len());
+        let mut added = self.added.into_values().peekable();
+        for (e, gone) in self.base.into_iter().zip(self.gone) {
+            if gone {
+                continue;
+            }
+            while let Some(a) = added.next_if(|a| a.path < e.path) {
+                out.push(a);
+            }
+            out.push(e);
+        }
+        out.extend(added);
+        out
+    }
+
+    /// The entries added since the scan.
+    pub fn into_added(self) -> impl Iterator<Item = Entry> {
+        self.added.into_values()
+    }
+}
+
 /// Applies operations inside one domain directory and tracks the resulting tree.
 pub struct Applier {
     pub base: PathBuf,
     /// The domain tree as it is now (scan + applied operations), by path.
-    pub tree: HashMap<String, Entry>,
+    pub tree: Tree,
     known_dirs: HashSet<String>,
     durability: Option<Durability>,
     pending: usize,
@@ -192,7 +268,7 @@ impl Applier {
     pub fn new(base: PathBuf, entries: Vec<Entry>) -> Applier {
         Applier {
             base,
-            tree: entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
+            tree: Tree::new(entries),
             known_dirs: HashSet::new(),
             durability: None,
             pending: 0,
@@ -520,9 +596,7 @@ impl Applier {
     }
 
     /// The tree as a sorted list.
-    pub fn entries(&self) -> Vec<Entry> {
-        let mut v: Vec<Entry> = self.tree.values().cloned().collect();
-        v.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        v
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.tree.into_sorted()
     }
 }

@@ -7,6 +7,7 @@ use super::wire::{Dec, Enc};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -101,6 +102,8 @@ pub struct CachedDir {
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
     pub dirs: HashMap<String, CachedDir>,
+    /// Differs from the cache the scan started from (else saving it again is useless).
+    pub dirty: bool,
 }
 
 const CACHE_MAGIC: &[u8] = b"mailsync-scan-cache 1\n";
@@ -126,14 +129,15 @@ impl Cache {
             let mtime_ns = d.u32()?;
             let stable = d.u8()? != 0;
             let nf = d.uv()?;
-            let mut files = Vec::new();
+            // Exact size (no growth slack); bounded in case the file is damaged.
+            let mut files = Vec::with_capacity(nf.min(1 << 16) as usize);
             for _ in 0..nf {
                 let mut e = Entry::decode(&mut d)?;
                 e.ino = d.uv()?;
                 files.push(e);
             }
             let ns = d.uv()?;
-            let mut subdirs = Vec::new();
+            let mut subdirs = Vec::with_capacity(ns.min(1 << 16) as usize);
             for _ in 0..ns {
                 subdirs.push(d.string()?);
             }
@@ -148,29 +152,57 @@ impl Cache {
                 },
             );
         }
-        Ok(Cache { dirs })
+        Ok(Cache { dirs, dirty: false })
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let mut e = Enc::new();
-        e.buf.extend_from_slice(CACHE_MAGIC);
-        e.uv(self.dirs.len() as u64);
-        for (p, c) in &self.dirs {
-            e.str(p)
-                .iv(c.mtime)
-                .uv(u64::from(c.mtime_ns))
-                .u8(u8::from(c.stable));
-            e.uv(c.files.len() as u64);
-            for f in &c.files {
-                f.encode(&mut e);
-                e.uv(f.ino);
+    /// Save the cache of a scan: the directories' metadata kept here, their files taken
+    /// from the scan's `entries` (the cache holds no second copy of the listing). Streamed.
+    pub fn save(&self, path: &Path, entries: &[Entry]) -> Result<()> {
+        // The files of each cached directory: entries whose parent it is (sub-directories,
+        // also listed as entries, are in `subdirs`).
+        let mut by_dir: Vec<(&str, u32)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind != Kind::Dir)
+            .map(|(i, e)| (super::entry::parent(&e.path), i as u32))
+            .collect();
+        by_dir.sort_by(|a, b| a.0.cmp(b.0));
+        super::fsops::write_file_atomic_with(path, false, |w| {
+            let mut e = Enc::new();
+            e.buf.extend_from_slice(CACHE_MAGIC);
+            e.uv(self.dirs.len() as u64);
+            for (p, c) in &self.dirs {
+                e.str(p)
+                    .iv(c.mtime)
+                    .uv(u64::from(c.mtime_ns))
+                    .u8(u8::from(c.stable));
+                let lo = by_dir.partition_point(|x| x.0 < p.as_str());
+                let hi = lo + by_dir[lo..].partition_point(|x| x.0 == p.as_str());
+                let files = by_dir[lo..hi]
+                    .iter()
+                    .map(|x| &entries[x.1 as usize])
+                    .filter(|f| {
+                        c.subdirs
+                            .binary_search_by(|s| s.as_str().cmp(super::entry::file_name(&f.path)))
+                            .is_err()
+                    });
+                let files: Vec<&Entry> = files.collect();
+                e.uv(files.len() as u64);
+                for f in files {
+                    f.encode(&mut e);
+                    e.uv(f.ino);
+                }
+                e.uv(c.subdirs.len() as u64);
+                for s in &c.subdirs {
+                    e.str(s);
+                }
+                if e.len() >= 64 << 10 {
+                    w.write_all(&e.buf)?;
+                    e.buf.clear();
+                }
             }
-            e.uv(c.subdirs.len() as u64);
-            for s in &c.subdirs {
-                e.str(s);
-            }
-        }
-        super::fsops::write_file_atomic(path, &e.buf, false)
+            w.write_all(&e.buf)
+        })
     }
 }
 
@@ -227,9 +259,10 @@ pub fn entry_from_meta(path: String, meta: &fs::Metadata, target: Option<String>
     }
 }
 
-/// Scan `domain_dir`. `old` is the previous run's cache (may be empty); the new cache is
-/// returned with the scan.
-pub fn scan(domain_dir: &Path, filter: &Filter, old: &Cache) -> (Scan, Cache) {
+/// Scan `domain_dir`. `old` is the previous run's cache (may be empty; its listings move
+/// into the scan); the new cache (directory metadata; save it with [`Cache::save`] and the
+/// scan's entries) is returned with the scan.
+pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache) {
     let mut out = Scan::default();
     let mut new = Cache::default();
     match fs::symlink_metadata(domain_dir) {
@@ -252,6 +285,14 @@ pub fn scan(domain_dir: &Path, filter: &Filter, old: &Cache) -> (Scan, Cache) {
         }
     }
     let horizon = now_secs() - 2;
+    // The listing will hold about what the cache holds: no growth slack.
+    out.entries.reserve(
+        old.dirs
+            .values()
+            .map(|c| c.files.len() + c.subdirs.len())
+            .sum::<usize>()
+            + 1,
+    );
     let mut stack: Vec<(String, usize)> = vec![(String::new(), 0)];
     while let Some((rel, depth)) = stack.pop() {
         let abs: PathBuf = if rel.is_empty() {
@@ -290,24 +331,31 @@ pub fn scan(domain_dir: &Path, filter: &Filter, old: &Cache) -> (Scan, Cache) {
         }
         let dir_entry = entry_from_meta(String::new(), &meta, None);
         let is_msg_dir = name == "cur" || name == "new";
-        let cached = old.dirs.get(&rel);
+        let cached = old.dirs.remove(&rel);
         let (files, subdirs) = match cached {
             Some(c)
                 if c.stable && c.mtime == dir_entry.mtime && c.mtime_ns == dir_entry.mtime_ns =>
             {
-                let mut files = Vec::with_capacity(c.files.len());
-                for f in &c.files {
-                    if is_msg_dir {
-                        files.push(f.clone());
-                    } else if let Some(e) = stat_entry(&domain_dir.join(&f.path), &f.path, &mut out)
+                let files = if is_msg_dir {
+                    c.files
+                } else {
+                    let files: Vec<Entry> = c
+                        .files
+                        .iter()
+                        .filter_map(|f| stat_entry(&domain_dir.join(&f.path), &f.path, &mut out))
+                        .collect();
+                    if files.len() != c.files.len()
+                        || files.iter().zip(&c.files).any(|(a, b)| !a.recorded_eq(b))
                     {
-                        files.push(e);
+                        new.dirty = true;
                     }
-                }
-                (files, c.subdirs.clone())
+                    files
+                };
+                (files, c.subdirs)
             }
             _ => {
-                let prev: HashMap<&str, &Entry> = match cached {
+                new.dirty = true;
+                let prev: HashMap<&str, &Entry> = match &cached {
                     Some(c) if is_msg_dir => c
                         .files
                         .iter()
@@ -324,7 +372,7 @@ pub fn scan(domain_dir: &Path, filter: &Filter, old: &Cache) -> (Scan, Cache) {
                 mtime: dir_entry.mtime,
                 mtime_ns: dir_entry.mtime_ns,
                 stable: dir_entry.mtime < horizon,
-                files: files.clone(),
+                files: Vec::new(),
                 subdirs: subdirs.clone(),
             },
         );
@@ -344,6 +392,10 @@ pub fn scan(domain_dir: &Path, filter: &Filter, old: &Cache) -> (Scan, Cache) {
         }
     }
     out.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    out.entries.shrink_to_fit();
+    if !old.dirs.is_empty() {
+        new.dirty = true; // directories gone since
+    }
     (out, new)
 }
 
@@ -476,7 +528,10 @@ mod tests {
         fs::write(d.join("u/Maildir/dovecot-uidlist.lock"), "").unwrap();
         fs::write(d.join("u/Maildir/dovecot-uidlist"), "3 V1 N1\n").unwrap();
         let f = Filter::new(vec![], false);
-        let (s1, c1) = scan(d, &f, &Cache::default());
+        let (s1, c1) = scan(d, &f, Cache::default());
+        let state = tempfile::tempdir().unwrap();
+        c1.save(&state.path().join("cache"), &s1.entries).unwrap();
+        let c1 = Cache::load(&state.path().join("cache"));
         assert!(s1.errors.is_empty());
         // 5 messages + the uidlist; nothing from tmp/, no lock file.
         assert_eq!(s1.stats, 6);
@@ -492,7 +547,7 @@ mod tests {
             d.join("u/Maildir/cur/0.M1P1.h:2,RS"),
         )
         .unwrap();
-        let (s2, _) = scan(d, &f, &c1);
+        let (s2, _) = scan(d, &f, c1);
         assert_eq!(s2.stats, 2);
         assert_eq!(s2.messages(), 5);
         assert!(s2.entries.iter().any(|e| e.path.ends_with("0.M1P1.h:2,RS")));

@@ -8,7 +8,7 @@ use super::scan::{self, Cache, Filter};
 use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
 use crate::names::{Domain, Strictness};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -135,10 +135,9 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
     let old = Cache::load(&cache_path);
-    let (listing, cache) = scan::scan(&base, &filter, &old);
-    drop(old);
-    if !dry_run {
-        let _ = cache.save(&cache_path);
+    let (listing, cache) = scan::scan(&base, &filter, old);
+    if !dry_run && cache.dirty {
+        let _ = cache.save(&cache_path, &listing.entries);
     }
     drop(cache);
     // Leftovers of an interrupted run: remove them.
@@ -163,19 +162,20 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     };
     match (mode, &record) {
         (0, Some(m)) => {
-            let old: HashMap<&str, &Entry> =
-                m.entries.iter().map(|e| (e.path.as_str(), e)).collect();
-            let now: HashSet<&str> = listing.entries.iter().map(|e| e.path.as_str()).collect();
+            // Both lists are sorted by path: binary searches, no per-message maps.
+            let find = |list: &'_ [Entry], path: &str| {
+                list.binary_search_by(|e| e.path.as_str().cmp(path)).ok()
+            };
             let changed = listing
                 .entries
                 .iter()
-                .filter(|e| !matches!(old.get(e.path.as_str()), Some(o) if o.same(e)));
+                .filter(|e| !matches!(find(&m.entries, &e.path), Some(i) if m.entries[i].same(e)));
             send_entries(conn, 0, changed)?;
             let removed: Vec<&str> = m
                 .entries
                 .iter()
                 .map(|e| e.path.as_str())
-                .filter(|p| !now.contains(p))
+                .filter(|p| find(&listing.entries, p).is_none())
                 .collect();
             send_paths(conn, 1, &removed)?;
         }
@@ -272,11 +272,10 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                     }
                     payload = conn.expect(t::COMMIT)?.to_vec();
                 }
-                let entries: Vec<Entry> = applier
-                    .entries()
-                    .into_iter()
-                    .filter(|e| !keep_out.contains(&e.path))
-                    .collect();
+                let mut entries: Vec<Entry> = applier.into_entries();
+                if !keep_out.is_empty() {
+                    entries.retain(|e| !keep_out.contains(&e.path));
+                }
                 let m = Manifest::new(&pair, entries);
                 // Unchanged record: nothing to write.
                 let r = if old_digest.as_deref() == Some(m.digest.as_str()) {

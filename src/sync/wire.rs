@@ -54,6 +54,11 @@ impl Enc {
     pub fn new() -> Self {
         Enc { buf: Vec::new() }
     }
+    pub fn with_capacity(n: usize) -> Self {
+        Enc {
+            buf: Vec::with_capacity(n),
+        }
+    }
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
@@ -104,6 +109,10 @@ impl<'a> Dec<'a> {
     }
     pub fn at_end(&self) -> bool {
         self.pos >= self.buf.len()
+    }
+    /// Bytes consumed so far.
+    pub fn position(&self) -> usize {
+        self.pos
     }
     pub fn u8(&mut self) -> Result<u8> {
         let b = *self.buf.get(self.pos).ok_or_else(short)?;
