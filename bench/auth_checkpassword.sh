@@ -8,6 +8,7 @@
 #             unix socket, and
 #   daemon  - dovecot-snippets/storage as printed: the small client `mailauth-checkpassword`
 #             asking `mailauth serve` (the daemon variants only if this build has `serve`),
+#   floor   - a do-nothing checkpassword program in C (Dovecot's own per-login cost),
 # all on the same throwaway PostgreSQL 15 with the seed's bare MD5 hashes, auth cache off.
 # Variants alternate at every call; medians and best rounds are reported.
 # Also: wall time and peak RSS of one `mailauth checkpassword` call, verify cost per scheme
@@ -16,8 +17,7 @@
 # Usage (root, Debian 12 with the packages of .ci/run):
 #   bench/auth_checkpassword.sh [N=300] [ROUNDS=5]
 # Environment: MAILAUTH=path to a release mailauth, with mailauth-checkpassword next to it
-# (default: builds both in target/release); FLOOR=path of a do-nothing checkpassword
-# program (optional, see below).
+# (default: builds both in target/release); FLOOR=none to skip the floor variant (below).
 set -euo pipefail
 N=${1:-300}
 ROUNDS=${2:-5}
@@ -189,10 +189,15 @@ log_requests = false"
 else
     echo "(this mailauth has no 'serve' subcommand: daemon variant skipped)" >&2
 fi
-# FLOOR=/path/prog (optional): a do-nothing checkpassword program (reads fd 3, writes a
-# fixed `user=...` reply on fd 4, exits 0) - the cost of Dovecot's checkpassword driver
-# itself (fork + exec per login), below which no checkpassword program can go.
-if [ -n "${FLOOR:-}" ]; then
+# floor: bench/checkpassword_floor.c, a do-nothing checkpassword program (reads fd 3, writes
+# a fixed `user=...` reply on fd 4, exits 0) - the cost of Dovecot's checkpassword driver
+# itself (fork + exec per login), below which no checkpassword program can go. Built with
+# cc when there is one; FLOOR=none skips it, FLOOR=/path uses another program.
+if [ -z "${FLOOR:-}" ] && command -v cc >/dev/null; then
+    FLOOR=$ROOT/checkpassword-floor
+    cc -O2 -o "$FLOOR" bench/checkpassword_floor.c
+fi
+if [ -n "${FLOOR:-}" ] && [ "$FLOOR" != none ]; then
     mkdir -p "$ROOT/floor"
     { base_conf floor "$(free_port)"; cat <<EOF
 auth_mechanisms = plain login
@@ -274,37 +279,51 @@ PY
 done
 echo "load after: $(uptime)"
 
-# One checkpassword call: wall time (hyperfine, shell start subtracted) and peak RSS
-# (/usr/bin/time), as Dovecot runs it: Dovecot's reply program named last, fd 4 open (the
-# reply is written there in-process), ORIG_UID set.
+# One checkpassword call as Dovecot runs it (Dovecot's reply program named last, fd 4 open:
+# the reply is written there in-process; ORIG_UID set): wall time of 200 calls per program,
+# the programs alternating at every call (bash's $EPOCHREALTIME around a fork + exec, the
+# same for all: compare with /bin/true), and peak RSS (/usr/bin/time -f %M, median of 20).
 printf 'user1@b1.domain.ru\0pw1\0\0' >"$ROOT/request"
 export ORIG_UID=$(id -u)
 REPLY=/usr/lib/dovecot/checkpassword-reply
-one_call() { # label command...
-    local label=$1 json=$ROOT/hf.json rss=()
-    shift
-    hyperfine --warmup 5 --runs 100 --export-json "$json" \
-        "$* 3< $ROOT/request 4>/dev/null" >/dev/null 2>&1
-    for _ in $(seq 20); do
-        rss+=("$( { /usr/bin/time -f '%M' "$@" 3<"$ROOT/request" 4>/dev/null ; } 2>&1 | tail -1)")
-    done
-    /usr/bin/python3 - "$json" "$label" "$(printf '%s ' "${rss[@]}" | median)" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"][0]
-print("  %-40s wall median %.1f ms (mean %.1f +- %.1f), peak RSS median %s KiB"
-      % (sys.argv[2], r["median"] * 1000, r["mean"] * 1000, r["stddev"] * 1000, sys.argv[3]))
-PY
+# cmd NAME: the command line of one call in CMD.
+cmd() {
+    case $1 in
+        full-direct) CMD=("$MAILAUTH" --config "$ROOT/direct/mailcluster.toml" checkpassword $REPLY) ;;
+        full-daemon) CMD=("$MAILAUTH" --config "$ROOT/daemon/mailcluster.toml" checkpassword $REPLY) ;;
+        client-daemon) CMD=("$CLIENT" --config "$ROOT/daemon/mailcluster.toml" $REPLY) ;;
+        reply-alone) CMD=($REPLY) ;;
+        true) CMD=(/bin/true) ;;
+    esac
 }
+CALLS=(full-direct)
+if [[ " ${VARIANTS[*]} " == *" daemon "* ]]; then CALLS+=(full-daemon client-daemon); fi
+CALLS+=(reply-alone true)
+for c in "${CALLS[@]}"; do : >"$ROOT/t-$c"; done
+for i in $(seq 200); do
+    for c in "${CALLS[@]}"; do
+        cmd "$c"
+        t0=${EPOCHREALTIME/./}
+        "${CMD[@]}" 3<"$ROOT/request" 4>/dev/null || { echo "call $c failed" >&2; exit 1; }
+        t1=${EPOCHREALTIME/./}
+        echo $(( t1 - t0 )) >>"$ROOT/t-$c"
+    done
+done
 echo
-echo "one checkpassword call (hyperfine 100 runs; /usr/bin/time for RSS):"
-one_call "mailauth checkpassword, direct database" "$MAILAUTH" --config "$ROOT/direct/mailcluster.toml" checkpassword $REPLY
-if [[ " ${VARIANTS[*]} " == *" daemon "* ]]; then
-    one_call "mailauth checkpassword, daemon socket" "$MAILAUTH" --config "$ROOT/daemon/mailcluster.toml" checkpassword $REPLY
-    one_call "mailauth-checkpassword, daemon socket" "$CLIENT" --config "$ROOT/daemon/mailcluster.toml" $REPLY
-fi
-echo "  (for scale: /bin/true, and Dovecot's checkpassword-reply alone)"
-one_call "/bin/true" /bin/true
-one_call "checkpassword-reply" $REPLY
+echo "one call, 200 each, alternating (wall ms: median / p90; peak RSS median):"
+for c in "${CALLS[@]}"; do
+    rss=()
+    cmd "$c"
+    for _ in $(seq 20); do
+        rss+=("$( { /usr/bin/time -f '%M' "${CMD[@]}" 3<"$ROOT/request" 4>/dev/null; } 2>&1 | tail -1)")
+    done
+    printf '  %-14s %6s / %6s ms   %6s KiB\n' "$c" \
+        "$(sort -n "$ROOT/t-$c" | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]/1000}')" \
+        "$(sort -n "$ROOT/t-$c" | awk '{a[NR]=$1} END {printf "%.2f", a[int(NR*0.9)]/1000}')" \
+        "$(printf '%s ' "${rss[@]}" | median)"
+done
+echo "  (full = mailauth checkpassword, client = mailauth-checkpassword; reply-alone = Dovecot's"
+echo "   checkpassword-reply, which the in-process reply replaces)"
 uptime
 
 echo
