@@ -876,6 +876,17 @@ fn small_client_asks_the_daemon_and_hands_over_without_it() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let (out, _) = client(&ok, &[("AUTHORIZED", "2")]);
     assert_eq!(out.status.code(), Some(111), "{out:?}");
+    // --help / --version like every binary of the toolkit (exit 0, on stdout).
+    for arg in ["--help", "--version"] {
+        let out = Command::new(CLIENT).arg(arg).output().expect("run");
+        assert_eq!(out.status.code(), Some(0), "{arg}");
+        let want = if arg == "--help" {
+            "Usage"
+        } else {
+            env!("CARGO_PKG_VERSION")
+        };
+        assert!(String::from_utf8_lossy(&out.stdout).contains(want), "{arg}");
+    }
     let missing = e.dir.path().join("missing.toml");
     let (out, _) = run(
         CLIENT,
