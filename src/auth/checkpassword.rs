@@ -3,9 +3,15 @@
 //! Dovecot runs `mailauth checkpassword [--config PATH] /usr/lib/dovecot/checkpassword-reply`
 //! with `user\0password\0timestamp\0` on fd 3 (at most 512 bytes). For an authentication we
 //! verify the password; for a lookup (`AUTHORIZED=1`: userdb lookup, LMTP, doveadm) we only
-//! look the user up and set `AUTHORIZED=2`. On success we `exec` the reply program (the
-//! last argument) with `USER` (canonical), `HOME` and `EXTRA` naming `userdb_uid`,
-//! `userdb_gid`, `userdb_mail` (and `proxy host port nopassword` in proxy mode).
+//! look the user up and set `AUTHORIZED=2`. On success the reply is `USER` (canonical),
+//! `HOME` and `EXTRA` naming `userdb_uid`, `userdb_gid`, `userdb_mail` (and `proxy host port
+//! nopassword` in proxy mode): written on fd 4 in-process when the reply program is Dovecot's
+//! `checkpassword-reply` ([`finish`]: one process less per login), else passed to the reply
+//! program (the last argument) by `exec`.
+//!
+//! Two entry points: `mailauth checkpassword` (daemon, else the directory directly) and the
+//! small client `mailauth-checkpassword` ([`client_main`]: daemon only, handing over to
+//! `mailauth checkpassword` without one), whose start-up is the per-login cost.
 //!
 //! Exit codes (Dovecot 2.3.14+): 1 = failed login (wrong password, unknown or disabled user,
 //! unusable fd-3 data during authentication); 3 = unknown user in a lookup; 111 = temporary
