@@ -2,10 +2,13 @@
 # Benchmark (issue 4): `doveadm auth test` x N, side by side in one run, against
 #   native  - Dovecot's own `driver = sql` passdb (pgsql, the seed's password_query, one
 #             kept-open connection), and
-#   direct  - `mailauth checkpassword` (dovecot-snippets/storage as printed: one process and
-#             one new database connection per login), and
-#   daemon  - `mailauth checkpassword` asking `mailauth serve` over its unix socket (only if
-#             this build has `mailauth serve`),
+#   direct  - `mailauth checkpassword` without a daemon (one process and one new database
+#             connection per login),
+#   daemon-full - `mailauth checkpassword` (the full binary) asking `mailauth serve` over its
+#             unix socket, and
+#   daemon  - dovecot-snippets/storage as printed: the small client `mailauth-checkpassword`
+#             asking `mailauth serve` (the daemon variants only if this build has `serve`),
+#   floor   - a do-nothing checkpassword program in C (Dovecot's own per-login cost),
 # all on the same throwaway PostgreSQL 15 with the seed's bare MD5 hashes, auth cache off.
 # Variants alternate at every call; medians and best rounds are reported.
 # Also: wall time and peak RSS of one `mailauth checkpassword` call, verify cost per scheme
@@ -13,16 +16,19 @@
 #
 # Usage (root, Debian 12 with the packages of .ci/run):
 #   bench/auth_checkpassword.sh [N=300] [ROUNDS=5]
-# Environment: MAILAUTH=path to a release mailauth (default: builds target/release one).
+# Environment: MAILAUTH=path to a release mailauth, with mailauth-checkpassword next to it
+# (default: builds both in target/release); FLOOR=none to skip the floor variant (below).
 set -euo pipefail
 N=${1:-300}
 ROUNDS=${2:-5}
 cd "$(dirname "$0")/.."
 if [ -z "${MAILAUTH:-}" ]; then
-    cargo build --release --bin mailauth >&2
+    cargo build --release --bin mailauth --bin mailauth-checkpassword >&2
     MAILAUTH=${CARGO_TARGET_DIR:-target}/release/mailauth
 fi
 MAILAUTH=$(readlink -f "$MAILAUTH")
+CLIENT=$(dirname "$MAILAUTH")/mailauth-checkpassword
+[ -x "$CLIENT" ] || { echo "$CLIENT is missing (build --bin mailauth-checkpassword)" >&2; exit 1; }
 ROOT=$(mktemp -d /tmp/mc-authbench.XXXXXX)
 chmod 755 "$ROOT"
 PIDS=()
@@ -152,15 +158,17 @@ home = "$ROOT/mail/{domain}/{mailbox}"
 $2
 EOF
 }
-snippet() { # config-path
-    sed -e "s|/usr/local/bin/mailauth|$MAILAUTH|g" -e "s|/etc/mailcluster/mailcluster.toml|$1|g" \
+snippet() { # config-path [full]: as printed, or (full) with `mailauth ... checkpassword`
+    local full=()
+    [ -n "${2:-}" ] && full=(-e "s|/usr/local/bin/mailauth-checkpassword --config \([^ ]*\)|/usr/local/bin/mailauth --config \1 checkpassword|")
+    sed "${full[@]}" -e "s|/usr/local/bin/mailauth|$MAILAUTH|g" -e "s|/etc/mailcluster/mailcluster.toml|$1|g" \
         -e "s|/var/lib/mailcluster/users.passwd|$ROOT/users.passwd|g" -e "s|/usr/mail|$ROOT/mail|g" \
         dovecot-snippets/storage/10-mailcluster-auth.conf
 }
 touch "$ROOT/users.passwd"
 mkdir -p "$ROOT/direct"
 write_mailauth_conf "$ROOT/direct/mailcluster.toml" ""
-{ base_conf direct "$(free_port)"; snippet "$ROOT/direct/mailcluster.toml"; } >"$ROOT/direct/dovecot.conf"
+{ base_conf direct "$(free_port)"; snippet "$ROOT/direct/mailcluster.toml" full; } >"$ROOT/direct/dovecot.conf"
 
 VARIANTS=(native direct)
 if "$MAILAUTH" serve --help >/dev/null 2>&1; then
@@ -175,9 +183,35 @@ log_requests = false"
     "$MAILAUTH" --config "$ROOT/daemon/mailcluster.toml" serve >"$ROOT/daemon/serve.log" 2>&1 & PIDS+=($!)
     for _ in $(seq 250); do [ -S "$SOCK" ] && break; sleep 0.02; done
     { base_conf daemon "$(free_port)"; snippet "$ROOT/daemon/mailcluster.toml"; } >"$ROOT/daemon/dovecot.conf"
-    VARIANTS+=(daemon)
+    mkdir -p "$ROOT/daemon-full"
+    { base_conf daemon-full "$(free_port)"; snippet "$ROOT/daemon/mailcluster.toml" full; } >"$ROOT/daemon-full/dovecot.conf"
+    VARIANTS+=(daemon-full daemon)
 else
     echo "(this mailauth has no 'serve' subcommand: daemon variant skipped)" >&2
+fi
+# floor: bench/checkpassword_floor.c, a do-nothing checkpassword program (reads fd 3, writes
+# a fixed `user=...` reply on fd 4, exits 0) - the cost of Dovecot's checkpassword driver
+# itself (fork + exec per login), below which no checkpassword program can go. Built with
+# cc when there is one; FLOOR=none skips it, FLOOR=/path uses another program.
+if [ -z "${FLOOR:-}" ] && command -v cc >/dev/null; then
+    FLOOR=$ROOT/checkpassword-floor
+    cc -O2 -o "$FLOOR" bench/checkpassword_floor.c
+fi
+if [ -n "${FLOOR:-}" ] && [ "$FLOOR" != none ]; then
+    mkdir -p "$ROOT/floor"
+    { base_conf floor "$(free_port)"; cat <<EOF
+auth_mechanisms = plain login
+auth_cache_size = 0
+passdb {
+  driver = checkpassword
+  args = $FLOOR
+}
+userdb {
+  driver = prefetch
+}
+EOF
+    } >"$ROOT/floor/dovecot.conf"
+    VARIANTS+=(floor)
 fi
 for v in "${VARIANTS[@]}"; do start_dovecot "$v"; done
 
@@ -198,7 +232,7 @@ run_round() { # -> one line "v=ms_per_auth ..." for every variant
             doveadm -c "$ROOT/$v/dovecot.conf" auth test -x service=imap "$u" "$pw" >/dev/null \
                 || { echo "auth failed for $u on $v" >&2; tail "$ROOT/$v/dovecot.log" >&2; exit 1; }
             t1=${EPOCHREALTIME/./}
-            sum[$v]=$(( sum[$v] + t1 - t0 ))
+            sum[$v]=$(( ${sum[$v]} + t1 - t0 ))
         done
     done
     for v in "${VARIANTS[@]}"; do
@@ -211,6 +245,7 @@ for v in "${VARIANTS[@]}"; do
     doveadm -c "$ROOT/$v/dovecot.conf" auth test -x service=imap user1@b1.domain.ru pw1 >/dev/null
 done
 declare -A results
+echo "load before: $(uptime)"
 for r in $(seq 1 "$ROUNDS"); do
     line=$(run_round)
     for v in "${VARIANTS[@]}"; do
@@ -228,33 +263,68 @@ native_min=$(echo "${results[native]}" | minimum)
 for v in "${VARIANTS[@]}"; do
     m=$(echo "${results[$v]}" | median)
     b=$(echo "${results[$v]}" | minimum)
-    printf '  %-7s median %8s ms (ratio %s)   best %8s ms (ratio %s)   rounds: %s\n' "$v" \
+    printf '  %-11s median %8s ms (ratio %s)   best %8s ms (ratio %s)   rounds: %s\n' "$v" \
         "$m" "$(echo "scale=2; $m / $native_ms" | bc)" "$b" "$(echo "scale=2; $b / $native_min" | bc)" "${results[$v]}"
 done
-
-# One checkpassword call: wall time (hyperfine, shell start subtracted) and peak RSS
-# (/usr/bin/time), reply program /bin/true.
-printf 'user1@b1.domain.ru\0pw1\0\0' >"$ROOT/request"
-one_call() { # label config
-    local json=$ROOT/hf-$1.json rss=()
-    hyperfine --warmup 5 --runs 100 --export-json "$json" \
-        "$MAILAUTH --config $2 checkpassword /bin/true 3< $ROOT/request" >/dev/null 2>&1
-    for _ in $(seq 20); do
-        rss+=("$( { /usr/bin/time -f '%M' "$MAILAUTH" --config "$2" checkpassword /bin/true 3<"$ROOT/request" ; } 2>&1 | tail -1)")
-    done
-    /usr/bin/python3 - "$json" "$1" "$(printf '%s ' "${rss[@]}" | median)" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"][0]
-print("  %-28s wall median %.1f ms (mean %.1f +- %.1f), peak RSS median %s KiB"
-      % (sys.argv[2], r["median"] * 1000, r["mean"] * 1000, r["stddev"] * 1000, sys.argv[3]))
+# Rounds are paired (same calls, same moments): the ratio of each round, then the median.
+echo "median of the per-round ratios to native:"
+for v in "${VARIANTS[@]}"; do
+    /usr/bin/python3 - "$v" "${results[native]}" "${results[$v]}" <<'PY'
+import statistics, sys
+n = [float(x) for x in sys.argv[2].split()]
+v = [float(x) for x in sys.argv[3].split()]
+print("  %-11s %.2f  (per round: %s)" % (sys.argv[1], statistics.median(b / a for a, b in zip(n, v)),
+      " ".join("%.2f" % (b / a) for a, b in zip(n, v))))
 PY
+done
+echo "load after: $(uptime)"
+
+# One checkpassword call as Dovecot runs it (Dovecot's reply program named last, fd 4 open:
+# the reply is written there in-process; ORIG_UID set): wall time of 200 calls per program,
+# the programs alternating at every call (bash's $EPOCHREALTIME around a fork + exec, the
+# same for all: compare with /bin/true), and peak RSS (/usr/bin/time -f %M, median of 20).
+printf 'user1@b1.domain.ru\0pw1\0\0' >"$ROOT/request"
+export ORIG_UID=$(id -u)
+REPLY=/usr/lib/dovecot/checkpassword-reply
+# cmd NAME: the command line of one call in CMD.
+cmd() {
+    case $1 in
+        full-direct) CMD=("$MAILAUTH" --config "$ROOT/direct/mailcluster.toml" checkpassword $REPLY) ;;
+        full-daemon) CMD=("$MAILAUTH" --config "$ROOT/daemon/mailcluster.toml" checkpassword $REPLY) ;;
+        client-daemon) CMD=("$CLIENT" --config "$ROOT/daemon/mailcluster.toml" $REPLY) ;;
+        reply-alone) CMD=($REPLY) ;;
+        true) CMD=(/bin/true) ;;
+    esac
 }
+CALLS=(full-direct)
+if [[ " ${VARIANTS[*]} " == *" daemon "* ]]; then CALLS+=(full-daemon client-daemon); fi
+CALLS+=(reply-alone true)
+for c in "${CALLS[@]}"; do : >"$ROOT/t-$c"; done
+for i in $(seq 200); do
+    for c in "${CALLS[@]}"; do
+        cmd "$c"
+        t0=${EPOCHREALTIME/./}
+        "${CMD[@]}" 3<"$ROOT/request" 4>/dev/null || { echo "call $c failed" >&2; exit 1; }
+        t1=${EPOCHREALTIME/./}
+        echo $(( t1 - t0 )) >>"$ROOT/t-$c"
+    done
+done
 echo
-echo "mailauth checkpassword, one call (hyperfine 100 runs; /usr/bin/time for RSS):"
-one_call "direct database connection" "$ROOT/direct/mailcluster.toml"
-if [[ " ${VARIANTS[*]} " == *" daemon "* ]]; then
-    one_call "through the daemon socket" "$ROOT/daemon/mailcluster.toml"
-fi
+echo "one call, 200 each, alternating (wall ms: median / p90; peak RSS median):"
+for c in "${CALLS[@]}"; do
+    rss=()
+    cmd "$c"
+    for _ in $(seq 20); do
+        rss+=("$( { /usr/bin/time -f '%M' "${CMD[@]}" 3<"$ROOT/request" 4>/dev/null; } 2>&1 | tail -1)")
+    done
+    printf '  %-14s %6s / %6s ms   %6s KiB\n' "$c" \
+        "$(sort -n "$ROOT/t-$c" | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]/1000}')" \
+        "$(sort -n "$ROOT/t-$c" | awk '{a[NR]=$1} END {printf "%.2f", a[int(NR*0.9)]/1000}')" \
+        "$(printf '%s ' "${rss[@]}" | median)"
+done
+echo "  (full = mailauth checkpassword, client = mailauth-checkpassword; reply-alone = Dovecot's"
+echo "   checkpassword-reply, which the in-process reply replaces)"
+uptime
 
 echo
 echo "verify cost per scheme (mailauth hash --bench, in-process, default parameters):"

@@ -180,17 +180,7 @@ fn run_checkpassword(common: &CommonArgs, args: &CheckpasswordArgs) -> i32 {
     let result = checkpassword::answer(config, mode, &req, &ctx);
     match checkpassword::action(mode, &req.user, result) {
         Action::Exit(code) => code,
-        Action::Exec(vars) => {
-            use std::os::unix::process::CommandExt;
-            let mut cmd = std::process::Command::new(reply);
-            cmd.envs(vars);
-            let err = cmd.exec();
-            log::error!(
-                "checkpassword: cannot run the reply program {}: {err}",
-                PathBuf::from(reply).display()
-            );
-            EXIT_TEMPFAIL
-        }
+        Action::Exec(vars) => checkpassword::finish(reply, mode, vars),
     }
 }
 

@@ -65,6 +65,18 @@ fn checkpassword(config: &Path, input: Option<&[u8]>, env: &[(&str, &str)]) -> O
 }
 
 fn checkpassword_args(args: &[&str], input: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
+    run(BIN, args, input, env, false).0
+}
+
+/// Run `bin args` with `input` on fd 3 (None: fd 3 closed), exactly the environment `env`,
+/// and (if `fd4`) a pipe on fd 4 as Dovecot does; returns what was written on fd 4.
+fn run(
+    bin: &str,
+    args: &[&str],
+    input: Option<&[u8]>,
+    env: &[(&str, &str)],
+    fd4: bool,
+) -> (Output, Vec<u8>) {
     let mut fds = [-1i32; 2];
     if input.is_some() {
         // SAFETY: pipe() fills two descriptors.
@@ -80,8 +92,14 @@ fn checkpassword_args(args: &[&str], input: Option<&[u8]>, env: &[(&str, &str)])
             libc::close(fds[1]);
         }
     }
+    let mut reply = [-1i32; 2];
+    if fd4 {
+        // SAFETY: pipe() fills two descriptors.
+        assert_eq!(unsafe { libc::pipe(reply.as_mut_ptr()) }, 0);
+    }
     let read_fd = fds[0];
-    let mut cmd = Command::new(BIN);
+    let reply_wr = reply[1];
+    let mut cmd = Command::new(bin);
     cmd.args(args)
         .env_clear()
         .envs(env.iter().copied())
@@ -91,6 +109,15 @@ fn checkpassword_args(args: &[&str], input: Option<&[u8]>, env: &[(&str, &str)])
     // SAFETY: only async-signal-safe dup2/close between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // Move both out of the way first: either may itself be 3 or 4.
+            let high = |fd: i32| {
+                if fd >= 0 {
+                    libc::fcntl(fd, libc::F_DUPFD, 10)
+                } else {
+                    -1
+                }
+            };
+            let (read_fd, reply_wr) = (high(read_fd), high(reply_wr));
             if read_fd >= 0 {
                 if libc::dup2(read_fd, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -98,17 +125,38 @@ fn checkpassword_args(args: &[&str], input: Option<&[u8]>, env: &[(&str, &str)])
             } else {
                 libc::close(3);
             }
+            if reply_wr >= 0 {
+                if libc::dup2(reply_wr, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else {
+                libc::close(4);
+            }
             Ok(())
         });
     }
     let out = cmd.output().expect("run mailauth");
-    if read_fd >= 0 {
-        // SAFETY: closing our copy of the read end.
-        unsafe {
+    let mut written = Vec::new();
+    // SAFETY: closing our copies; reading the reply pipe (the child has exited, the reply
+    // is far smaller than a pipe buffer).
+    unsafe {
+        if read_fd >= 0 {
             libc::close(read_fd);
         }
+        if fd4 {
+            libc::close(reply[1]);
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = libc::read(reply[0], buf.as_mut_ptr().cast(), buf.len());
+                if n <= 0 {
+                    break;
+                }
+                written.extend_from_slice(&buf[..n as usize]);
+            }
+            libc::close(reply[0]);
+        }
     }
-    out
+    (out, written)
 }
 
 fn env_map(out: &Output) -> BTreeMap<String, String> {
@@ -628,4 +676,224 @@ fn users_and_passwd_file() {
         "ivanov@msk.domain.ru::8:12::{home}::userdb_mail=maildir:{home}/Maildir\n"
     )));
     assert!(!text.contains(&fixtures::md5_hex("ivanov-pw")));
+}
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_mailauth-checkpassword");
+const CP_REPLY: &str = "/usr/lib/dovecot/checkpassword-reply";
+
+fn my_uid() -> String {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }.to_string()
+}
+
+/// Given Dovecot's reply program, `checkpassword` writes the reply on fd 4 itself (one exec
+/// less per login). The bytes and the exit code must be exactly those of the real
+/// checkpassword-reply run with the environment we would otherwise have exec'd it with.
+#[test]
+fn dovecot_reply_is_written_on_fd4_exactly_as_checkpassword_reply_would() {
+    let e = Env::new();
+    let conf = e.config("c.toml", "");
+    let c = conf.to_str().expect("path");
+    let uid = my_uid();
+    for (user, pw, lookup, code) in [
+        ("IVANOV+x@msk.domain.ru", "ivanov-pw", false, 0),
+        ("petrov@msk.domain.ru", "", true, 2),
+    ] {
+        let mut env = vec![("ORIG_UID", uid.as_str()), ("SERVICE", "imap")];
+        if lookup {
+            env.push(("AUTHORIZED", "1"));
+        }
+        let input = req(user, pw);
+        let (out, ours) = run(
+            BIN,
+            &["--config", c, "checkpassword", CP_REPLY],
+            Some(&input),
+            &env,
+            true,
+        );
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
+        assert!(out.stdout.is_empty());
+        no_secret(&out, "ivanov-pw");
+        let (out, _) = run(
+            BIN,
+            &["--config", c, "checkpassword", "/usr/bin/env"],
+            Some(&input),
+            &env,
+            false,
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let vars = env_map(&out);
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (out, theirs) = run(CP_REPLY, &[], None, &vars, true);
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
+        assert!(!ours.is_empty());
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&theirs)
+        );
+    }
+    // Failures write nothing on fd 4.
+    let (out, ours) = run(
+        BIN,
+        &["--config", c, "checkpassword", CP_REPLY],
+        Some(&req("ivanov@msk.domain.ru", "nope")),
+        &[],
+        true,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(ours.is_empty());
+    // Another reply program is still exec'd even with fd 4 open.
+    let (out, ours) = run(
+        BIN,
+        &["--config", c, "checkpassword", "/usr/bin/env"],
+        Some(&req("ivanov@msk.domain.ru", "ivanov-pw")),
+        &[],
+        true,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(ours.is_empty());
+    assert_eq!(env_map(&out)["USER"], "ivanov@msk.domain.ru");
+}
+
+/// `mailauth-checkpassword`: asks the daemon; without one it hands the request over to
+/// `mailauth checkpassword`, with the same answers and exit codes.
+#[test]
+fn small_client_asks_the_daemon_and_hands_over_without_it() {
+    let e = Env::new();
+    let sock = e.dir.path().join("auth.sock");
+    let conf = e.config(
+        "d.toml",
+        &format!(
+            "[auth]\nsocket = \"{}\"\nsocket_timeout = 1.0\n",
+            sock.display()
+        ),
+    );
+    let c = conf.to_str().expect("path");
+    let uid = my_uid();
+    let denv = [("ORIG_UID", uid.as_str()), ("SERVICE", "imap")];
+    let lookup = [("ORIG_UID", uid.as_str()), ("AUTHORIZED", "1")];
+    let client = |input: &[u8], env: &[(&str, &str)]| {
+        run(CLIENT, &["--config", c, CP_REPLY], Some(input), env, true)
+    };
+    let ok = req("ivanov@msk.domain.ru", "ivanov-pw");
+
+    // No daemon running: handed over to `mailauth checkpassword` (direct database).
+    let (out, reply) = client(&ok, &denv);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let home = format!("{}/msk.domain.ru/ivanov", e.mail().display());
+    assert!(
+        String::from_utf8_lossy(&reply)
+            .starts_with(&format!("user=ivanov@msk.domain.ru\tuserdb_home={home}\t")),
+        "{reply:?}"
+    );
+    no_secret(&out, "ivanov-pw");
+    let (out, reply) = client(&req("ivanov@msk.domain.ru", "wrong"), &denv);
+    assert_eq!((out.status.code(), reply.len()), (Some(1), 0), "{out:?}");
+    let (out, _) = client(&req("ghost@msk.domain.ru", ""), &lookup);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let (out, _) = run(
+        CLIENT,
+        &["--config", c, "/usr/bin/env"],
+        Some(&ok),
+        &denv,
+        false,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(env_map(&out)["USER"], "ivanov@msk.domain.ru");
+    // No [auth] socket configured at all: handed over too.
+    let plain = e.config("p.toml", "");
+    let (out, _) = run(
+        CLIENT,
+        &["--config", plain.to_str().expect("path"), CP_REPLY],
+        Some(&ok),
+        &denv,
+        true,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // A hung daemon: bounded wait, then 111.
+    let hung = UnixListener::bind(&sock).expect("bind");
+    let t = Instant::now();
+    let (out, reply) = client(&ok, &denv);
+    assert_eq!((out.status.code(), reply.len()), (Some(111), 0), "{out:?}");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    no_secret(&out, "ivanov-pw");
+    drop(hung);
+    std::fs::remove_file(&sock).expect("rm");
+
+    // A daemon reading another database (ivanov's password differs there): its answers.
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_db = fixtures::sqlite_seed(other.path());
+    let conn =
+        rusqlite::Connection::open(other_db.strip_prefix("sqlite:").expect("url")).expect("open");
+    conn.execute(
+        "UPDATE mail SET password = '{PLAIN}via-daemon' WHERE mailbox = 'ivanov'",
+        [],
+    )
+    .expect("update");
+    let daemon_conf = other.path().join("daemon.toml");
+    std::fs::write(
+        &daemon_conf,
+        format!("[[directory]]\nname = \"d\"\nurl = \"{other_db}\"\n[mail]\nuid = 8\ngid = 12\n"),
+    )
+    .expect("write");
+    let auth =
+        Arc::new(Authenticator::new(Config::load(&daemon_conf).expect("config")).expect("auth"));
+    serve_api(UnixListener::bind(&sock).expect("bind"), auth);
+    let (out, reply) = client(&req("ivanov@msk.domain.ru", "via-daemon"), &denv);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "user=ivanov@msk.domain.ru\tuserdb_home=/usr/mail/msk.domain.ru/ivanov\tuserdb_uid=8\t\
+         userdb_gid=12\tuserdb_mail=maildir:/usr/mail/msk.domain.ru/ivanov/Maildir\t"
+    );
+    let (out, _) = client(&ok, &denv);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let (out, reply) = client(&req("petrov@msk.domain.ru", ""), &lookup);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&reply).starts_with("user=petrov@msk.domain.ru\t"));
+    let (out, _) = client(&req("ghost@msk.domain.ru", ""), &lookup);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let (out, _) = client(b"ivanov@msk.domain.ru\0\xff\xfe\0\0", &denv);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // Bad usage and unusable fd-3 data: 111 / refusal, never a login.
+    for args in [
+        vec!["--config", c],
+        vec!["--config", c, "--bogus", CP_REPLY],
+        vec!["--config"],
+    ] {
+        let (out, reply) = run(CLIENT, &args, Some(&ok), &denv, true);
+        assert_eq!(
+            (out.status.code(), reply.len()),
+            (Some(111), 0),
+            "{args:?}: {out:?}"
+        );
+    }
+    let (out, _) = run(CLIENT, &["--config", c, CP_REPLY], None, &denv, true);
+    assert_eq!(out.status.code(), Some(111), "{out:?}");
+    let (out, _) = client(b"no-nul-here", &denv);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let (out, _) = client(&ok, &[("AUTHORIZED", "2")]);
+    assert_eq!(out.status.code(), Some(111), "{out:?}");
+    // --help / --version like every binary of the toolkit (exit 0, on stdout).
+    for arg in ["--help", "--version"] {
+        let out = Command::new(CLIENT).arg(arg).output().expect("run");
+        assert_eq!(out.status.code(), Some(0), "{arg}");
+        let want = if arg == "--help" {
+            "Usage"
+        } else {
+            env!("CARGO_PKG_VERSION")
+        };
+        assert!(String::from_utf8_lossy(&out.stdout).contains(want), "{arg}");
+    }
+    let missing = e.dir.path().join("missing.toml");
+    let (out, _) = run(
+        CLIENT,
+        &["--config", missing.to_str().expect("path"), CP_REPLY],
+        Some(&ok),
+        &denv,
+        true,
+    );
+    assert_eq!(out.status.code(), Some(111), "{out:?}");
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// The `[auth]` settings this module reads (other `[auth]` keys belong to the HTTP daemon
@@ -125,6 +125,11 @@ pub struct Authenticator {
     pool: Vec<Mutex<Slot>>,
     next: AtomicUsize,
     timeout: Duration,
+    /// The last stored password value read (any user): unknown users and users without a
+    /// password are checked against it, so that they cost what a real user costs.
+    last_stored: Mutex<Option<String>>,
+    /// Before any real value was read: a value in the default scheme (made on first use).
+    default_decoy: OnceLock<String>,
 }
 
 impl Authenticator {
@@ -174,6 +179,8 @@ impl Authenticator {
             pool,
             next: AtomicUsize::new(0),
             timeout,
+            last_stored: Mutex::new(None),
+            default_decoy: OnceLock::new(),
         })
     }
 
@@ -284,10 +291,43 @@ impl Authenticator {
         })
     }
 
+    /// Spend on a login that cannot succeed (unknown user, no stored password) what checking
+    /// a real stored value costs, so that response times do not tell which names exist.
+    fn decoy_check(&self, password: &[u8]) {
+        let last = self
+            .last_stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let stored = last.unwrap_or_else(|| {
+            self.default_decoy
+                .get_or_init(|| {
+                    // The seed's bare MD5 hex is what `MD5` mostly meets: cost like it.
+                    let scheme = match self.default_scheme {
+                        Scheme::Md5 => Scheme::PlainMd5,
+                        s => s,
+                    };
+                    scheme::generate(b"decoy password", scheme).unwrap_or_default()
+                })
+                .clone()
+        });
+        let _ = scheme::verify(password, &stored, self.default_scheme);
+    }
+
+    /// Remember `stored` as the value [`Self::decoy_check`] uses.
+    fn remember_stored(&self, stored: &str) {
+        let mut last = self.last_stored.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(stored) {
+            *last = Some(stored.to_string());
+        }
+    }
+
     /// Verify a login. `Err` only for temporary failures (database down or hung) and
-    /// configuration errors; every final "no" is an [`Outcome`].
+    /// configuration errors; every final "no" is an [`Outcome`]. Unknown users and users
+    /// without a stored password cost a password check too ([`Self::decoy_check`]).
     pub fn passdb(&self, user: &str, password: &[u8], ctx: &AuthContext) -> Result<Outcome> {
         let Some(rec) = self.lookup(user)? else {
+            self.decoy_check(password);
             log::info!(
                 "passdb: unknown user {} (service={} rip={})",
                 crate::names::printable(user),
@@ -298,10 +338,12 @@ impl Authenticator {
         };
         let addr = rec.address();
         let Some(stored) = rec.password.as_deref() else {
+            self.decoy_check(password);
             let why = "no password stored (smtp-role directory or NULL password)".to_string();
             log::warn!("passdb: {addr}: {why}");
             return Ok(Outcome::PasswordMismatch(why));
         };
+        self.remember_stored(stored);
         match scheme::verify(password, stored, self.default_scheme) {
             Ok(true) => {}
             Ok(false) => {

@@ -3,16 +3,22 @@
 //! Dovecot runs `mailauth checkpassword [--config PATH] /usr/lib/dovecot/checkpassword-reply`
 //! with `user\0password\0timestamp\0` on fd 3 (at most 512 bytes). For an authentication we
 //! verify the password; for a lookup (`AUTHORIZED=1`: userdb lookup, LMTP, doveadm) we only
-//! look the user up and set `AUTHORIZED=2`. On success we `exec` the reply program (the
-//! last argument) with `USER` (canonical), `HOME` and `EXTRA` naming `userdb_uid`,
-//! `userdb_gid`, `userdb_mail` (and `proxy host port nopassword` in proxy mode).
+//! look the user up and set `AUTHORIZED=2`. On success the reply is `USER` (canonical),
+//! `HOME` and `EXTRA` naming `userdb_uid`, `userdb_gid`, `userdb_mail` (and `proxy host port
+//! nopassword` in proxy mode): written on fd 4 in-process when the reply program is Dovecot's
+//! `checkpassword-reply` ([`finish`]: one process less per login), else passed to the reply
+//! program (the last argument) by `exec`.
+//!
+//! Two entry points: `mailauth checkpassword` (daemon, else the directory directly) and the
+//! small client `mailauth-checkpassword` ([`client_main`]: daemon only, handing over to
+//! `mailauth checkpassword` without one), whose start-up is the per-login cost.
 //!
 //! Exit codes (Dovecot 2.3.14+): 1 = failed login (wrong password, unknown or disabled user,
 //! unusable fd-3 data during authentication); 3 = unknown user in a lookup; 111 = temporary
 //! failure, bad usage, configuration error. Nothing here ever prints or logs the password.
 
 use super::api::{ApiAnswer, PassdbRequest, UserdbRequest};
-use super::authenticator::{AuthContext, Authenticator, Outcome, UserInfo};
+use super::authenticator::{AuthContext, AuthSettings, Authenticator, Outcome, UserInfo};
 use crate::error::{Error, ErrorKind, Result};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -345,6 +351,63 @@ fn parse_response(resp: &[u8]) -> Result<Outcome> {
     answer.into_outcome()
 }
 
+/// The JSON body and path of a daemon request (the body holds the password: zero it after
+/// use).
+fn daemon_request(mode: Mode, req: &Request, ctx: &AuthContext) -> Result<(&'static str, Vec<u8>)> {
+    let body = match mode {
+        Mode::Authenticate => {
+            let (password, password_b64) = match std::str::from_utf8(&req.password) {
+                Ok(p) => (Some(p.to_string()), None),
+                Err(_) => {
+                    use base64::Engine;
+                    (
+                        None,
+                        Some(base64::engine::general_purpose::STANDARD.encode(&req.password)),
+                    )
+                }
+            };
+            serde_json::to_vec(&PassdbRequest {
+                user: req.user.clone(),
+                password,
+                password_b64,
+                service: ctx.service.clone(),
+                remote_ip: ctx.remote_ip.clone(),
+                local_ip: ctx.local_ip.clone(),
+            })
+        }
+        Mode::Lookup => serde_json::to_vec(&UserdbRequest {
+            user: req.user.clone(),
+        }),
+    }
+    .map_err(|_| Error::internal("cannot encode the request"))?;
+    let path = match mode {
+        Mode::Authenticate => "/passdb",
+        Mode::Lookup => "/userdb",
+    };
+    Ok((path, body))
+}
+
+/// Ask the daemon when `[auth] socket` is set and present. `Ok(None)`: no socket
+/// configured, or the daemon is not running (use the directory directly).
+pub fn ask_configured_daemon(
+    settings: &AuthSettings,
+    mode: Mode,
+    req: &Request,
+    ctx: &AuthContext,
+) -> Result<Option<Outcome>> {
+    let Some(socket) = settings.socket.as_deref() else {
+        return Ok(None);
+    };
+    if !socket.exists() {
+        log::debug!("auth daemon socket {} is absent", socket.display());
+        return Ok(None);
+    }
+    let (path, mut body) = daemon_request(mode, req, ctx)?;
+    let r = ask_daemon(socket, settings.socket_timeout(), path, &body);
+    body.fill(0);
+    r
+}
+
 /// Answer a request: through the daemon when `[auth] socket` is set and answers, else
 /// directly with an [`Authenticator`] built from `config`.
 pub fn answer(
@@ -353,54 +416,360 @@ pub fn answer(
     req: &Request,
     ctx: &AuthContext,
 ) -> Result<Outcome> {
-    let settings: super::authenticator::AuthSettings = config.section("auth")?;
-    if let Some(socket) = settings.socket.as_deref() {
-        if socket.exists() {
-            let body = match mode {
-                Mode::Authenticate => {
-                    let (password, password_b64) = match std::str::from_utf8(&req.password) {
-                        Ok(p) => (Some(p.to_string()), None),
-                        Err(_) => {
-                            use base64::Engine;
-                            (
-                                None,
-                                Some(
-                                    base64::engine::general_purpose::STANDARD.encode(&req.password),
-                                ),
-                            )
-                        }
-                    };
-                    serde_json::to_vec(&PassdbRequest {
-                        user: req.user.clone(),
-                        password,
-                        password_b64,
-                        service: ctx.service.clone(),
-                        remote_ip: ctx.remote_ip.clone(),
-                        local_ip: ctx.local_ip.clone(),
-                    })
-                }
-                Mode::Lookup => serde_json::to_vec(&UserdbRequest {
-                    user: req.user.clone(),
-                }),
-            }
-            .map_err(|_| Error::internal("cannot encode the request"))?;
-            let path = match mode {
-                Mode::Authenticate => "/passdb",
-                Mode::Lookup => "/userdb",
-            };
-            let r = ask_daemon(socket, settings.socket_timeout(), path, &body);
-            let mut body = body;
-            body.fill(0);
-            if let Some(outcome) = r? {
-                return Ok(outcome);
-            }
-        }
+    let settings: AuthSettings = config.section("auth")?;
+    if let Some(outcome) = ask_configured_daemon(&settings, mode, req, ctx)? {
+        return Ok(outcome);
     }
     let auth = Authenticator::new(config)?;
     match mode {
         Mode::Authenticate => auth.passdb(&req.user, &req.password, ctx),
         Mode::Lookup => auth.userdb(&req.user),
     }
+}
+
+/// File name of Dovecot's reply program, whose whole job [`finish`] does in-process.
+pub const DOVECOT_REPLY: &str = "checkpassword-reply";
+/// The descriptor Dovecot reads the reply from.
+pub const REPLY_FD: i32 = 4;
+
+/// Dovecot's `str_append_tabescaped`: `\x01` → `\x011`, TAB → `\x01t`, CR → `\x01r`,
+/// LF → `\x01n`.
+fn push_tabescaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\x01' => out.push_str("\x011"),
+            '\t' => out.push_str("\x01t"),
+            '\r' => out.push_str("\x01r"),
+            '\n' => out.push_str("\x01n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The text Dovecot 2.3's `checkpassword-reply` writes on fd 4 for the environment `vars`
+/// (as made by [`reply_env`]): `user=USER`, `userdb_home=HOME`, then every variable named
+/// in `EXTRA` as `lowercase(name)=value`, each followed by a TAB and tab-escaped, then
+/// `userdb_uid`/`userdb_gid` of this process if EXTRA did not name them. `None` if USER or
+/// HOME holds a TAB (checkpassword-reply refuses those too).
+pub fn reply_text(vars: &[(String, String)]) -> Option<String> {
+    let get = |k: &str| vars.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v);
+    let mut out = String::with_capacity(256);
+    for (var, key) in [("USER", "user"), ("HOME", "userdb_home")] {
+        if let Some(v) = get(var) {
+            if v.contains('\t') {
+                return None;
+            }
+            out.push_str(key);
+            out.push('=');
+            push_tabescaped(&mut out, v);
+            out.push('\t');
+        }
+    }
+    let (mut uid, mut gid) = (false, false);
+    if let Some(extra) = get("EXTRA") {
+        for name in extra.split(' ') {
+            let Some(v) = get(name) else { continue };
+            let key = name.to_ascii_lowercase();
+            uid |= key == "userdb_uid";
+            gid |= key == "userdb_gid";
+            push_tabescaped(&mut out, &key);
+            out.push('=');
+            push_tabescaped(&mut out, v);
+            out.push('\t');
+        }
+    }
+    // reply_env always names both; like checkpassword-reply, fall back to our own ids.
+    #[cfg(unix)]
+    {
+        use std::fmt::Write as _;
+        if !uid {
+            // SAFETY: getuid/getgid cannot fail.
+            let _ = write!(out, "userdb_uid={}\t", unsafe { libc::getuid() });
+        }
+        if !gid {
+            // SAFETY: as above.
+            let _ = write!(out, "userdb_gid={}\t", unsafe { libc::getgid() });
+        }
+    }
+    Some(out)
+}
+
+/// Report a successful request to Dovecot. When the reply program is Dovecot's
+/// `checkpassword-reply` and fd 4 is open, write what it would write (see [`reply_text`])
+/// ourselves and return its exit code (0, or 2 for a lookup) — one exec less per login
+/// (Dovecot only reads fd 4 and the exit status, protocols.md §1). Any other reply program
+/// (for example a wrapper) is exec'd with `vars` in its environment, as the checkpassword
+/// interface describes; returns only if that fails (111).
+#[cfg(unix)]
+pub fn finish(reply: &std::ffi::OsStr, mode: Mode, vars: Vec<(String, String)>) -> i32 {
+    let is_dovecot_reply = Path::new(reply)
+        .file_name()
+        .is_some_and(|n| n == DOVECOT_REPLY);
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor's flags.
+    if is_dovecot_reply && unsafe { libc::fcntl(REPLY_FD, libc::F_GETFD) } != -1 {
+        let Some(text) = reply_text(&vars) else {
+            log::error!("checkpassword: USER or HOME contains TAB");
+            return EXIT_TEMPFAIL;
+        };
+        return match write_fd(REPLY_FD, text.as_bytes()) {
+            Ok(()) => match mode {
+                Mode::Authenticate => 0,
+                Mode::Lookup => 2,
+            },
+            Err(e) => {
+                log::error!("checkpassword: writing the reply to fd 4: {e}");
+                EXIT_TEMPFAIL
+            }
+        };
+    }
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(reply).envs(vars).exec();
+    log::error!(
+        "checkpassword: cannot run the reply program {}: {err}",
+        Path::new(reply).display()
+    );
+    EXIT_TEMPFAIL
+}
+
+/// Write all of `data` to `fd` (retrying on EINTR and short writes).
+#[cfg(unix)]
+fn write_fd(fd: i32, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: writing from a live buffer of `data.len()` bytes.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+/// Name of the full program the small client hands over to.
+pub const FULL_PROGRAM: &str = "mailauth";
+
+/// Parsed command line of `mailauth-checkpassword`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClientArgs {
+    pub config: Option<std::path::PathBuf>,
+    pub verbose: bool,
+    /// Everything from the first non-option on (Dovecot appends the reply program; the
+    /// last element is used).
+    pub rest: Vec<std::ffi::OsString>,
+}
+
+/// What `mailauth-checkpassword` was asked to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientCommand {
+    Run(ClientArgs),
+    Help,
+    Version,
+}
+
+/// Usage text of `mailauth-checkpassword`.
+pub const CLIENT_USAGE: &str = "\
+Usage: mailauth-checkpassword [--config PATH] [-v] REPLY-PROGRAM
+
+Dovecot 2.3 checkpassword passdb/userdb that asks `mailauth serve` over its unix socket
+([auth] socket). Reads `user\\0password\\0\\0` on fd 3. When no daemon is configured or
+running, it hands over to `mailauth checkpassword` (next to this program), which reads
+the directory itself. Exit 1 = login failed, 3 = unknown user (lookup), 111 = temporary
+failure.
+
+Options:
+  --config PATH   configuration file [default: $MAILCLUSTER_CONFIG, else the system path]
+  -v, --verbose   log debug messages (to stderr, i.e. Dovecot's log)
+  -h, --help      print this help
+  -V, --version   print the version
+";
+
+/// Parse the client's arguments (without argv[0]). Hand-written rather than clap: this
+/// program runs once per login and its start-up time is the point (see BENCHMARKS.md).
+pub fn parse_client_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> std::result::Result<ClientCommand, String> {
+    let mut out = ClientArgs::default();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let Some(s) = a.to_str() else {
+            out.rest.push(a);
+            out.rest.extend(it);
+            break;
+        };
+        match s {
+            "--config" => match it.next() {
+                Some(p) if !p.is_empty() => out.config = Some(p.into()),
+                _ => return Err("--config needs a path".into()),
+            },
+            "-v" | "--verbose" => out.verbose = true,
+            "-h" | "--help" => return Ok(ClientCommand::Help),
+            "-V" | "--version" => return Ok(ClientCommand::Version),
+            "--" => {
+                out.rest.extend(it);
+                break;
+            }
+            _ if s.starts_with("--config=") => {
+                let p = &s["--config=".len()..];
+                if p.is_empty() {
+                    return Err("--config needs a path".into());
+                }
+                out.config = Some(p.into());
+            }
+            _ if s.starts_with('-') && s.len() > 1 => {
+                return Err(format!("unknown option {}", crate::names::printable(s)));
+            }
+            _ => {
+                out.rest.push(a);
+                out.rest.extend(it);
+                break;
+            }
+        }
+    }
+    if out.rest.is_empty() {
+        return Err("no reply program given (Dovecot appends it)".into());
+    }
+    Ok(ClientCommand::Run(out))
+}
+
+/// `mailauth-checkpassword`: the small checkpassword client of `mailauth serve`. It links
+/// no database or TLS code and starts no runtime: read fd 3, read `[auth]` from the
+/// configuration, one request over the unix socket, answer Dovecot on fd 4. When no
+/// socket is configured, or the daemon is not running, it execs `mailauth checkpassword`
+/// (same directory) with the request on a fresh fd 3, which reads the directory itself.
+/// Returns the exit code (or does not return: exec).
+#[cfg(unix)]
+pub fn client_main(a: &ClientArgs) -> i32 {
+    let Some(reply) = a.rest.last() else {
+        log::error!("checkpassword: no reply program given (Dovecot appends it)");
+        return EXIT_TEMPFAIL;
+    };
+    let authorized = std::env::var("AUTHORIZED").ok();
+    let mode = match Mode::from_authorized(authorized.as_deref()) {
+        Ok(m) => m,
+        Err(e) => {
+            log::error!("checkpassword: {e}");
+            return EXIT_TEMPFAIL;
+        }
+    };
+    let mut raw = match read_fd(3, Duration::from_secs(5)) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("checkpassword: {e}");
+            return EXIT_TEMPFAIL;
+        }
+    };
+    let req = match parse_request(&raw) {
+        Ok(r) => r,
+        Err(why) => {
+            raw.fill(0);
+            log::warn!("checkpassword: {why}");
+            return mode.refusal_code();
+        }
+    };
+    let common = crate::cli::CommonArgs {
+        config: a.config.clone(),
+        db: None,
+    };
+    let settings = common
+        .load()
+        .and_then(|config| config.section::<AuthSettings>("auth"));
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            raw.fill(0);
+            log::error!("checkpassword: {e}");
+            return EXIT_TEMPFAIL;
+        }
+    };
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let ctx = AuthContext {
+        service: env("SERVICE"),
+        remote_ip: env("TCPREMOTEIP"),
+        local_ip: env("TCPLOCALIP"),
+    };
+    match ask_configured_daemon(&settings, mode, &req, &ctx) {
+        Ok(Some(outcome)) => {
+            raw.fill(0);
+            match action(mode, &req.user, Ok(outcome)) {
+                Action::Exit(code) => code,
+                Action::Exec(vars) => finish(reply, mode, vars),
+            }
+        }
+        Ok(None) => {
+            let code = exec_full(a, &raw);
+            raw.fill(0);
+            code
+        }
+        Err(e) => {
+            raw.fill(0);
+            match action(mode, &req.user, Err(e)) {
+                Action::Exit(code) => code,
+                Action::Exec(_) => EXIT_TEMPFAIL,
+            }
+        }
+    }
+}
+
+/// Hand the request over to `mailauth checkpassword` (the program [`FULL_PROGRAM`] next to
+/// this one): `raw` goes into a new pipe that becomes fd 3. Returns 111 if that fails.
+#[cfg(unix)]
+fn exec_full(a: &ClientArgs, raw: &[u8]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let full = match std::env::current_exe() {
+        Ok(p) => p.with_file_name(FULL_PROGRAM),
+        Err(e) => {
+            log::error!("checkpassword: cannot find my own path: {e}");
+            return EXIT_TEMPFAIL;
+        }
+    };
+    let mut fds = [-1i32; 2];
+    // SAFETY: pipe() fills two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        log::error!("checkpassword: pipe: {}", std::io::Error::last_os_error());
+        return EXIT_TEMPFAIL;
+    }
+    let [rd, wr] = fds;
+    // At most 513 bytes: less than any pipe buffer, so this cannot block.
+    let written = write_fd(wr, raw);
+    // SAFETY: closing our write end; moving the read end to fd 3 (dup2 clears
+    // FD_CLOEXEC on the copy), then closing the original.
+    let moved = unsafe {
+        libc::close(wr);
+        if rd == 3 {
+            libc::fcntl(3, libc::F_SETFD, 0) != -1
+        } else {
+            let ok = libc::dup2(rd, 3) == 3;
+            libc::close(rd);
+            ok
+        }
+    };
+    if let Err(e) = written {
+        log::error!("checkpassword: pipe write: {e}");
+        return EXIT_TEMPFAIL;
+    }
+    if !moved {
+        log::error!("checkpassword: dup2: {}", std::io::Error::last_os_error());
+        return EXIT_TEMPFAIL;
+    }
+    log::debug!("checkpassword: handing over to {}", full.display());
+    let mut cmd = std::process::Command::new(&full);
+    if let Some(c) = &a.config {
+        cmd.arg("--config").arg(c);
+    }
+    if a.verbose {
+        cmd.arg("--verbose");
+    }
+    cmd.arg("checkpassword").args(&a.rest);
+    let err = cmd.exec();
+    log::error!("checkpassword: cannot run {}: {err}", full.display());
+    EXIT_TEMPFAIL
 }
 
 /// Map an error met before a verdict (usage, configuration) to the checkpassword code.
@@ -457,5 +826,63 @@ mod tests {
         let r = b"HTTP/1.0 200 OK\r\n\r\n{\"result\":\"ok\"}";
         assert!(parse_response(r).unwrap_err().is_temporary());
         assert!(parse_response(b"garbage").unwrap_err().is_temporary());
+    }
+
+    #[test]
+    fn reply_text_is_checkpassword_reply() {
+        let info = UserInfo {
+            user: "a@b.ru".into(),
+            home: "/m/b.ru/a\x01\r\n".into(),
+            mail: "maildir:/m/b.ru/a/Maildir".into(),
+            uid: 8,
+            gid: 12,
+            proxy: Some(super::super::authenticator::ProxyTarget {
+                host: "10.0.0.2".into(),
+                port: 143,
+            }),
+        };
+        assert_eq!(
+            reply_text(&reply_env(&info, Mode::Authenticate)).unwrap(),
+            "user=a@b.ru\tuserdb_home=/m/b.ru/a\x011\x01r\x01n\tuserdb_uid=8\tuserdb_gid=12\t\
+             userdb_mail=maildir:/m/b.ru/a/Maildir\tproxy=y\thost=10.0.0.2\tport=143\t\
+             nopassword=y\t"
+        );
+        let lookup = reply_text(&reply_env(&info, Mode::Lookup)).unwrap();
+        assert!(
+            lookup.ends_with("userdb_mail=maildir:/m/b.ru/a/Maildir\t"),
+            "{lookup}"
+        );
+        let tab = vec![("USER".to_string(), "a\tb".to_string())];
+        assert!(reply_text(&tab).is_none());
+    }
+
+    #[test]
+    fn client_arguments() {
+        use std::ffi::OsString;
+        let p = |v: &[&str]| parse_client_args(v.iter().map(OsString::from));
+        let ClientCommand::Run(a) =
+            p(&["--config", "/c.toml", "-v", "/r/checkpassword-reply"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(a.config.as_deref(), Some(Path::new("/c.toml")));
+        assert!(a.verbose);
+        assert_eq!(a.rest, vec![OsString::from("/r/checkpassword-reply")]);
+        let ClientCommand::Run(a) = p(&["--config=/c", "x", "-y", "reply"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.rest.len(), 3);
+        assert_eq!(a.config.as_deref(), Some(Path::new("/c")));
+        assert_eq!(p(&["-h"]).unwrap(), ClientCommand::Help);
+        assert_eq!(p(&["--version"]).unwrap(), ClientCommand::Version);
+        for bad in [
+            &[][..],
+            &["--config"],
+            &["--config="],
+            &["--bogus", "r"],
+            &["-v"],
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -448,17 +448,25 @@ pub fn lmtp_deliver(socket: &Path, from: &str, to: &str, body: &str) -> String {
     reply
 }
 
-/// Put the `mailauth` binary under `root` (a hard link, else a copy), so that Dovecot's auth
-/// process (user `dovecot`) can run it even when the build directory is not traversable
-/// by that user.
+/// Put the `mailauth` and `mailauth-checkpassword` binaries under `root` (hard links, else
+/// copies), so that Dovecot's auth process (user `dovecot`) can run them even when the build
+/// directory is not traversable by that user. Returns the path of `mailauth` (the client is
+/// next to it, as the snippets expect).
 pub fn install_mailauth(root: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_BIN_EXE_mailauth"));
-    let dst = root.join("mailauth");
-    let _ = std::fs::remove_file(&dst);
-    if std::fs::hard_link(src, &dst).is_err() {
-        std::fs::copy(src, &dst).expect("copy mailauth");
-    }
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dst
+    for (src, name) in [
+        (env!("CARGO_BIN_EXE_mailauth"), "mailauth"),
+        (
+            env!("CARGO_BIN_EXE_mailauth-checkpassword"),
+            "mailauth-checkpassword",
+        ),
+    ] {
+        let dst = root.join(name);
+        let _ = std::fs::remove_file(&dst);
+        if std::fs::hard_link(src, &dst).is_err() {
+            std::fs::copy(src, &dst).expect("copy mailauth");
+        }
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    root.join("mailauth")
 }
