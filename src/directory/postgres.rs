@@ -683,7 +683,76 @@ impl PgDirectory {
     }
 }
 
+/// One query of a pipeline: the prepared statement when there is one, else `query_typed`.
+async fn run_one(
+    client: &Client,
+    sql: &str,
+    st: Option<Statement>,
+    params: &[(Box<dyn ToSql + Sync + Send + '_>, Type)],
+) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    match st {
+        Some(st) => {
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|(b, _)| b.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            client.query(&st, &refs).await
+        }
+        None => {
+            let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+                .iter()
+                .map(|(b, t)| (b.as_ref() as &(dyn ToSql + Sync), t.clone()))
+                .collect();
+            client.query_typed(sql, &typed).await
+        }
+    }
+}
+
+impl PgDirectory {
+    /// The prepared statement for `sql` if it was seen before on this connection (prepared
+    /// now if need be), None for a first use (run with `query_typed`).
+    fn statement_if_seen(&mut self, sql: &str, deadline: Instant) -> Result<Option<Statement>> {
+        if self.stmts.contains_key(sql) || self.seen.contains(sql) {
+            self.statement(sql, deadline).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
 impl Sql for PgDirectory {
+    fn query_pair(
+        &mut self,
+        a: (&str, &[Param<'_>]),
+        b: (&str, &[Param<'_>]),
+    ) -> Result<(Vec<Vec<Val>>, Vec<Vec<Val>>)> {
+        let deadline = self.deadline();
+        self.ensure(deadline)?;
+        let sa = self.statement_if_seen(a.0, deadline)?;
+        let sb = self.statement_if_seen(b.0, deadline)?;
+        let Some(client) = self.client.as_ref() else {
+            return Err(self.not_connected());
+        };
+        let (pa, pb) = (typed_params(a.1), typed_params(b.1));
+        // Both futures send their messages when first polled, before either waits for an
+        // answer: the connection writes them together and the server answers both.
+        let res = self.bounded(deadline, async {
+            tokio::join!(run_one(client, a.0, sa, &pa), run_one(client, b.0, sb, &pb))
+        });
+        match res {
+            Err(_) => Err(self.timed_out("query")),
+            Ok((Err(e), _)) | Ok((_, Err(e))) => Err(self.fail("query failed", e)),
+            Ok((Ok(ra), Ok(rb))) => {
+                self.seen.insert(a.0.to_string());
+                self.seen.insert(b.0.to_string());
+                Ok((
+                    ra.iter().map(row_vals).collect(),
+                    rb.iter().map(row_vals).collect(),
+                ))
+            }
+        }
+    }
+
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Val>>> {
         let deadline = self.deadline();
         if !self.stmts.contains_key(sql) && !self.seen.contains(sql) {
@@ -821,6 +890,13 @@ impl Directory for PgDirectory {
     }
     fn mailbox(&mut self, m: &LocalPart, d: &Domain) -> Result<Option<MailboxRecord>> {
         sql::mailbox(self, m, d)
+    }
+    fn route_and_mailbox(
+        &mut self,
+        m: &LocalPart,
+        d: &Domain,
+    ) -> Result<(Option<DomainRecord>, Option<MailboxRecord>)> {
+        sql::route_and_mailbox(self, m, d)
     }
     fn domains(&mut self, primary: Option<&str>) -> Result<Vec<DomainRecord>> {
         sql::domains(self, primary)

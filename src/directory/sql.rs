@@ -76,6 +76,18 @@ pub(crate) trait Sql {
     fn columns(&mut self, table: &str) -> Result<Option<Vec<(String, String)>>>;
     /// Does `mail` have a `password` column? (cached per connection by the backend)
     fn has_password(&mut self) -> Result<bool>;
+    /// Rows of two independent queries. The default runs one then the other; PostgreSQL
+    /// pipelines them (both sent at once, one round trip).
+    #[allow(clippy::type_complexity)]
+    fn query_pair(
+        &mut self,
+        a: (&str, &[Param<'_>]),
+        b: (&str, &[Param<'_>]),
+    ) -> Result<(Vec<Vec<Val>>, Vec<Vec<Val>>)> {
+        let ra = self.query(a.0, a.1)?;
+        let rb = self.query(b.0, b.1)?;
+        Ok((ra, rb))
+    }
     /// The SQL dialect, for the few constructs written differently per backend.
     fn dialect(&self) -> Dialect {
         Dialect::Plain
@@ -343,6 +355,42 @@ pub(crate) fn mailbox(
         ],
     )?;
     Ok(rows.iter().find_map(|r| mailbox_record(r)))
+}
+
+/// [`super::Directory::route_and_mailbox`] in one [`Sql::query_pair`] (the mailbox query
+/// runs whatever the route: on PostgreSQL it costs no extra round trip).
+#[allow(clippy::type_complexity)]
+pub(crate) fn route_and_mailbox(
+    db: &mut dyn Sql,
+    mailbox: &LocalPart,
+    domain: &Domain,
+) -> Result<(Option<DomainRecord>, Option<MailboxRecord>)> {
+    if mailbox.is_legacy_dir() {
+        return Ok((route(db, domain)?, None));
+    }
+    let d = db.dialect();
+    let rsql = route_sql(d);
+    let msql = one_mail_sql(d, db.password_expr()?);
+    let label = first_label(domain);
+    let (rrows, mrows) = db.query_pair(
+        (&rsql, &[Param::Text(domain.as_str()), Param::Text(label)]),
+        (
+            &msql,
+            &[
+                Param::Text(mailbox.as_str()),
+                Param::Text(domain.as_str()),
+                Param::Text(label),
+            ],
+        ),
+    )?;
+    let rec = merge_routes(&rrows).remove(domain);
+    let m = match &rec {
+        Some(r) if r.source == DomainSource::Ldomain => {
+            mrows.iter().find_map(|r| mailbox_record(r))
+        }
+        _ => None,
+    };
+    Ok((rec, m))
 }
 
 pub(crate) fn mailboxes(db: &mut dyn Sql) -> Result<Vec<MailboxRecord>> {
