@@ -134,7 +134,59 @@ fn ci_eq(d: Dialect, expr: &str, param: &str) -> String {
     }
 }
 
+/// The ldomain row of `$1` (a domain) by its exact name, driven from `mdomain` (a handful of
+/// rows): for each mdomain that `$1` ends with, the ldomain named by the rest of `$1` is one
+/// lookup in the `UNIQUE (domain)` index of the seed's `ldomain` (dotted ldomain names too).
+/// `{cols}` is the select list, `{extra}` more joins, `{cond}` more conditions.
+fn exact_ldomain(param: &str, cols: &str, extra: &str, cond: &str) -> String {
+    format!(
+        "SELECT {cols} FROM mdomain \
+         INNER JOIN ldomain ON (ldomain.domain = \
+             left({param}, length({param}) - length(mdomain.domain) - 1)) \
+         {extra} \
+         WHERE right({param}, length(mdomain.domain) + 1) = '.' || mdomain.domain{cond}"
+    )
+}
+
+/// On PostgreSQL, the queries for one domain or mailbox first match the names exactly as
+/// stored (lower case: mailctl writes them so, and the seed's own Exim queries compared them
+/// exactly), which the seed's unique indexes answer at once; only when that finds nothing do
+/// they run the case-insensitive match (sequential scans on the seed's schema). Both parts are
+/// one statement: the fallback is gated by `NOT EXISTS` on the exact part, which PostgreSQL
+/// evaluates once, before the fallback's scans (or not at all: "never executed").
+/// A name stored in several letter cases therefore resolves to its lower-case row.
+fn exact_first(exact: &str, fallback: &str) -> String {
+    format!(
+        "WITH exact AS MATERIALIZED ({exact}) \
+         SELECT * FROM exact \
+         UNION ALL \
+         SELECT * FROM ({fallback}) AS ci WHERE NOT EXISTS (SELECT 1 FROM exact)"
+    )
+}
+
 fn route_sql(d: Dialect) -> String {
+    let ci = route_sql_ci(d);
+    if d != Dialect::Postgres {
+        return ci;
+    }
+    let exact = format!(
+        "{} UNION ALL \
+         SELECT 1, co_domain.domain, co_domain.active, co_maps.storage1, co_maps.storage2 \
+         FROM co_maps INNER JOIN co_domain ON (co_maps.domain_id = co_domain.id) \
+         WHERE co_domain.domain = $1",
+        exact_ldomain(
+            "$1",
+            "0, ldomain.domain || '.' || mdomain.domain, ldomain.active AND mdomain.active, \
+             maps.storage1, maps.storage2",
+            "INNER JOIN maps ON (maps.ldomain_id = ldomain.id AND maps.mdomain_id = mdomain.id)",
+            "",
+        )
+    );
+    exact_first(&exact, &ci)
+}
+
+/// The case-insensitive route query: $1 domain, $2 its first label.
+fn route_sql_ci(d: Dialect) -> String {
     format!(
         "SELECT 0, ldomain.domain || '.' || mdomain.domain, ldomain.active AND mdomain.active, \
                 maps.storage1, maps.storage2 \
@@ -164,25 +216,38 @@ FROM co_maps INNER JOIN co_domain ON (co_maps.domain_id = co_domain.id)";
 const NODES_SQL: &str = "\
 SELECT storage1, storage2 FROM maps UNION SELECT storage1, storage2 FROM co_maps";
 
-const MAIL_SELECT: &str = "SELECT mail.mailbox, ldomain.domain || '.' || mdomain.domain, \
+const MAIL_COLS: &str = "mail.mailbox, ldomain.domain || '.' || mdomain.domain, \
     mail.active, ldomain.active AND mdomain.active";
 const MAIL_FROM: &str = "FROM mail INNER JOIN ldomain ON (mail.ldomain_id = ldomain.id) \
     INNER JOIN mdomain ON (mail.mdomain_id = mdomain.id)";
 
 /// Every mailbox (the legacy `dir` excluded).
 fn all_mail_sql(pw: &str) -> String {
-    format!("{MAIL_SELECT}, {pw} {MAIL_FROM} WHERE lower(mail.mailbox) <> 'dir'")
+    format!("SELECT {MAIL_COLS}, {pw} {MAIL_FROM} WHERE lower(mail.mailbox) <> 'dir'")
 }
 
 /// One mailbox: $1 mailbox, $2 domain, $3 its first label (the caller excludes `dir`).
 fn one_mail_sql(d: Dialect, pw: &str) -> String {
-    format!(
-        "{MAIL_SELECT}, {pw} {MAIL_FROM} WHERE {} AND {} AND ({} OR ldomain.domain LIKE '%.%') \
+    let ci = format!(
+        "SELECT {MAIL_COLS}, {pw} {MAIL_FROM} WHERE {} AND {} AND ({} OR ldomain.domain LIKE '%.%') \
          ORDER BY mail.id LIMIT 1",
         ci_eq(d, "mail.mailbox", "$1"),
         ci_eq(d, "ldomain.domain || '.' || mdomain.domain", "$2"),
         ci_eq(d, "ldomain.domain", "$3"),
-    )
+    );
+    if d != Dialect::Postgres {
+        return ci;
+    }
+    let exact = format!(
+        "{} ORDER BY mail.id LIMIT 1",
+        exact_ldomain(
+            "$2",
+            &format!("{MAIL_COLS}, {pw}"),
+            "INNER JOIN mail ON (mail.ldomain_id = ldomain.id AND mail.mdomain_id = mdomain.id)",
+            " AND mail.mailbox = $1",
+        )
+    );
+    exact_first(&exact, &ci)
 }
 
 /// A node name as stored (`storage1`/`storage2`): trimmed, lower-case; None when empty.
