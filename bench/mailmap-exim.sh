@@ -3,8 +3,9 @@
 # address) with the SMTP-node configuration, side by side in one run:
 #   native      Exim's own ${lookup pgsql} with the seed's queries (bench/mailmap-native.conf)
 #   run         exim-snippets/smtp-node-run.conf        (one `mailmap rcpt-route` per address)
-#   rs-cold     exim-snippets/smtp-node-readsocket.conf, serve's cache flushed (SIGHUP) first
-#   rs-warm     the same again, cache warm
+#   rs-cold     exim-snippets/smtp-node-readsocket.conf, serve's cache flushed (SIGHUP) at the
+#               start of the round: the address's first request reaches the database
+#   rs-warm     the same address again at once, answered from the cache
 #   run-base    optional (4th argument): the ${run} variant with another mailmap binary, e.g.
 #               a build of an earlier commit, for a before/after comparison in the same run
 # plus `mailmap route` wall time and peak RSS, and `mailmap serve` throughput and RSS with
@@ -127,37 +128,52 @@ for v in $VARIANTS; do
     echo "$out" | grep -q 'host 192.0.2.1' || { echo "$v: unexpected: $out" >&2; exit 1; }
 done
 
-per_address_ms() { # variant-array-name -> ms per address
+# One round: every address through every variant in turn (native, run, rs-cold, rs-warm
+# [, run-base]), so that a burst of load from other processes on the shared machine hits all
+# variants alike; each call is timed alone with $EPOCHREALTIME (no process for the clock).
+# rs-cold is the first request for the address since the SIGHUP that starts the round (its
+# answer comes from the database), rs-warm the second (from the cache).
+bt_us() { # variant-array-name address -> microseconds of one `exim -bt`
     declare -n X="$1"
-    local t0 t1
-    t0=$(date +%s%N)
-    while read -r a; do "${X[@]}" -bt "$a" >/dev/null 2>&1 || true; done < "$ROOT/addrs"
-    t1=$(date +%s%N)
-    echo "scale=3; ($t1 - $t0) / 1000000 / $N" | bc
+    local t0=$EPOCHREALTIME
+    "${X[@]}" -bt "$2" >/dev/null 2>&1 || true
+    local t1=$EPOCHREALTIME
+    echo $(( ${t1/./} - ${t0/./} ))
+}
+round() { # -> "native run rscold rswarm base" ms per address
+    local n=0 nat=0 run=0 rsc=0 rsw=0 base=0 a
+    kill -HUP "$SERVE_PID"; sleep 0.2
+    while read -r a; do
+        nat=$(( nat + $(bt_us X_NATIVE "$a") ))
+        run=$(( run + $(bt_us X_RUN "$a") ))
+        rsc=$(( rsc + $(bt_us X_RS "$a") ))
+        rsw=$(( rsw + $(bt_us X_RS "$a") ))
+        [ -n "$BASE" ] && base=$(( base + $(bt_us X_BASE "$a") ))
+        n=$(( n + 1 ))
+    done < "$ROOT/addrs"
+    for t in $nat $run $rsc $rsw $base; do echo "scale=3; $t / 1000 / $n" | bc; done | tr '\n' ' '
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-# warm-up pass (PostgreSQL buffers, page cache), not measured
-for v in $VARIANTS; do per_address_ms "X_$v" >/dev/null; done
+# warm-up round (PostgreSQL buffers, page cache), not measured
+round >/dev/null
 : > "$ROOT/native"; : > "$ROOT/run"; : > "$ROOT/rscold"; : > "$ROOT/rswarm"; : > "$ROOT/base"
 for r in $(seq "$ROUNDS"); do
-    per_address_ms X_NATIVE >> "$ROOT/native"
-    per_address_ms X_RUN >> "$ROOT/run"
-    kill -HUP "$SERVE_PID"; sleep 0.2
-    per_address_ms X_RS >> "$ROOT/rscold"
-    per_address_ms X_RS >> "$ROOT/rswarm"
+    read -r t_nat t_run t_rsc t_rsw t_base <<< "$(round)"
+    echo "$t_nat" >> "$ROOT/native"; echo "$t_run" >> "$ROOT/run"
+    echo "$t_rsc" >> "$ROOT/rscold"; echo "$t_rsw" >> "$ROOT/rswarm"
     extra=
     if [ -n "$BASE" ]; then
-        per_address_ms X_BASE >> "$ROOT/base"
-        extra=" run-base $(tail -1 "$ROOT/base")"
+        echo "$t_base" >> "$ROOT/base"
+        extra=" run-base $t_base"
     fi
-    echo "round $r: native $(tail -1 "$ROOT/native") run $(tail -1 "$ROOT/run") rs-cold $(tail -1 "$ROOT/rscold") rs-warm $(tail -1 "$ROOT/rswarm")$extra ms/address ($(uptime | sed 's/.*load/load/'))" >&2
+    echo "round $r: native $t_nat run $t_run rs-cold $t_rsc rs-warm $t_rsw$extra ms/address ($(uptime | sed 's/.*load/load/'))" >&2
 done
 NATIVE=$(median < "$ROOT/native"); RUN=$(median < "$ROOT/run")
 RSC=$(median < "$ROOT/rscold"); RSW=$(median < "$ROOT/rswarm")
 ratio() { echo "scale=2; $1 / $NATIVE" | bc; }
 
-echo "## exim -bt per address (N=$N, $ROUNDS rounds, median ms)"
+echo "## exim -bt per address (N=$N, $ROUNDS rounds, each address through every variant in turn; median of the rounds' means, ms)"
 echo "| variant | ms/address | vs native |"
 echo "| --- | --- | --- |"
 echo "| native \${lookup pgsql} (seed queries) | $NATIVE | 1.00 |"
