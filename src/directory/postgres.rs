@@ -653,36 +653,6 @@ fn typed_params<'a>(params: &'a [Param<'a>]) -> Vec<(Box<dyn ToSql + Sync + Send
         .collect()
 }
 
-impl PgDirectory {
-    /// A query seen for the first time on this connection: Parse + Bind + Execute in one
-    /// round trip (`query_typed`), instead of a prepare round trip and then the execution.
-    fn query_once(
-        &mut self,
-        sql: &str,
-        params: &[Param<'_>],
-        deadline: Instant,
-    ) -> Result<Vec<Vec<Val>>> {
-        self.ensure(deadline)?;
-        let Some(client) = self.client.as_ref() else {
-            return Err(self.not_connected());
-        };
-        let boxed = typed_params(params);
-        let typed: Vec<(&(dyn ToSql + Sync), Type)> = boxed
-            .iter()
-            .map(|(b, t)| (b.as_ref() as &(dyn ToSql + Sync), t.clone()))
-            .collect();
-        let res = self.bounded(deadline, client.query_typed(sql, &typed));
-        match res {
-            Err(_) => Err(self.timed_out("query")),
-            Ok(Err(e)) => Err(self.fail("query failed", e)),
-            Ok(Ok(rows)) => {
-                self.seen.insert(sql.to_string());
-                Ok(rows.iter().map(row_vals).collect())
-            }
-        }
-    }
-}
-
 /// One query of a pipeline: the prepared statement when there is one, else `query_typed`.
 async fn run_one(
     client: &Client,
@@ -730,6 +700,7 @@ impl Sql for PgDirectory {
         self.ensure(deadline)?;
         let sa = self.statement_if_seen(a.0, deadline)?;
         let sb = self.statement_if_seen(b.0, deadline)?;
+        let first = (sa.is_none(), sb.is_none());
         let Some(client) = self.client.as_ref() else {
             return Err(self.not_connected());
         };
@@ -743,8 +714,12 @@ impl Sql for PgDirectory {
             Err(_) => Err(self.timed_out("query")),
             Ok((Err(e), _)) | Ok((_, Err(e))) => Err(self.fail("query failed", e)),
             Ok((Ok(ra), Ok(rb))) => {
-                self.seen.insert(a.0.to_string());
-                self.seen.insert(b.0.to_string());
+                if first.0 {
+                    self.seen.insert(a.0.to_string());
+                }
+                if first.1 {
+                    self.seen.insert(b.0.to_string());
+                }
                 Ok((
                     ra.iter().map(row_vals).collect(),
                     rb.iter().map(row_vals).collect(),
@@ -755,23 +730,25 @@ impl Sql for PgDirectory {
 
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Val>>> {
         let deadline = self.deadline();
-        if !self.stmts.contains_key(sql) && !self.seen.contains(sql) {
-            return self.query_once(sql, params, deadline);
-        }
-        let st = self.statement(sql, deadline)?;
+        self.ensure(deadline)?;
+        // First use on this connection: Parse + Bind + Execute in one round trip
+        // (`query_typed`); prepared (one more round trip, once) when it comes again.
+        let st = self.statement_if_seen(sql, deadline)?;
+        let first = st.is_none();
         let Some(client) = self.client.as_ref() else {
             return Err(self.not_connected());
         };
-        let boxed = to_sql_params(params);
-        let refs: Vec<&(dyn ToSql + Sync)> = boxed
-            .iter()
-            .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        let res = self.bounded(deadline, client.query(&st, &refs));
+        let typed = typed_params(params);
+        let res = self.bounded(deadline, run_one(client, sql, st, &typed));
         match res {
             Err(_) => Err(self.timed_out("query")),
             Ok(Err(e)) => Err(self.fail("query failed", e)),
-            Ok(Ok(rows)) => Ok(rows.iter().map(row_vals).collect()),
+            Ok(Ok(rows)) => {
+                if first {
+                    self.seen.insert(sql.to_string());
+                }
+                Ok(rows.iter().map(row_vals).collect())
+            }
         }
     }
 
