@@ -153,11 +153,13 @@ fn exact_ldomain(param: &str, cols: &str, extra: &str, cond: &str) -> String {
 /// exactly), which the seed's unique indexes answer at once; only when that finds nothing do
 /// they run the case-insensitive match (sequential scans on the seed's schema). Both parts are
 /// one statement: the fallback is gated by `NOT EXISTS` on the exact part, which PostgreSQL
-/// evaluates once, before the fallback's scans (or not at all: "never executed").
+/// evaluates once, before the fallback's scans (or not at all: "never executed"). `exact` is
+/// referenced twice, so every PostgreSQL version computes it once (no `MATERIALIZED`, which
+/// needs 12+); `to_jsonb` (9.5+) is the newest function used.
 /// A name stored in several letter cases therefore resolves to its lower-case row.
 fn exact_first(exact: &str, fallback: &str) -> String {
     format!(
-        "WITH exact AS MATERIALIZED ({exact}) \
+        "WITH exact AS ({exact}) \
          SELECT * FROM exact \
          UNION ALL \
          SELECT * FROM ({fallback}) AS ci WHERE NOT EXISTS (SELECT 1 FROM exact)"
