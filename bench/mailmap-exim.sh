@@ -3,22 +3,30 @@
 # address) with the SMTP-node configuration, side by side in one run:
 #   native      Exim's own ${lookup pgsql} with the seed's queries (bench/mailmap-native.conf)
 #   run         exim-snippets/smtp-node-run.conf        (one `mailmap rcpt-route` per address)
-#   rs-cold     exim-snippets/smtp-node-readsocket.conf, serve's cache flushed (SIGHUP) first
-#   rs-warm     the same again, cache warm
+#   rs-cold     exim-snippets/smtp-node-readsocket.conf, serve's cache flushed (SIGHUP) at the
+#               start of the round: the address's first request reaches the database
+#   rs-warm     the same address again at once, answered from the cache
+#   run-base    optional (4th argument): the ${run} variant with another mailmap binary, e.g.
+#               a build of an earlier commit, for a before/after comparison in the same run
 # plus `mailmap route` wall time and peak RSS, and `mailmap serve` throughput and RSS with
 # 10,000 domains cached. All on one throwaway PostgreSQL 15 (unix socket) with 10,000
 # ldomain.mdomain domains, 10,000 mailboxes, 100 co_domains.
 #
 # Usage (as root, Debian 12 with postgresql-15 and exim4-daemon-heavy):
 #   CARGO_TARGET_DIR=... cargo build --release --bin mailmap
-#   bench/mailmap-exim.sh [MAILMAP_BINARY] [ROUNDS] [N]
+#   bench/mailmap-exim.sh [MAILMAP_BINARY] [ROUNDS] [N] [BASELINE_MAILMAP_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAILMAP=${1:-${CARGO_TARGET_DIR:-target}/release/mailmap}
 ROUNDS=${2:-5}
 N=${3:-300}
+BASE=${4:-}
 MAILMAP=$(readlink -f "$MAILMAP")
 [ -x "$MAILMAP" ] || { echo "no mailmap binary at $MAILMAP" >&2; exit 64; }
+if [ -n "$BASE" ]; then
+    BASE=$(readlink -f "$BASE")
+    [ -x "$BASE" ] || { echo "no baseline mailmap binary at $BASE" >&2; exit 64; }
+fi
 PGBIN=/usr/lib/postgresql/15/bin
 PY=/usr/bin/python3
 
@@ -99,6 +107,9 @@ EXIM=/usr/sbin/exim4
 X_NATIVE=("$EXIM" -C "$ROOT/mailmap-native.conf" "-DMC_SPOOL=$ROOT/spool" "-DPG_SOCKET=$SOCKDIR/.s.PGSQL.$PORT")
 X_RUN=("$EXIM" -C "$ROOT/smtp-node-run.conf" "-DMC_SPOOL=$ROOT/spool" "-DMC_MAILMAP=$MAILMAP" "-DMC_CONFIG=$CONF")
 X_RS=("$EXIM" -C "$ROOT/smtp-node-readsocket.conf" "-DMC_SPOOL=$ROOT/spool" "-DMC_SOCKET=$SOCK")
+X_BASE=("$EXIM" -C "$ROOT/smtp-node-run.conf" "-DMC_SPOOL=$ROOT/spool" "-DMC_MAILMAP=$BASE" "-DMC_CONFIG=$CONF")
+VARIANTS="NATIVE RUN RS"
+[ -n "$BASE" ] && VARIANTS="$VARIANTS BASE"
 
 # N distinct existing recipients spread over the domains (fixed seed), 1 in 10 a co_domain.
 $PY - "$N" > "$ROOT/addrs" <<'PYEOF'
@@ -111,44 +122,69 @@ PYEOF
 
 # Sanity: every variant routes the first address to the same hosts.
 A1=$(head -1 "$ROOT/addrs")
-for v in NATIVE RUN RS; do
+for v in $VARIANTS; do
     declare -n X="X_$v"
     out=$("${X[@]}" -bt "$A1" 2>&1) || { echo "$v: -bt $A1 failed: $out" >&2; exit 1; }
     echo "$out" | grep -q 'host 192.0.2.1' || { echo "$v: unexpected: $out" >&2; exit 1; }
 done
 
-per_address_ms() { # variant-array-name -> ms per address
+# One round: every address through every variant in turn (native, run, rs-cold, rs-warm
+# [, run-base]), so that a burst of load from other processes on the shared machine hits all
+# variants alike; each call is timed alone with $EPOCHREALTIME (no process for the clock).
+# rs-cold is the first request for the address since the SIGHUP that starts the round (its
+# answer comes from the database), rs-warm the second (from the cache).
+bt_us() { # variant-array-name address -> microseconds of one `exim -bt`
     declare -n X="$1"
-    local t0 t1
-    t0=$(date +%s%N)
-    while read -r a; do "${X[@]}" -bt "$a" >/dev/null 2>&1 || true; done < "$ROOT/addrs"
-    t1=$(date +%s%N)
-    echo "scale=3; ($t1 - $t0) / 1000000 / $N" | bc
+    local t0=$EPOCHREALTIME
+    "${X[@]}" -bt "$2" >/dev/null 2>&1 || true
+    local t1=$EPOCHREALTIME
+    echo $(( ${t1/./} - ${t0/./} ))
+}
+round() { # -> "native run rscold rswarm base" ms per address
+    local n=0 nat=0 run=0 rsc=0 rsw=0 base=0 a
+    kill -HUP "$SERVE_PID"; sleep 0.2
+    while read -r a; do
+        nat=$(( nat + $(bt_us X_NATIVE "$a") ))
+        run=$(( run + $(bt_us X_RUN "$a") ))
+        rsc=$(( rsc + $(bt_us X_RS "$a") ))
+        rsw=$(( rsw + $(bt_us X_RS "$a") ))
+        [ -n "$BASE" ] && base=$(( base + $(bt_us X_BASE "$a") ))
+        n=$(( n + 1 ))
+    done < "$ROOT/addrs"
+    for t in $nat $run $rsc $rsw $base; do echo "scale=3; $t / 1000 / $n" | bc; done | tr '\n' ' '
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-# warm-up pass (PostgreSQL buffers, page cache), not measured
-per_address_ms X_NATIVE >/dev/null; per_address_ms X_RUN >/dev/null; per_address_ms X_RS >/dev/null
-: > "$ROOT/native"; : > "$ROOT/run"; : > "$ROOT/rscold"; : > "$ROOT/rswarm"
+# warm-up round (PostgreSQL buffers, page cache), not measured
+round >/dev/null
+: > "$ROOT/native"; : > "$ROOT/run"; : > "$ROOT/rscold"; : > "$ROOT/rswarm"; : > "$ROOT/base"
 for r in $(seq "$ROUNDS"); do
-    per_address_ms X_NATIVE >> "$ROOT/native"
-    per_address_ms X_RUN >> "$ROOT/run"
-    kill -HUP "$SERVE_PID"; sleep 0.2
-    per_address_ms X_RS >> "$ROOT/rscold"
-    per_address_ms X_RS >> "$ROOT/rswarm"
-    echo "round $r: native $(tail -1 "$ROOT/native") run $(tail -1 "$ROOT/run") rs-cold $(tail -1 "$ROOT/rscold") rs-warm $(tail -1 "$ROOT/rswarm") ms/address" >&2
+    read -r t_nat t_run t_rsc t_rsw t_base <<< "$(round)"
+    echo "$t_nat" >> "$ROOT/native"; echo "$t_run" >> "$ROOT/run"
+    echo "$t_rsc" >> "$ROOT/rscold"; echo "$t_rsw" >> "$ROOT/rswarm"
+    extra=
+    if [ -n "$BASE" ]; then
+        echo "$t_base" >> "$ROOT/base"
+        extra=" run-base $t_base"
+    fi
+    echo "round $r: native $t_nat run $t_run rs-cold $t_rsc rs-warm $t_rsw$extra ms/address ($(uptime | sed 's/.*load/load/'))" >&2
 done
 NATIVE=$(median < "$ROOT/native"); RUN=$(median < "$ROOT/run")
 RSC=$(median < "$ROOT/rscold"); RSW=$(median < "$ROOT/rswarm")
 ratio() { echo "scale=2; $1 / $NATIVE" | bc; }
 
-echo "## exim -bt per address (N=$N, $ROUNDS rounds, median ms)"
+echo "## exim -bt per address (N=$N, $ROUNDS rounds, each address through every variant in turn; median of the rounds' means, ms)"
 echo "| variant | ms/address | vs native |"
 echo "| --- | --- | --- |"
 echo "| native \${lookup pgsql} (seed queries) | $NATIVE | 1.00 |"
 echo "| \${run} mailmap rcpt-route | $RUN | $(ratio "$RUN") |"
 echo "| \${readsocket} serve, cache flushed | $RSC | $(ratio "$RSC") |"
 echo "| \${readsocket} serve, cache warm | $RSW | $(ratio "$RSW") |"
+if [ -n "$BASE" ]; then
+    RB=$(median < "$ROOT/base")
+    echo "| \${run} mailmap rcpt-route, baseline binary | $RB | $(ratio "$RB") |"
+fi
+echo "(all rounds: native $(tr '\n' ' ' < "$ROOT/native")| run $(tr '\n' ' ' < "$ROOT/run")| rs-cold $(tr '\n' ' ' < "$ROOT/rscold")| rs-warm $(tr '\n' ' ' < "$ROOT/rswarm")$([ -n "$BASE" ] && echo "| run-base $(tr '\n' ' ' < "$ROOT/base")"))"
 
 # mailmap route: wall time per call and peak RSS
 echo

@@ -607,6 +607,16 @@ impl Directory for FirstReachable {
     ) -> Result<Option<crate::directory::MailboxRecord>> {
         self.call(|d| d.mailbox(mailbox, domain))
     }
+    fn route_and_mailbox(
+        &mut self,
+        mailbox: &LocalPart,
+        domain: &Domain,
+    ) -> Result<(
+        Option<crate::directory::DomainRecord>,
+        Option<crate::directory::MailboxRecord>,
+    )> {
+        self.call(|d| d.route_and_mailbox(mailbox, domain))
+    }
     fn domains(&mut self, primary: Option<&str>) -> Result<Vec<crate::directory::DomainRecord>> {
         self.call(|d| d.domains(primary))
     }

@@ -1,7 +1,8 @@
 //! Database outage, in real Exim 4.96 with the snippets AS PRINTED: a temporary lookup
 //! failure DEFERS (-bt exit 1 "cannot be resolved at this time", 451 at RCPT), never bounces
 //! — for both variants — and `mailmap serve` with a warm cache keeps routing known
-//! recipients (but never trusts a cached "not found" during the outage).
+//! recipients (but never trusts a cached "not found" during the outage). The storage-node
+//! snippets defer too (their local-domain, backup-domain and recipient lookups).
 //! Uses a private PostgreSQL cluster (it is stopped here).
 mod support;
 
@@ -55,6 +56,19 @@ fn database_down_defers_and_warm_cache_keeps_routing() {
             ("MC_SMARTHOST", "192.0.2.99"),
         ],
     );
+    // The storage's own daemon, its cache cold: during the outage it has nothing to answer
+    // from, so the storage's ${readsocket} lookups must defer (not refuse, not relay).
+    let s1socket = dir.path().join("s1.sock");
+    let s1serve = Serve::start(&s1conf, &s1socket);
+    let s1socket_s = s1socket.display().to_string();
+    let storage_rs = Exim::new(
+        "storage-node-readsocket.conf",
+        &[
+            ("MC_SOCKET", &s1socket_s),
+            ("MC_SMARTHOST", "192.0.2.99"),
+            ("MC_RELAY_FROM", "127.0.0.1"),
+        ],
+    );
 
     // Warm the daemon's cache: a known recipient (positive) and an unknown one (negative).
     let r = rs.bt("ivanov@msk.domain.ru");
@@ -75,6 +89,9 @@ fn database_down_defers_and_warm_cache_keeps_routing() {
     assert_deferred("run", &run, "ivanov@msk.domain.ru");
     assert_deferred("run", &run, "nobody@msk.domain.ru");
     assert_deferred("storage-run", &storage, "ivanov@msk.domain.ru");
+    // S1 is the primary of msk and the backup of spb: both defer.
+    assert_deferred("storage-readsocket", &storage_rs, "ivanov@msk.domain.ru");
+    assert_deferred("storage-readsocket", &storage_rs, "sidorov@spb.domain.ru");
     let (codes, r) = run.rcpt_codes(
         "192.0.2.1",
         &["ivanov@msk.domain.ru", "nobody@msk.domain.ru"],
@@ -129,6 +146,12 @@ fn database_down_defers_and_warm_cache_keeps_routing() {
         let r = x.bt("nobody@msk.domain.ru");
         assert_eq!(r.code, 2, "{v}: {}", r.all());
     }
+    // The storage's daemon answers again too: its own recipient goes to Dovecot's LMTP.
+    let ok = support::pg::Pg::wait_until(std::time::Duration::from_secs(10), || {
+        storage_rs.bt("ivanov@msk.domain.ru").code == 0
+    });
+    assert!(ok, "storage-readsocket: no recovery");
+    drop(s1serve);
     drop(serve);
     assert!(!socket.exists(), "serve removes its socket on SIGTERM");
 }

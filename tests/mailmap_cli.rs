@@ -219,3 +219,66 @@ fn exit_codes_for_usage_config_and_outage() {
         );
     }
 }
+
+/// Names are matched exactly as stored first (the seed's unique indexes answer at once), in
+/// any letter case only when that finds nothing: dotted ldomain labels, mixed-case rows and
+/// a name stored in two letter cases (the lower-case row wins).
+#[test]
+fn exact_names_first_then_any_case() {
+    let db = fixtures::pg_seed("mailmap_cli_case");
+    support::pg::shared().psql(
+        &db.name,
+        &format!(
+            "INSERT INTO ldomain (domain) VALUES ('a.b'), ('dup'), ('Dup'), ('Mixed.Case');
+             INSERT INTO maps (ldomain_id, mdomain_id, storage1, storage2)
+               SELECT l.id, m.id, CASE WHEN l.domain = 'Dup' THEN '{S1}' ELSE '{S2}' END,
+                      CASE WHEN l.domain = 'Dup' THEN '{S2}' ELSE '{S1}' END
+               FROM ldomain l, mdomain m
+               WHERE l.domain IN ('a.b', 'dup', 'Dup', 'Mixed.Case') AND m.domain = 'domain.ru';
+             INSERT INTO mail (mailbox, ldomain_id, mdomain_id, active)
+               SELECT v.mb, l.id, m.id, v.active
+               FROM (VALUES ('dot', 'a.b', true), ('Twin', 'msk', true), ('twin', 'msk', false),
+                            ('Upper', 'Mixed.Case', true)) AS v(mb, ld, active)
+               JOIN ldomain l ON l.domain = v.ld, mdomain m
+               WHERE m.domain = 'domain.ru' ORDER BY v.mb DESC;"
+        ),
+    );
+    let dir = exim::open_tempdir();
+    let conf = dir.path().join("mailmap.toml");
+    exim::write_public(
+        &conf,
+        &format!(
+            "node = \"{S1}\"\n[[directory]]\nname = \"t\"\nurl = \"{}\"\n",
+            db.url
+        ),
+    );
+    let ask = |args: &[&str]| {
+        let o = mailmap_with(&conf, args);
+        assert_eq!(o.stderr, "", "{args:?}");
+        (o.code, o.stdout.trim_end().to_string())
+    };
+    let s2s1 = format!("{S2} : {S1}");
+    // a dotted ldomain label, exactly as stored
+    assert_eq!(ask(&["route", "a.b.domain.ru"]), (0, s2s1.clone()));
+    assert_eq!(ask(&["rcpt-route", "dot@a.b.domain.ru"]), (0, s2s1.clone()));
+    assert_eq!(ask(&["rcpt-route", "DOT@A.B.Domain.RU"]), (0, s2s1.clone()));
+    // stored in mixed case only: found through the case-insensitive match
+    assert_eq!(ask(&["route", "mixed.case.domain.ru"]), (0, s2s1.clone()));
+    assert_eq!(
+        ask(&["recipient", "upper@mixed.case.domain.ru"]),
+        (0, "upper@mixed.case.domain.ru".to_string())
+    );
+    // `dup` and `Dup` both stored: the lower-case row answers
+    assert_eq!(ask(&["route", "dup.domain.ru"]), (0, s2s1.clone()));
+    // `twin` (disabled) and `Twin` (active) both stored: the lower-case row answers
+    assert_eq!(
+        ask(&["recipient", "twin@msk.domain.ru"]),
+        (1, String::new())
+    );
+    // unknown names still miss after both matches
+    assert_eq!(
+        ask(&["rcpt-route", "nobody@a.b.domain.ru"]),
+        (1, String::new())
+    );
+    assert_eq!(ask(&["route", "c.a.b.domain.ru"]), (1, String::new()));
+}

@@ -88,6 +88,25 @@ pub trait Directory: Send {
     /// layer decides what a co_domain recipient means).
     fn mailbox(&mut self, mailbox: &LocalPart, domain: &Domain) -> Result<Option<MailboxRecord>>;
 
+    /// What an SMTP node asks per recipient: the domain's routing ([`Directory::route`])
+    /// and, when it is an ldomain.mdomain domain, the mailbox ([`Directory::mailbox`]; None
+    /// for a co_domain). The default asks one then the other; PostgreSQL sends both
+    /// statements at once (one round trip for a one-shot `mailmap rcpt-route`).
+    fn route_and_mailbox(
+        &mut self,
+        mailbox: &LocalPart,
+        domain: &Domain,
+    ) -> Result<(Option<DomainRecord>, Option<MailboxRecord>)> {
+        let Some(rec) = self.route(domain)? else {
+            return Ok((None, None));
+        };
+        if rec.source != DomainSource::Ldomain {
+            return Ok((Some(rec), None));
+        }
+        let m = self.mailbox(mailbox, domain)?;
+        Ok((Some(rec), m))
+    }
+
     /// All domains, or those whose primary is `primary` (with their backup).
     fn domains(&mut self, primary: Option<&str>) -> Result<Vec<DomainRecord>>;
 

@@ -18,20 +18,28 @@
 //! `verify-ca` when one is given), `verify-ca` (certificate chain verified),
 //! `verify-full` (chain and host name verified). `sslrootcert=PATH` names the CA file
 //! (default: the system trust store); `sslcert`/`sslkey` a client certificate.
+//! Like libpq, a connection over unix sockets only (`host=/path`) never asks for TLS under
+//! `prefer`/`allow` (no SSLRequest round trip, no OpenSSL context to build).
+//!
+//! Cost of a one-shot process (`mailmap rcpt-route` forked by Exim's `${run}`): a read runs
+//! as `query_typed` (Parse, Bind, Execute in one round trip, no separate prepare) the first
+//! time a statement is seen on a connection, and is prepared and cached only when it comes
+//! again (long-lived processes such as `mailmap serve`); `mail.password` is read without a
+//! catalog probe (see [`Sql::password_expr`]).
 
 use super::pgtls::{MakeTls, TlsFiles, Verify};
-use super::sql::{self, Param, Sql, Val};
+use super::sql::{self, Dialect, Param, Sql, Val};
 use super::{Directory, DomainRecord, MailboxRecord};
 use crate::config::Role;
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{Domain, LocalPart};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::mem::ManuallyDrop;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Config, Statement};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 /// libpq's sslmode, including the verifying modes tokio-postgres does not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,8 +262,16 @@ impl ConnInfo {
                 }
             }
         }
+        // libpq never asks for TLS over a unix socket; with `prefer` neither do we (asking
+        // costs a round trip, and the OpenSSL context costs milliseconds of CPU).
+        let unix_only = config.get_hostaddrs().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, Host::Unix(_)));
         config.ssl_mode(match info.tls_mode {
             TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer if unix_only => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,
             _ => SslMode::Require,
         });
@@ -336,7 +352,8 @@ fn describe_config(c: &Config) -> String {
 /// failure; every wait is bounded by the timeout given to [`PgDirectory::connect`].
 pub struct PgDirectory {
     info: ConnInfo,
-    tls: MakeTls,
+    /// None when TLS is never attempted (sslmode=disable, or prefer over unix sockets).
+    tls: Option<MakeTls>,
     timeout: Duration,
     /// Dropped with `shutdown_background` (see `Drop`), so that dropping a directory inside
     /// an async context does not panic.
@@ -346,6 +363,8 @@ pub struct PgDirectory {
     has_password: Option<bool>,
     /// Prepared statements of this connection, by SQL text (a few constants).
     stmts: HashMap<String, Statement>,
+    /// Queries run once on this connection unprepared (`query_typed`); prepared the next time.
+    seen: HashSet<String>,
 }
 
 impl Drop for PgDirectory {
@@ -395,7 +414,11 @@ impl PgDirectory {
     /// Errors here are configuration errors (a malformed string, an unreadable CA file).
     pub fn connect(url: &str, timeout: Duration) -> Result<Self> {
         let info = ConnInfo::parse(url)?;
-        let tls = info.tls_connector()?;
+        let tls = if info.config.get_ssl_mode() == SslMode::Disable {
+            None
+        } else {
+            Some(info.tls_connector()?)
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -416,6 +439,7 @@ impl PgDirectory {
             conn_task: None,
             has_password: None,
             stmts: HashMap::new(),
+            seen: HashSet::new(),
         })
     }
 
@@ -459,6 +483,7 @@ impl PgDirectory {
         self.client = None;
         self.has_password = None;
         self.stmts.clear();
+        self.seen.clear();
         if let Some(task) = self.conn_task.take() {
             task.abort();
         }
@@ -499,17 +524,31 @@ impl PgDirectory {
         }
         self.disconnect();
         let config = self.info.config.clone();
-        let tls = self.tls.clone();
-        let res = self.bounded(deadline, async move { config.connect(tls).await });
-        match res {
-            Err(_) => Err(self.timed_out("connecting")),
-            Ok(Err(e)) => Err(self.fail("cannot connect", e)),
-            Ok(Ok((client, connection))) => {
-                let task = self.rt.spawn(async move {
+        let res = match self.tls.clone() {
+            // The connection future differs by TLS type: spawn it here, hand back the client.
+            Some(tls) => self.bounded(deadline, async move {
+                let (client, connection) = config.connect(tls).await?;
+                let task = tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         log::debug!("postgres connection closed: {e}");
                     }
                 });
+                Ok::<_, tokio_postgres::Error>((client, task))
+            }),
+            None => self.bounded(deadline, async move {
+                let (client, connection) = config.connect(NoTls).await?;
+                let task = tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        log::debug!("postgres connection closed: {e}");
+                    }
+                });
+                Ok::<_, tokio_postgres::Error>((client, task))
+            }),
+        };
+        match res {
+            Err(_) => Err(self.timed_out("connecting")),
+            Ok(Err(e)) => Err(self.fail("cannot connect", e)),
+            Ok(Ok((client, task))) => {
                 self.client = Some(client);
                 self.conn_task = Some(task);
                 Ok(())
@@ -601,23 +640,115 @@ impl PgDirectory {
     }
 }
 
+fn typed_params<'a>(params: &'a [Param<'a>]) -> Vec<(Box<dyn ToSql + Sync + Send + 'a>, Type)> {
+    params
+        .iter()
+        .map(|p| -> (Box<dyn ToSql + Sync + Send + 'a>, Type) {
+            match p {
+                Param::Text(s) => (Box::new(*s), Type::TEXT),
+                Param::Bool(b) => (Box::new(*b), Type::BOOL),
+                Param::NullText => (Box::new(None::<&str>), Type::TEXT),
+            }
+        })
+        .collect()
+}
+
+/// One query of a pipeline: the prepared statement when there is one, else `query_typed`.
+async fn run_one(
+    client: &Client,
+    sql: &str,
+    st: Option<Statement>,
+    params: &[(Box<dyn ToSql + Sync + Send + '_>, Type)],
+) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    match st {
+        Some(st) => {
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|(b, _)| b.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            client.query(&st, &refs).await
+        }
+        None => {
+            let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+                .iter()
+                .map(|(b, t)| (b.as_ref() as &(dyn ToSql + Sync), t.clone()))
+                .collect();
+            client.query_typed(sql, &typed).await
+        }
+    }
+}
+
+impl PgDirectory {
+    /// The prepared statement for `sql` if it was seen before on this connection (prepared
+    /// now if need be), None for a first use (run with `query_typed`).
+    fn statement_if_seen(&mut self, sql: &str, deadline: Instant) -> Result<Option<Statement>> {
+        if self.stmts.contains_key(sql) || self.seen.contains(sql) {
+            self.statement(sql, deadline).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
 impl Sql for PgDirectory {
-    fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Val>>> {
+    fn query_pair(
+        &mut self,
+        a: (&str, &[Param<'_>]),
+        b: (&str, &[Param<'_>]),
+    ) -> Result<(Vec<Vec<Val>>, Vec<Vec<Val>>)> {
         let deadline = self.deadline();
-        let st = self.statement(sql, deadline)?;
+        self.ensure(deadline)?;
+        let sa = self.statement_if_seen(a.0, deadline)?;
+        let sb = self.statement_if_seen(b.0, deadline)?;
+        let first = (sa.is_none(), sb.is_none());
         let Some(client) = self.client.as_ref() else {
             return Err(self.not_connected());
         };
-        let boxed = to_sql_params(params);
-        let refs: Vec<&(dyn ToSql + Sync)> = boxed
-            .iter()
-            .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        let res = self.bounded(deadline, client.query(&st, &refs));
+        let (pa, pb) = (typed_params(a.1), typed_params(b.1));
+        // Both futures send their messages when first polled, before either waits for an
+        // answer: the connection writes them together and the server answers both.
+        let res = self.bounded(deadline, async {
+            tokio::join!(run_one(client, a.0, sa, &pa), run_one(client, b.0, sb, &pb))
+        });
+        match res {
+            Err(_) => Err(self.timed_out("query")),
+            Ok((Err(e), _)) | Ok((_, Err(e))) => Err(self.fail("query failed", e)),
+            Ok((Ok(ra), Ok(rb))) => {
+                if first.0 {
+                    self.seen.insert(a.0.to_string());
+                }
+                if first.1 {
+                    self.seen.insert(b.0.to_string());
+                }
+                Ok((
+                    ra.iter().map(row_vals).collect(),
+                    rb.iter().map(row_vals).collect(),
+                ))
+            }
+        }
+    }
+
+    fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Val>>> {
+        let deadline = self.deadline();
+        self.ensure(deadline)?;
+        // First use on this connection: Parse + Bind + Execute in one round trip
+        // (`query_typed`); prepared (one more round trip, once) when it comes again.
+        let st = self.statement_if_seen(sql, deadline)?;
+        let first = st.is_none();
+        let Some(client) = self.client.as_ref() else {
+            return Err(self.not_connected());
+        };
+        let typed = typed_params(params);
+        let res = self.bounded(deadline, run_one(client, sql, st, &typed));
         match res {
             Err(_) => Err(self.timed_out("query")),
             Ok(Err(e)) => Err(self.fail("query failed", e)),
-            Ok(Ok(rows)) => Ok(rows.iter().map(row_vals).collect()),
+            Ok(Ok(rows)) => {
+                if first {
+                    self.seen.insert(sql.to_string());
+                }
+                Ok(rows.iter().map(row_vals).collect())
+            }
         }
     }
 
@@ -690,6 +821,16 @@ impl Sql for PgDirectory {
         ))
     }
 
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn password_expr(&mut self) -> Result<&'static str> {
+        // A whole-row reference: no error (and NULL) when the column does not exist, so no
+        // catalog probe; evaluated only for the row returned.
+        Ok("to_jsonb(mail) ->> 'password'")
+    }
+
     fn has_password(&mut self) -> Result<bool> {
         if let Some(h) = self.has_password {
             return Ok(h);
@@ -726,6 +867,13 @@ impl Directory for PgDirectory {
     }
     fn mailbox(&mut self, m: &LocalPart, d: &Domain) -> Result<Option<MailboxRecord>> {
         sql::mailbox(self, m, d)
+    }
+    fn route_and_mailbox(
+        &mut self,
+        m: &LocalPart,
+        d: &Domain,
+    ) -> Result<(Option<DomainRecord>, Option<MailboxRecord>)> {
+        sql::route_and_mailbox(self, m, d)
     }
     fn domains(&mut self, primary: Option<&str>) -> Result<Vec<DomainRecord>> {
         sql::domains(self, primary)

@@ -411,21 +411,25 @@ fn recipient(dir: &mut dyn Directory, address: &str) -> Result<Option<(String, D
     if addr.local.is_legacy_dir() {
         return Ok(None);
     }
-    let Some(rec) = dir.route(&addr.domain)?.filter(|r| r.active) else {
+    let mailbox = addr.mailbox_address();
+    let Ok(lp) = LocalPart::parse_mailbox(addr.local.mailbox(), Strictness::Lookup) else {
+        // Not a possible mailbox name: only a co_domain (which holds no mailboxes) accepts it.
+        return Ok(dir
+            .route(&addr.domain)?
+            .filter(|r| r.active && r.source == DomainSource::CoDomain)
+            .map(|rec| (mailbox, rec)));
+    };
+    // Route and mailbox together: one round trip on PostgreSQL.
+    let (rec, mb) = dir.route_and_mailbox(&lp, &addr.domain)?;
+    let Some(rec) = rec.filter(|r| r.active) else {
         return Ok(None);
     };
-    let mailbox = addr.mailbox_address();
     match rec.source {
         DomainSource::CoDomain => Ok(Some((mailbox, rec))),
-        DomainSource::Ldomain => {
-            let Ok(lp) = LocalPart::parse_mailbox(addr.local.mailbox(), Strictness::Lookup) else {
-                return Ok(None);
-            };
-            match dir.mailbox(&lp, &addr.domain)? {
-                Some(m) if m.is_active() => Ok(Some((mailbox, rec))),
-                _ => Ok(None),
-            }
-        }
+        DomainSource::Ldomain => match mb {
+            Some(m) if m.is_active() => Ok(Some((mailbox, rec))),
+            _ => Ok(None),
+        },
     }
 }
 
