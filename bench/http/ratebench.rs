@@ -6,6 +6,7 @@
 //!
 //! usage: ratebench ADDR RATE SECONDS USERS_FILE [THREADS] [PATH]
 //!   USERS_FILE: lines "user<TAB>password" (no characters nginx would escape).
+//! RATEBENCH_DUMP=FILE writes each request's scheduled time and latency (ms).
 //! Prints: sent, ok, failed, achieved rate, p50/p90/p99/p99.9/max in ms.
 
 use std::io::{Read, Write};
@@ -77,7 +78,7 @@ fn main() {
                     Ok(buf.windows(15).any(|w| w == b"Auth-Status: OK"))
                 })()
                 .unwrap_or(false);
-                mine.push(at.elapsed());
+                mine.push((i, at.elapsed()));
                 if good {
                     ok.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -91,7 +92,24 @@ fn main() {
         h.join().unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let mut lat = lat.lock().unwrap().clone();
+    let mut all = lat.lock().unwrap().clone();
+    // RATEBENCH_DUMP=FILE: every request's "scheduled-ms latency-ms", in schedule order
+    // (to see whether slow requests come in bursts, and when).
+    if let Some(path) = std::env::var("RATEBENCH_DUMP").ok().filter(|p| !p.is_empty()) {
+        all.sort();
+        let text: String = all
+            .iter()
+            .map(|(i, d)| {
+                format!(
+                    "{:.3} {:.3}\n",
+                    interval.mul_f64(*i as f64).as_secs_f64() * 1000.0,
+                    d.as_secs_f64() * 1000.0
+                )
+            })
+            .collect();
+        std::fs::write(&path, text).expect("RATEBENCH_DUMP");
+    }
+    let mut lat: Vec<Duration> = all.into_iter().map(|(_, d)| d).collect();
     lat.sort();
     let pct = |q: f64| {
         let i = ((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1;

@@ -233,7 +233,7 @@ impl Service {
             })?;
             overrides.insert(name.to_ascii_lowercase(), parsed);
         }
-        let pool = DirectoryPool::new(config, settings.http.workers.max(1))?;
+        let pool = DirectoryPool::new(config, settings.http.db_connections.clamp(1, 1024))?;
         let auth = Authenticator::new(config.clone())?;
         let decoy = crate::auth::scheme::generate(b"decoy password", auth.default_scheme())
             .unwrap_or_default();
@@ -444,6 +444,12 @@ impl Service {
             out,
             "# TYPE mailauth_http_bad_secret_total counter\nmailauth_http_bad_secret_total {}",
             m.bad_secret.load(Ordering::Relaxed)
+        );
+        let (opened, live) = self.pool.counts();
+        let _ = writeln!(out, "# HELP mailauth_directory_connections_opened_total Directory connections opened.\n# TYPE mailauth_directory_connections_opened_total counter\nmailauth_directory_connections_opened_total {opened}");
+        let _ = writeln!(
+            out,
+            "# TYPE mailauth_directory_connections gauge\nmailauth_directory_connections {live}"
         );
         let (pairs, ips) = self.throttle.sizes();
         let _ = writeln!(out, "# TYPE mailauth_throttle_entries gauge\nmailauth_throttle_entries{{kind=\"pair\"}} {pairs}\nmailauth_throttle_entries{{kind=\"ip\"}} {ips}");

@@ -31,8 +31,11 @@ pub struct HttpConfig {
     /// Permissions of unix sockets we listen on, octal (nginx's workers must be able to
     /// connect: e.g. "0660" with a shared group, or "0666").
     pub socket_mode: String,
-    /// Request threads (each may hold a directory connection).
+    /// Request threads.
     pub workers: usize,
+    /// Connections to each directory at most, opened on demand one at a time (requests
+    /// beyond wait for a free one, up to `db_timeout`).
+    pub db_connections: usize,
     /// Accepted connections waiting for a thread; beyond, a temporary failure is answered.
     pub queue: usize,
     /// Seconds for reading a request and answering it (directory waits are bounded by
@@ -63,6 +66,7 @@ impl Default for HttpConfig {
             listen: Vec::new(),
             socket_mode: "0660".to_string(),
             workers: 32,
+            db_connections: 4,
             queue: 1024,
             timeout: 10.0,
             max_head: 16 * 1024,

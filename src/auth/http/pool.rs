@@ -2,37 +2,120 @@
 //! threads. Every configured storage-role directory can answer an authentication (each
 //! storage holds a full copy); they are tried in order, skipping for a while one that just
 //! failed, so that losing a node does not stop logins.
+//!
+//! Each directory has at most `max_size` connections, opened on demand **one at a time**:
+//! a request that finds no idle connection while another one is being opened (or the
+//! limit is reached) waits for the next connection to come back instead of opening its
+//! own. Opening a PostgreSQL connection costs milliseconds of CPU (a backend process,
+//! its catalog caches, the statements prepared and planned again), so a burst that found
+//! the pool empty used to open one connection per waiting request at once; on a small
+//! machine that stalled every request for tens of milliseconds (see BENCHMARKS.md). A
+//! bounded pool also bounds how many queries run at once on the database.
 
 use crate::config::{Config, Role};
 use crate::directory::{self, Directory};
 use crate::error::{Error, Result};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// After a temporary failure, try a directory last for this long.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
+/// Connections of one directory.
+#[derive(Default)]
+struct Slots {
+    idle: Vec<Box<dyn Directory>>,
+    /// Connections that exist (idle, in use, or being opened).
+    live: usize,
+    /// A connection is being opened (its first use is in progress).
+    opening: bool,
+    /// Bumped when opening a connection fails: waiters give up on this directory.
+    failures: u64,
+}
+
 struct Source {
     name: String,
     url: String,
-    idle: Mutex<Vec<Box<dyn Directory>>>,
+    slots: Mutex<Slots>,
+    /// Signalled when a connection comes back or an opening ends.
+    changed: Condvar,
     suspect_until: Mutex<Option<Instant>>,
+    opened: AtomicU64,
 }
 
 /// A pool of directory connections.
 pub struct DirectoryPool {
     sources: Vec<Source>,
     timeout: Duration,
-    max_idle: usize,
+    max_size: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A slot taken from a source (the connection itself is handed out next to it). Dropped
+/// without [`Lease::give_back`] or [`Lease::discard`] (a panic in the caller), the slot is
+/// freed and the connection, dropped by the caller, is closed.
+struct Lease<'a> {
+    source: &'a Source,
+    /// Newly made: its first use opens it, and it holds the source's `opening` flag.
+    fresh: bool,
+    settled: bool,
+}
+
+impl Lease<'_> {
+    /// The connection works: back to the idle list.
+    fn give_back(mut self, conn: Box<dyn Directory>) {
+        self.settled = true;
+        let mut slots = lock(&self.source.slots);
+        slots.idle.push(conn);
+        if self.fresh {
+            // The opening is over: every waiter may look again (one may open the next).
+            slots.opening = false;
+            self.source.changed.notify_all();
+        } else {
+            self.source.changed.notify_one();
+        }
+    }
+
+    /// The connection failed (the caller drops it): a pooled one takes the other idle ones
+    /// with it (they likely died with the same server); a fresh one is a failed opening,
+    /// which the requests waiting for this source give up on.
+    fn discard(mut self) {
+        self.settled = true;
+        let mut slots = lock(&self.source.slots);
+        slots.live = slots.live.saturating_sub(1);
+        if self.fresh {
+            slots.opening = false;
+            slots.failures += 1;
+        } else {
+            let stale = slots.idle.len();
+            slots.idle.clear();
+            slots.live = slots.live.saturating_sub(stale);
+        }
+        self.source.changed.notify_all();
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let mut slots = lock(&self.source.slots);
+            slots.live = slots.live.saturating_sub(1);
+            if self.fresh {
+                slots.opening = false;
+            }
+            self.source.changed.notify_all();
+        }
+    }
+}
+
 impl DirectoryPool {
-    /// The storage-role directories of `config` (smtp-role copies hold no passwords).
-    pub fn new(config: &Config, max_idle: usize) -> Result<DirectoryPool> {
+    /// The storage-role directories of `config` (smtp-role copies hold no passwords), with
+    /// at most `max_size` connections each.
+    pub fn new(config: &Config, max_size: usize) -> Result<DirectoryPool> {
         let sources: Vec<Source> = config
             .directories
             .iter()
@@ -40,8 +123,10 @@ impl DirectoryPool {
             .map(|d| Source {
                 name: d.name.clone(),
                 url: d.url.clone(),
-                idle: Mutex::new(Vec::new()),
+                slots: Mutex::new(Slots::default()),
+                changed: Condvar::new(),
                 suspect_until: Mutex::new(None),
+                opened: AtomicU64::new(0),
             })
             .collect();
         if sources.is_empty() {
@@ -52,8 +137,80 @@ impl DirectoryPool {
         Ok(DirectoryPool {
             sources,
             timeout: config.db_timeout(),
-            max_idle: max_idle.max(1),
+            max_size: max_size.max(1),
         })
+    }
+
+    /// Connections opened so far and connections open now, summed over the directories
+    /// (for /metrics).
+    pub fn counts(&self) -> (u64, usize) {
+        let opened = self
+            .sources
+            .iter()
+            .map(|s| s.opened.load(Ordering::Relaxed))
+            .sum();
+        let live = self.sources.iter().map(|s| lock(&s.slots).live).sum();
+        (opened, live)
+    }
+
+    /// Take a connection of `source`: an idle one, else a new one when none is being opened
+    /// and the limit allows, else wait (until `deadline`) for one to come back. Err when
+    /// the wait times out or an opening fails meanwhile.
+    fn take<'a>(
+        &self,
+        source: &'a Source,
+        deadline: Instant,
+    ) -> Result<(Lease<'a>, Box<dyn Directory>)> {
+        let mut slots = lock(&source.slots);
+        let failures = slots.failures;
+        loop {
+            if let Some(c) = slots.idle.pop() {
+                let lease = Lease {
+                    source,
+                    fresh: false,
+                    settled: false,
+                };
+                return Ok((lease, c));
+            }
+            if slots.failures != failures {
+                return Err(Error::temporary(format!(
+                    "directory {}: cannot connect",
+                    source.name
+                )));
+            }
+            if !slots.opening && slots.live < self.max_size {
+                slots.opening = true;
+                slots.live += 1;
+                drop(slots);
+                let lease = Lease {
+                    source,
+                    fresh: true,
+                    settled: false,
+                };
+                return match directory::open(&source.url, self.timeout) {
+                    Ok(c) => {
+                        source.opened.fetch_add(1, Ordering::Relaxed);
+                        Ok((lease, c))
+                    }
+                    Err(e) => {
+                        lease.discard();
+                        Err(e)
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::temporary(format!(
+                    "directory {}: no connection free within {:.1}s",
+                    source.name,
+                    self.timeout.as_secs_f64()
+                )));
+            }
+            slots = match source.changed.wait_timeout(slots, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
     }
 
     /// Run `f` on a connection to the first directory that answers. A temporary error moves
@@ -65,48 +222,41 @@ impl DirectoryPool {
         order.sort_by_key(|s| lock(&s.suspect_until).is_some_and(|t| t > now));
         let mut last: Option<Error> = None;
         for source in order {
+            let deadline = Instant::now() + self.timeout;
             // A pooled connection may have died with its server: on a temporary failure
             // retry once on a fresh connection before moving on.
             let mut fresh_tried = false;
             while !fresh_tried {
-                let pooled = lock(&source.idle).pop();
-                let mut conn = match pooled {
-                    Some(c) => c,
-                    None => {
-                        fresh_tried = true;
-                        match directory::open(&source.url, self.timeout) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                log::warn!("directory {}: {e}", source.name);
-                                if e.is_temporary() {
-                                    *lock(&source.suspect_until) =
-                                        Some(Instant::now() + SUSPECT_FOR);
-                                }
-                                last = Some(e);
-                                break;
-                            }
+                let (lease, mut conn) = match self.take(source, deadline) {
+                    Ok(taken) => taken,
+                    Err(e) => {
+                        log::warn!("directory {}: {e}", source.name);
+                        if e.is_temporary() {
+                            *lock(&source.suspect_until) = Some(Instant::now() + SUSPECT_FOR);
                         }
+                        last = Some(e);
+                        break;
                     }
                 };
+                fresh_tried = lease.fresh;
                 match f(conn.as_mut()) {
                     Ok(v) => {
                         *lock(&source.suspect_until) = None;
-                        self.put_back(source, conn);
+                        lease.give_back(conn);
                         return Ok(v);
                     }
                     Err(e) if e.is_temporary() => {
                         // Drop the connection: it may be broken.
                         log::warn!("directory {}: {e}", source.name);
-                        if fresh_tried {
+                        if lease.fresh {
                             *lock(&source.suspect_until) = Some(Instant::now() + SUSPECT_FOR);
-                        } else {
-                            // Stale pooled connections of this source are likely dead too.
-                            lock(&source.idle).clear();
                         }
+                        drop(conn);
+                        lease.discard();
                         last = Some(e);
                     }
                     Err(e) => {
-                        self.put_back(source, conn);
+                        lease.give_back(conn);
                         return Err(e);
                     }
                 }
@@ -122,11 +272,61 @@ impl DirectoryPool {
             })
             .unwrap_or_else(|| Error::temporary("no directory answered")))
     }
+}
 
-    fn put_back(&self, source: &Source, conn: Box<dyn Directory>) {
-        let mut idle = lock(&source.idle);
-        if idle.len() < self.max_idle {
-            idle.push(conn);
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn pool(dir: &Path, max: usize) -> DirectoryPool {
+        let db = dir.join("d.sqlite");
+        std::fs::write(&db, b"").unwrap(); // an empty file is an empty SQLite database
+        let text = format!(
+            "[[directory]]\nname = \"a\"\nurl = \"sqlite:{}\"\n",
+            db.display()
+        );
+        let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+        DirectoryPool::new(&config, max).unwrap()
+    }
+
+    #[test]
+    fn a_burst_opens_connections_one_at_a_time_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path(), 2);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    pool.with(|_| {
+                        std::thread::sleep(Duration::from_millis(20));
+                        Ok(())
+                    })
+                    .unwrap()
+                });
+            }
+        });
+        let (opened, live) = pool.counts();
+        assert!((1..=2).contains(&opened), "{opened}");
+        assert_eq!(live as u64, opened);
+    }
+
+    #[test]
+    fn failures_and_panics_free_their_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path(), 1);
+        pool.with(|_| Ok(())).unwrap();
+        assert_eq!(pool.counts(), (1, 1));
+        // A pooled connection fails: dropped, one fresh retry (fails too), none left.
+        let r: Result<()> = pool.with(|_| Err(Error::temporary("gone")));
+        assert!(r.unwrap_err().is_temporary());
+        assert_eq!(pool.counts(), (2, 0));
+        // A panic while opening must not leave the source "opening" forever.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.with(|_| -> Result<()> { panic!("handler bug") })
+        }));
+        assert!(r.is_err());
+        assert_eq!(pool.counts(), (3, 0));
+        pool.with(|_| Ok(())).unwrap();
+        assert_eq!(pool.counts(), (4, 1));
     }
 }

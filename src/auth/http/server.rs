@@ -4,11 +4,11 @@
 //! Listens on TCP addresses and (on Unix) on unix sockets (`unix:/path`).
 
 use crate::error::{Error, Result};
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[cfg(unix)]
@@ -503,8 +503,12 @@ pub fn run(
     handler: Arc<Handler>,
     overload: Arc<OverloadHook>,
 ) -> Result<()> {
-    let (tx, rx) = sync_channel::<Conn>(queue.max(1));
-    let rx = Arc::new(Mutex::new(rx));
+    let rx = Arc::new(Queue {
+        conns: Mutex::new(VecDeque::with_capacity(queue.clamp(1, 1024))),
+        ready: Condvar::new(),
+        cap: queue.max(1),
+    });
+    let tx = Arc::clone(&rx);
     let limits = Arc::new(limits);
     for i in 0..workers.max(1) {
         let rx = Arc::clone(&rx);
@@ -517,7 +521,7 @@ pub fn run(
     }
     let mut acceptors = Vec::new();
     for listener in bound.tcp {
-        let tx = tx.clone();
+        let tx = Arc::clone(&tx);
         let overload = Arc::clone(&overload);
         acceptors.push(
             std::thread::Builder::new()
@@ -536,7 +540,7 @@ pub fn run(
     }
     #[cfg(unix)]
     for (listener, _path) in bound.unix {
-        let tx = tx.clone();
+        let tx = Arc::clone(&tx);
         let overload = Arc::clone(&overload);
         acceptors.push(
             std::thread::Builder::new()
@@ -550,7 +554,6 @@ pub fn run(
                 .map_err(|e| Error::io("starting an accept thread", e))?,
         );
     }
-    drop(tx);
     for a in acceptors {
         let _ = a.join();
     }
@@ -563,10 +566,44 @@ fn accept_error(e: std::io::Error) {
     std::thread::sleep(Duration::from_millis(50));
 }
 
-fn dispatch(tx: &SyncSender<Conn>, conn: Conn, overload: &OverloadHook) {
-    match tx.try_send(conn) {
+/// Accepted connections waiting for a worker. One lock and one condition variable: an
+/// accepted connection wakes exactly one idle worker (a `Mutex<Receiver>` shared by the
+/// workers cost a second wake-up per request, handing the lock to the next idle worker).
+struct Queue {
+    conns: Mutex<VecDeque<Conn>>,
+    ready: Condvar,
+    cap: usize,
+}
+
+impl Queue {
+    /// Queue `conn`, or give it back when the queue is full.
+    fn push(&self, conn: Conn) -> std::result::Result<(), Conn> {
+        let mut q = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= self.cap {
+            return Err(conn);
+        }
+        q.push_back(conn);
+        drop(q);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The oldest waiting connection (blocks until there is one).
+    fn pop(&self) -> Conn {
+        let mut q = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = q.pop_front() {
+                return conn;
+            }
+            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+fn dispatch(tx: &Queue, conn: Conn, overload: &OverloadHook) {
+    match tx.push(conn) {
         Ok(()) => {}
-        Err(TrySendError::Full(mut conn)) | Err(TrySendError::Disconnected(mut conn)) => {
+        Err(mut conn) => {
             overload();
             let _ = conn.set_write_timeout(Duration::from_millis(200));
             let r = Response::new(503)
@@ -577,13 +614,9 @@ fn dispatch(tx: &SyncSender<Conn>, conn: Conn, overload: &OverloadHook) {
     }
 }
 
-fn worker(rx: Arc<Mutex<Receiver<Conn>>>, handler: Arc<Handler>, limits: Arc<Limits>) {
+fn worker(rx: Arc<Queue>, handler: Arc<Handler>, limits: Arc<Limits>) {
     loop {
-        let conn = {
-            let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-            guard.recv()
-        };
-        let Ok(mut conn) = conn else { return };
+        let mut conn = rx.pop();
         serve_one(&mut conn, &*handler, &limits);
     }
 }
