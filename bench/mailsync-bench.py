@@ -138,13 +138,15 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
     wire = 0
     data = None
     if tool.startswith("mailsync"):
-        compress = [] if tool == "mailsync-plain" else ["--compress"]
+        # "mailsync-old" / "mailsync-plain-old": the same with --bin-old (before/after in one run).
+        binary = a.bin_old if tool.endswith("-old") else a.bin
+        compress = [] if tool.startswith("mailsync-plain") else ["--compress"]
         cmd = timed + [
-            a.bin, "--root", src, "--remote-root", dst, "--state-dir", state, "--jobs", "2",
+            binary, "--root", src, "--remote-root", dst, "--state-dir", state, "--jobs", "2",
         ] + compress + [
             "--json", "--no-progress", "-i", sshd.key, "--known-hosts", sshd.kh,
             "--port", str(sshd.port), "--user", a.remote_user, "--remote-command",
-            "/usr/bin/time -a -o %s -f '%s' %s serve --no-fence" % (tfile_r, TIMEFMT, a.bin),
+            "/usr/bin/time -a -o %s -f '%s' %s serve --no-fence" % (tfile_r, TIMEFMT, binary),
         ]
         for d in domains:
             cmd += ["--domain", d]
@@ -227,6 +229,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--work", default="/var/tmp/mailsync-bench")
     ap.add_argument("--bin", default=None)
+    ap.add_argument("--bin-old", default=None,
+                    help="binary of the tools mailsync-old / mailsync-plain-old")
     ap.add_argument("--cold", action="store_true", help="also one cold-cache rep (drops caches)")
     ap.add_argument("--tools", default="mailsync,rsync-seed,rsync-fast")
     ap.add_argument("--remote-user", default="mailbench")

@@ -24,7 +24,8 @@ def main():
         for phase in ("initial", "nochange", "day", "day2"):
             fast = r.get("rsync-fast/%s/%s" % (phase, cache))
             seed = r.get("rsync-seed/%s/%s" % (phase, cache))
-            for tool in ("mailsync", "mailsync-plain", "rsync-fast", "rsync-seed"):
+            for tool in ("mailsync", "mailsync-old", "mailsync-plain", "mailsync-plain-old",
+                         "rsync-fast", "rsync-seed"):
                 x = r.get("%s/%s/%s" % (tool, phase, cache))
                 if not x:
                     continue

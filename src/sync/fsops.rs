@@ -191,7 +191,8 @@ impl UidlistLock {
             {
                 Ok(mut f) => {
                     // Dovecot's dotlock content: "pid:host" (a dead pid on this host = stale).
-                    let _ = write!(f, "{}:{}", std::process::id(), this_host());
+                    let _ =
+                        f.write_all(format!("{}:{}", std::process::id(), this_host()).as_bytes());
                     return Ok(UidlistLock { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -229,11 +230,14 @@ impl UidlistLock {
     }
 }
 
-fn this_host() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default()
+fn this_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+    })
 }
 
 /// A dotlock whose content names a process on this host that no longer exists is stale

@@ -212,6 +212,12 @@ impl<W: Write> Write for CountingWriter<W> {
 type BoxRead = Box<dyn Read + Send>;
 type BoxWrite = Box<dyn Write + Send>;
 
+/// zstd level of `--compress`. A fast (negative) level: at level 3 the compression of an
+/// initial copy cost more CPU on a 2-core node than the bytes it saved on the link were worth
+/// (6.2 GB: +16 s CPU, 0.94x rsync -zz's bytes); level -1 compresses about twice as fast and
+/// still sends a day of activity at a fraction of rsync's bytes (BENCHMARKS.md).
+pub const COMPRESS_LEVEL: i32 = -1;
+
 /// One framed connection (either end). Optionally zstd-compressed after the handshake.
 pub struct Conn {
     reader: BoxRead,
@@ -276,7 +282,7 @@ impl Conn {
         // Bound the memory a peer can make us allocate (we compress with a 1 MiB window).
         dec.window_log_max(22)
             .map_err(|e| Error::io("starting decompression", e))?;
-        let mut enc = zstd::stream::write::Encoder::new(writer, 3)
+        let mut enc = zstd::stream::write::Encoder::new(writer, COMPRESS_LEVEL)
             .map_err(|e| Error::io("starting compression", e))?;
         // Keep memory bounded: a small window is plenty for mail.
         let _ = enc.window_log(20);
