@@ -506,17 +506,14 @@ fn round(
         } else {
             serde_json::to_string_pretty(&report)
         };
-        println!(
-            "{}",
-            json.map_err(|e| Error::internal(format!("json: {e}")))?
-        );
+        mailcluster::cli::print_stdout(&json.map_err(|e| Error::internal(format!("json: {e}")))?)?;
     } else {
         for d in report.per_domain.iter().filter(|d| !d.ok) {
             for e in &d.errors {
                 eprintln!("mailsync: {}: {e}", d.domain);
             }
         }
-        println!("{}", report.summary());
+        mailcluster::cli::print_stdout(&report.summary())?;
     }
     if !report.ok {
         return Ok(mailcluster::error::exit::TEMPFAIL);
@@ -540,15 +537,12 @@ fn status(
         .or(sc.state_dir)
         .unwrap_or_else(|| root.join(".mailsync"));
     let reps = sync::status(&state_dir)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reps)
-                .map_err(|e| Error::internal(format!("json: {e}")))?
-        );
+    let text = if json {
+        serde_json::to_string_pretty(&reps).map_err(|e| Error::internal(format!("json: {e}")))?
     } else {
+        let mut lines = Vec::new();
         for r in &reps {
-            println!(
+            lines.push(format!(
                 "{}\t{}\t{}\tfinished={}\tsent={}\trenames={}\tdeletes={}\tconflicts={}",
                 r.domain,
                 r.remote,
@@ -558,14 +552,18 @@ fn status(
                 r.renames,
                 r.deletes,
                 r.conflicts.len()
-            );
+            ));
             for c in &r.conflicts {
-                println!("  conflict (kept, only on the remote): {c}");
+                lines.push(format!("  conflict (kept, only on the remote): {c}"));
             }
             for e in &r.errors {
-                println!("  error: {e}");
+                lines.push(format!("  error: {e}"));
             }
         }
+        lines.join("\n")
+    };
+    if !text.is_empty() {
+        mailcluster::cli::print_stdout(&text)?;
     }
     Ok(if reps.iter().all(|r| r.ok) { 0 } else { 1 })
 }

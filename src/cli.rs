@@ -113,3 +113,20 @@ pub fn exit(prog: &str, result: Result<i32>) -> ! {
     let _ = std::io::Write::flush(&mut std::io::stdout());
     std::process::exit(code)
 }
+
+/// Print `text` and a newline on stdout. A reader that went away (`mailsync --json | head`)
+/// is not an error: the work is done and nobody wants the rest.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::io("writing to standard output", e))
+        }
+        _ => Ok(()),
+    }
+}

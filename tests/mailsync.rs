@@ -1087,3 +1087,30 @@ fn watch_repeats_rounds_until_sigterm() {
     assert!(rounds.iter().all(|r| r["ok"] == true), "{out}");
     assert_equal(&e.a, &e.b);
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    use std::os::fd::FromRawFd;
+    let e = env();
+    populate(&e.a, 6);
+    let (a, b) = (e.a.to_str().unwrap(), e.b.to_str().unwrap());
+    // stdout: a pipe whose read end is closed before mailsync starts (`mailsync | head -0`,
+    // without the race): every write gets EPIPE.
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    let stdout = unsafe { Stdio::from_raw_fd(fds[1]) };
+    let out = Command::new(BIN)
+        .args(["--root", a, "--domain", D, "--json", b])
+        .env_remove("MAILCLUSTER_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The copy was made all the same.
+    assert_equal(&e.a, &e.b);
+}
