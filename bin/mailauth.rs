@@ -5,7 +5,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use mailcluster::auth::authenticator::{AuthContext, Authenticator};
-use mailcluster::auth::checkpassword::{self, Action, Mode, EXIT_TEMPFAIL};
+use mailcluster::auth::checkpassword::{self, Action, EXIT_TEMPFAIL};
 use mailcluster::auth::{iterate, scheme};
 use mailcluster::cli::CommonArgs;
 use mailcluster::error::{Error, Result};
@@ -138,17 +138,9 @@ fn env(name: &str) -> String {
 
 /// Returns an exit code, or does not return (exec).
 fn run_checkpassword(common: &CommonArgs, args: &CheckpasswordArgs) -> i32 {
-    let Some(reply) = args.reply.last() else {
-        log::error!("checkpassword: no reply program given (Dovecot appends it)");
-        return EXIT_TEMPFAIL;
-    };
-    let authorized = std::env::var("AUTHORIZED").ok();
-    let mode = match Mode::from_authorized(authorized.as_deref()) {
-        Ok(m) => m,
-        Err(e) => {
-            log::error!("checkpassword: {e}");
-            return EXIT_TEMPFAIL;
-        }
+    let (reply, mode) = match checkpassword::invocation(&args.reply) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let raw = match checkpassword::read_fd(3, Duration::from_secs(5)) {
         Ok(r) => r,

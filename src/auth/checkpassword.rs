@@ -638,6 +638,25 @@ pub fn parse_client_args(
     Ok(ClientCommand::Run(out))
 }
 
+/// What Dovecot's invocation says: the reply program (the last argument, which Dovecot
+/// appends) and the mode (`AUTHORIZED`). On a problem, logs it and gives the exit code.
+pub fn invocation<T: AsRef<std::ffi::OsStr>>(
+    args: &[T],
+) -> std::result::Result<(&std::ffi::OsStr, Mode), i32> {
+    let Some(reply) = args.last() else {
+        log::error!("checkpassword: no reply program given (Dovecot appends it)");
+        return Err(EXIT_TEMPFAIL);
+    };
+    let authorized = std::env::var("AUTHORIZED").ok();
+    match Mode::from_authorized(authorized.as_deref()) {
+        Ok(mode) => Ok((reply.as_ref(), mode)),
+        Err(e) => {
+            log::error!("checkpassword: {e}");
+            Err(EXIT_TEMPFAIL)
+        }
+    }
+}
+
 /// `mailauth-checkpassword`: the small checkpassword client of `mailauth serve`. It links
 /// no database or TLS code and starts no runtime: read fd 3, read `[auth]` from the
 /// configuration, one request over the unix socket, answer Dovecot on fd 4. When no
@@ -646,17 +665,9 @@ pub fn parse_client_args(
 /// Returns the exit code (or does not return: exec).
 #[cfg(unix)]
 pub fn client_main(a: &ClientArgs) -> i32 {
-    let Some(reply) = a.rest.last() else {
-        log::error!("checkpassword: no reply program given (Dovecot appends it)");
-        return EXIT_TEMPFAIL;
-    };
-    let authorized = std::env::var("AUTHORIZED").ok();
-    let mode = match Mode::from_authorized(authorized.as_deref()) {
-        Ok(m) => m,
-        Err(e) => {
-            log::error!("checkpassword: {e}");
-            return EXIT_TEMPFAIL;
-        }
+    let (reply, mode) = match invocation(&a.rest) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let mut raw = match read_fd(3, Duration::from_secs(5)) {
         Ok(r) => r,
