@@ -334,27 +334,26 @@ pub fn send_entries<'a>(
     section: u8,
     entries: impl Iterator<Item = &'a Entry>,
 ) -> Result<()> {
-    let mut e = Enc::new();
-    e.u8(section);
-    for en in entries {
-        en.encode(&mut e);
-        if e.len() > 512 << 10 {
-            conn.send(t::ENTRIES, &e.buf)?;
-            e = Enc::new();
-            e.u8(section);
-        }
-    }
-    if e.len() > 1 {
-        conn.send(t::ENTRIES, &e.buf)?;
-    }
-    Ok(())
+    send_chunked(conn, section, entries, |e, en: &Entry| en.encode(e))
 }
 
 fn send_paths(conn: &mut Conn, section: u8, paths: &[&str]) -> Result<()> {
+    send_chunked(conn, section, paths.iter(), |e, p: &&str| {
+        e.str(p);
+    })
+}
+
+/// ENTRIES frames of one section, each item encoded by `encode`, cut at about 512 KiB.
+fn send_chunked<T>(
+    conn: &mut Conn,
+    section: u8,
+    items: impl Iterator<Item = T>,
+    encode: impl Fn(&mut Enc, T),
+) -> Result<()> {
     let mut e = Enc::new();
     e.u8(section);
-    for p in paths {
-        e.str(p);
+    for item in items {
+        encode(&mut e, item);
         if e.len() > 512 << 10 {
             conn.send(t::ENTRIES, &e.buf)?;
             e = Enc::new();
