@@ -626,6 +626,9 @@ impl Directory for FirstReachable {
     fn node_names(&mut self) -> Result<BTreeSet<String>> {
         self.call(|d| d.node_names())
     }
+    fn ping(&mut self) -> Result<()> {
+        self.call(|d| d.ping())
+    }
 }
 
 /// The node-name check behind [`Config::check_node`], on a set of known names.

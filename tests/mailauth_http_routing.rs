@@ -68,6 +68,7 @@ smtp = {smtp}
 [auth.http]
 timeout = 5
 workers = 8
+user_ttl = 2
 [auth.health]
 interval = 0.2
 timeout = 0.3
@@ -88,6 +89,8 @@ storage-05 = "127.0.0.6"
 }
 
 struct Env {
+    /// The directory's database (on the shared PostgreSQL).
+    db_name: String,
     /// `[auth] socket`: where `mailauth checkpassword` asks the daemon.
     api_socket: std::path::PathBuf,
     s1: Storage,
@@ -135,6 +138,7 @@ fn env() -> &'static Env {
             ..Default::default()
         });
         Env {
+            db_name: db.name.clone(),
             api_socket,
             s1,
             s2,
@@ -199,6 +203,50 @@ fn logins_land_on_the_primary_and_fail_when_they_should() {
     assert!(
         !log.contains("hunter2") && !log.contains("secret\""),
         "password logged: {log}"
+    );
+}
+
+/// `mailauth_user_cache_hits_total` from `/metrics`.
+fn cache_hits(svc: &MailauthServe) -> u64 {
+    let raw = support::nginx::http_raw(&svc.addr, b"GET /metrics HTTP/1.0\r\n\r\n");
+    String::from_utf8_lossy(&raw)
+        .lines()
+        .find_map(|l| l.strip_prefix("mailauth_user_cache_hits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no cache counter: {}", String::from_utf8_lossy(&raw)))
+}
+
+#[test]
+fn the_login_cache_follows_password_changes_at_once_and_disabling_within_user_ttl() {
+    let e = env();
+    let pg = support::pg::shared();
+    let user = "dan@dbtest.example.test";
+    let login = |pass: &str| imap_login(e.nginx.imap, user, pass);
+    let a = login("secret");
+    assert!(a.starts_with("a1 OK"), "{a}\n{}", e.svc.log());
+    // The next login of the same user comes from the cache (the database still answers).
+    let hits = cache_hits(&e.svc);
+    assert!(login("secret").starts_with("a1 OK"));
+    assert!(cache_hits(&e.svc) > hits);
+    // A new password works at once; the old one is refused at once.
+    pg.psql(
+        &e.db_name,
+        "UPDATE mail SET password = md5('fresh') WHERE mailbox = 'dan'",
+    );
+    let a = login("fresh");
+    assert!(a.starts_with("a1 OK"), "{a}\n{}", e.svc.log());
+    let a = login("secret");
+    assert!(a.starts_with("a1 NO [AUTHENTICATIONFAILED]"), "{a}");
+    // Disabled: refused once the cached record expires (user_ttl = 2 s here).
+    pg.psql(
+        &e.db_name,
+        "UPDATE mail SET active = false WHERE mailbox = 'dan'",
+    );
+    assert!(wait_until(Duration::from_secs(6), || login("fresh")
+        .starts_with("a1 NO [AUTHENTICATIONFAILED]")));
+    pg.psql(
+        &e.db_name,
+        "UPDATE mail SET active = true, password = md5('secret') WHERE mailbox = 'dan'",
     );
 }
 

@@ -5,7 +5,9 @@
 #
 #   bench/http/run.sh            (as root on Debian 12: postgresql 15, nginx + perl module,
 #                                 libdbd-pg-perl, wrk, rustc; CARGO_TARGET_DIR honoured)
-# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the two MD5 latency runs: static ceiling and mailauth) RUNS=3 DURATION=10 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
+# mailauth runs twice: as configured by default (login cache on, `user_ttl` 10 s) and with
+# `user_ttl = 0` (one lookup query per request, as before the cache).
+# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth, mailauth without cache) RUNS=3 DURATION=10 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
 # (the fixed rates must stay below each handler's capacity, or the latency is queueing)
 #
 # Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
@@ -115,6 +117,12 @@ TOML
 "$MAILAUTH" --config "$ROOT/mailcluster.toml" serve --log stderr --listen "127.0.0.1:$MA_PORT" \
     >/dev/null 2>"$ROOT/mailauth.log" &
 PIDS+=($!)
+# The same service without the login cache (`user_ttl = 0`): one lookup query per request.
+MA_NC_PORT=$(free_port)
+sed 's/^\[auth.http\]$/[auth.http]\nuser_ttl = 0/' "$ROOT/mailcluster.toml" >"$ROOT/mailcluster-nocache.toml"
+"$MAILAUTH" --config "$ROOT/mailcluster-nocache.toml" serve --log stderr --listen "127.0.0.1:$MA_NC_PORT" \
+    >/dev/null 2>"$ROOT/mailauth-nocache.log" &
+PIDS+=($!)
 
 NG_STATIC=$(free_port) NG_SEED=$(free_port)
 # Two nginx instances: the ceiling must not share worker processes with the perl handler,
@@ -159,6 +167,7 @@ env BENCH_PGDB=mail;" \
     'perl seed_mailauth::handler;'
 for i in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$MA_PORT) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$NG_SEED) 2>/dev/null \
+        && (exec 3<>/dev/tcp/127.0.0.1/$MA_NC_PORT) 2>/dev/null \
         && (exec 3<>/dev/tcp/127.0.0.1/$NG_STATIC) 2>/dev/null && break
     sleep 0.05
 done
@@ -170,6 +179,7 @@ check() { # one request, must be OK
 }
 check "$MA_PORT" u1@d2.example.test pw1
 check "$MA_PORT" sha1@d2.example.test pwsha
+check "$MA_NC_PORT" u1@d2.example.test pw1
 check "$NG_SEED" u1@d2.example.test pw1
 check "$NG_STATIC" x y
 
@@ -196,18 +206,22 @@ for run in $(seq 1 "$RUNS"); do
     if [ -n "${QUICK:-}" ]; then # only the MD5 latency goal, against its ceiling
         rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
         rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
+        rate_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv" "$RATE"
         continue
     fi
     wrk_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv"
     wrk_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv"
+    wrk_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv"
     wrk_run mailauth-sha512 "$MA_PORT" "$ROOT/sha.tsv"
     wrk_run seed-perl-md5 "$NG_SEED" "$ROOT/md5.tsv"
     rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
     rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
+    rate_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv" "$RATE"
     rate_run mailauth-sha512 "$MA_PORT" "$ROOT/sha.tsv" "$SHA_RATE"
     rate_run seed-perl-md5 "$NG_SEED" "$ROOT/md5.tsv" "$SEED_RATE"
 done
 
+echo "== mailauth (cached) counters: $(curl -s "http://127.0.0.1:$MA_PORT/metrics" | grep -E '^mailauth_(user_cache_hits_total|auth_total\{result="ok"\}) ' | tr '\n' ' ')"
 echo "== medians of $RUNS runs (CONC=$CONC, DURATION=${DURATION}s, $(nproc) CPUs, $(uptime | sed 's/.*load/load/'))"
 /usr/bin/python3 - "$RES" <<'PY'
 import re, statistics, sys

@@ -214,6 +214,7 @@ pub fn proxy_service(cluster: &Cluster, urls: &[String]) -> Result<Service> {
     }
     text.push_str(
         "\n[auth.http]\nroute_ttl = 0          # ask the directory every time (default: a short cache)\n\
+         user_ttl = 0           # nor logins: the demo changes the directory between its steps\n\
          \n[auth.health]\nenabled = false        # the demo runs no IMAP/POP3 servers to probe\n\
          \n[auth.nodes]\n\"storage-01.domain.ru\" = \"10.0.0.1\"\n\"storage-02.domain.ru\" = \"10.0.0.2\"\n",
     );

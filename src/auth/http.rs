@@ -10,6 +10,7 @@ pub mod config;
 pub mod nginx;
 pub mod pool;
 pub mod server;
+pub mod ttl_cache;
 pub mod verify;
 
 use crate::auth::api;
@@ -17,7 +18,7 @@ use crate::auth::authenticator::Authenticator;
 use crate::auth::health::{HealthChecker, Protocol, Target};
 use crate::auth::throttle::{HashGate, Throttle};
 use crate::config::{Config, PortsConfig};
-use crate::directory::DomainRecord;
+use crate::directory::{DomainRecord, MailboxRecord};
 use crate::error::{Error, Result};
 use config::AuthSection;
 use pool::DirectoryPool;
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
+use ttl_cache::TtlCache;
 
 /// Default listen address (the seed's port, on loopback).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8185";
@@ -78,7 +80,8 @@ pub fn serve(config: &Config, args: &ServeArgs) -> Result<()> {
             listens.push(l);
         }
     }
-    let bound = server::bind(&listens, service.settings.http.socket_mode()?)?;
+    let http = &service.settings.http;
+    let bound = server::bind(&listens, http.socket_mode()?, http.queue.clamp(1, 65535))?;
     // Tell whoever started us where we listen (port 0 resolved): tests and scripts read it.
     let mut shown: Vec<String> = bound.tcp_addrs().iter().map(|a| a.to_string()).collect();
     shown.extend(
@@ -91,22 +94,17 @@ pub fn serve(config: &Config, args: &ServeArgs) -> Result<()> {
         println!("listening on {a}");
         log::info!("listening on {a}");
     }
-    let http = &service.settings.http;
     let limits = server::Limits {
         max_head: http.max_head.clamp(1024, 1 << 20),
         max_headers: http.max_headers.clamp(8, 1000),
         max_body: http.max_body.clamp(1024, 16 << 20),
         timeout: http.timeout(),
     };
-    let (workers, queue) = (http.workers.clamp(1, 1024), http.queue.clamp(1, 65536));
+    let workers = http.workers.clamp(1, 1024);
     let svc = Arc::clone(&service);
     let handler: Arc<server::Handler> =
         Arc::new(move |req: &Request, peer: &str| svc.handle(req, peer));
-    let svc = Arc::clone(&service);
-    let overload: Arc<server::OverloadHook> = Arc::new(move || {
-        svc.metrics.overload.fetch_add(1, Ordering::Relaxed);
-    });
-    server::run(bound, workers, queue, limits, handler, overload)
+    server::run(bound, workers, limits, handler)
 }
 
 /// Counters for `/metrics`.
@@ -115,7 +113,7 @@ pub struct Metrics {
     requests: [AtomicU64; 7],
     outcomes: [AtomicU64; 6],
     backup_routes: AtomicU64,
-    overload: AtomicU64,
+    user_cache_hits: AtomicU64,
     bad_secret: AtomicU64,
 }
 
@@ -170,38 +168,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Short-lived cache of domain routes (saves a query per login).
-struct RouteCache {
-    ttl: Duration,
-    map: Mutex<HashMap<crate::names::Domain, (DomainRecord, Instant)>>,
-}
-
 const ROUTE_CACHE_MAX: usize = 50_000;
-
-impl RouteCache {
-    fn get(&self, domain: &crate::names::Domain) -> Option<DomainRecord> {
-        if self.ttl.is_zero() {
-            return None;
-        }
-        let map = lock(&self.map);
-        let (r, at) = map.get(domain)?;
-        (at.elapsed() < self.ttl).then(|| r.clone())
-    }
-    fn put(&self, record: &DomainRecord) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut map = lock(&self.map);
-        if map.len() >= ROUTE_CACHE_MAX {
-            let ttl = self.ttl;
-            map.retain(|_, (_, at)| at.elapsed() < ttl);
-            if map.len() >= ROUTE_CACHE_MAX {
-                map.clear();
-            }
-        }
-        map.insert(record.domain.clone(), (record.clone(), Instant::now()));
-    }
-}
+const USER_CACHE_MAX: usize = 100_000;
 
 /// Everything a request needs, shared by the worker threads.
 pub struct Service {
@@ -216,7 +184,10 @@ pub struct Service {
     gate: HashGate,
     health: HealthChecker,
     resolver: Resolver,
-    routes: RouteCache,
+    /// Domain routes (saves a query per login; `route_ttl`).
+    routes: TtlCache<crate::names::Domain, DomainRecord>,
+    /// Mailbox records of recent successful logins (`user_ttl`; see [`Service::cached_login`]).
+    users: TtlCache<String, MailboxRecord>,
     metrics: Metrics,
 }
 
@@ -253,10 +224,8 @@ impl Service {
                 ttl: settings.http.resolve_ttl(),
                 cache: Mutex::new(HashMap::new()),
             },
-            routes: RouteCache {
-                ttl: settings.http.route_ttl(),
-                map: Mutex::new(HashMap::new()),
-            },
+            routes: TtlCache::new(settings.http.route_ttl(), ROUTE_CACHE_MAX),
+            users: TtlCache::new(settings.http.user_ttl(), USER_CACHE_MAX),
             metrics: Metrics::default(),
             settings,
         })
@@ -273,9 +242,33 @@ impl Service {
         }
         let r = dir.route(domain)?;
         if let Some(record) = &r {
-            self.routes.put(record);
+            self.routes.put(record.domain.clone(), record.clone());
         }
         Ok(r)
+    }
+
+    /// The mailbox record of `address` (`mailbox@domain`, validated) from a recent
+    /// successful login, with its domain's route, when both are cached. The caller checks
+    /// that the directory answers before trusting it, and asks the directory again when the
+    /// password does not match: a changed password works at once, and every failure is
+    /// decided on the directory's current record.
+    fn cached_login(
+        &self,
+        address: &str,
+        domain: &crate::names::Domain,
+    ) -> Option<(MailboxRecord, DomainRecord)> {
+        let mailbox = self.users.get(&address.to_string())?;
+        let route = self.routes.get(domain)?;
+        self.metrics.user_cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some((mailbox, route))
+    }
+
+    fn remember_login(&self, address: &str, mailbox: &MailboxRecord) {
+        self.users.put(address.to_string(), mailbox.clone());
+    }
+
+    fn forget_login(&self, address: &str) {
+        self.users.remove(&address.to_string());
     }
 
     fn port(&self, proto: Protocol) -> u16 {
@@ -437,8 +430,9 @@ impl Service {
         let _ = writeln!(out, "# TYPE mailauth_auth_backup_routes_total counter\nmailauth_auth_backup_routes_total {}", m.backup_routes.load(Ordering::Relaxed));
         let _ = writeln!(
             out,
-            "# TYPE mailauth_http_overload_total counter\nmailauth_http_overload_total {}",
-            m.overload.load(Ordering::Relaxed)
+            "# TYPE mailauth_user_cache_hits_total counter\nmailauth_user_cache_hits_total {}\n# TYPE mailauth_user_cache_entries gauge\nmailauth_user_cache_entries {}",
+            m.user_cache_hits.load(Ordering::Relaxed),
+            self.users.len()
         );
         let _ = writeln!(
             out,

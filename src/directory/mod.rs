@@ -115,6 +115,10 @@ pub trait Directory: Send {
 
     /// Every node name that appears in `maps` / `co_maps` (storage1 or storage2), lower-cased.
     fn node_names(&mut self) -> Result<BTreeSet<String>>;
+
+    /// Does the database answer now? One trivial statement, bounded like every call:
+    /// what a cached record needs before it may be trusted (`mailauth serve`'s login cache).
+    fn ping(&mut self) -> Result<()>;
 }
 
 /// Default bound on every database wait (connect and each query).

@@ -559,11 +559,6 @@ impl PgDirectory {
     fn deadline(&self) -> Instant {
         Instant::now() + self.timeout
     }
-
-    /// Check that the database answers (connect + `SELECT 1`) within the bound.
-    pub fn ping(&mut self) -> Result<()> {
-        self.query("SELECT 1", &[]).map(|_| ())
-    }
 }
 
 fn to_sql_params<'a>(params: &'a [Param<'a>]) -> Vec<Box<dyn ToSql + Sync + Send + 'a>> {
@@ -883,6 +878,9 @@ impl Directory for PgDirectory {
     }
     fn node_names(&mut self) -> Result<BTreeSet<String>> {
         sql::node_names(self)
+    }
+    fn ping(&mut self) -> Result<()> {
+        sql::ping(self)
     }
 }
 

@@ -353,6 +353,11 @@ pub(crate) fn route(db: &mut dyn Sql, domain: &Domain) -> Result<Option<DomainRe
     Ok(merge_routes(&rows).remove(domain))
 }
 
+/// [`super::Directory::ping`].
+pub(crate) fn ping(db: &mut dyn Sql) -> Result<()> {
+    db.query("SELECT 1", &[]).map(|_| ())
+}
+
 pub(crate) fn is_local_domain(db: &mut dyn Sql, domain: &Domain, node: &str) -> Result<bool> {
     let node = norm_node(node);
     Ok(route(db, domain)?.is_some_and(|r| r.active && r.primary == node))

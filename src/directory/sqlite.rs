@@ -212,6 +212,9 @@ impl Directory for SqliteDirectory {
     fn node_names(&mut self) -> Result<BTreeSet<String>> {
         sql::node_names(self)
     }
+    fn ping(&mut self) -> Result<()> {
+        sql::ping(self)
+    }
 }
 
 /// `schema init` on SQLite: create the file if needed and run the DDL (idempotent).

@@ -36,7 +36,8 @@ pub struct HttpConfig {
     /// Connections to each directory at most, opened on demand one at a time (requests
     /// beyond wait for a free one, up to `db_timeout`).
     pub db_connections: usize,
-    /// Accepted connections waiting for a thread; beyond, a temporary failure is answered.
+    /// Connections waiting for a free thread (the listen queue of each socket; the system
+    /// may cap it: `net.core.somaxconn` on Linux, `kern.ipc.soacceptqueue` on FreeBSD).
     pub queue: usize,
     /// Seconds for reading a request and answering it (directory waits are bounded by
     /// `db_timeout`).
@@ -56,6 +57,12 @@ pub struct HttpConfig {
     /// Seconds a domain's routing (primary, backup) is cached (0 = ask every time). A
     /// change of `maps` takes effect within this time.
     pub route_ttl: f64,
+    /// Seconds the mailbox record of a successful login is kept, so that the next logins of
+    /// that user within this time need no database query (0 = none). Used only while the
+    /// directory answered within the last second; a password that does not match the cached
+    /// record is checked against the directory's current one. A mailbox disabled (or a
+    /// password changed) takes effect within this time for logins with the old password.
+    pub user_ttl: f64,
     /// One log line per request.
     pub log_requests: bool,
 }
@@ -76,6 +83,7 @@ impl Default for HttpConfig {
             secret_header: "X-Auth-Key".to_string(),
             resolve_ttl: 60.0,
             route_ttl: 2.0,
+            user_ttl: 5.0,
             log_requests: true,
         }
     }
@@ -107,6 +115,13 @@ impl HttpConfig {
             Duration::from_secs_f64(self.route_ttl.min(3600.0))
         } else {
             Duration::from_secs(2)
+        }
+    }
+    pub fn user_ttl(&self) -> Duration {
+        if self.user_ttl.is_finite() && self.user_ttl >= 0.0 {
+            Duration::from_secs_f64(self.user_ttl.min(3600.0))
+        } else {
+            Duration::from_secs(5)
         }
     }
     pub fn resolve_ttl(&self) -> Duration {

@@ -9,7 +9,6 @@ use super::Service;
 use crate::auth::health::Protocol;
 use crate::auth::throttle::Block;
 use crate::directory::{DomainRecord, MailboxRecord};
-use crate::error::Result;
 use crate::names::{Address, Domain, LocalPart, Strictness};
 use std::net::IpAddr;
 
@@ -299,15 +298,35 @@ fn run(svc: &Service, req: &Request, ctx: &mut Ctx, log: &mut Logged) -> Step<Re
     };
     log.user = address.to_string();
 
-    let found: Result<(Option<MailboxRecord>, Option<DomainRecord>)> = svc.pool.with(|dir| {
-        let mailbox = dir.mailbox(&local, &domain)?;
-        let route = match &mailbox {
-            Some(m) if m.is_active() => svc.route(dir, &domain)?,
-            _ => None,
-        };
-        Ok((mailbox, route))
-    });
-    let (mailbox, route) = found.map_err(|e| (Outcome::TempFail, e.to_string()))?;
+    let key = address.to_string();
+    let lookup = || -> Step<(Option<MailboxRecord>, Option<DomainRecord>)> {
+        svc.pool
+            .with(|dir| {
+                let mailbox = dir.mailbox(&local, &domain)?;
+                let route = match &mailbox {
+                    Some(m) if m.is_active() => svc.route(dir, &domain)?,
+                    _ => None,
+                };
+                Ok((mailbox, route))
+            })
+            .map_err(|e| (Outcome::TempFail, e.to_string()))
+    };
+    // A recent successful login of this user: its record from the cache, trusted only once
+    // the directory answers a trivial statement now (a database that is down or hung lets
+    // nobody in), and only for the password it holds (any other is checked on the
+    // directory's current record).
+    let (mut mailbox, mut route, mut cached) = match svc.cached_login(&key, &domain) {
+        Some((m, r)) => {
+            svc.pool
+                .answers_now()
+                .map_err(|e| (Outcome::TempFail, e.to_string()))?;
+            (Some(m), Some(r), true)
+        }
+        None => {
+            let (m, r) = lookup()?;
+            (m, r, false)
+        }
+    };
     // Unknown, disabled or password-less: spend the time of a check in the default
     // scheme anyway, so that the answer time does not tell which names exist.
     let decoy = |log: &mut Logged, why: &str| -> Step<Response> {
@@ -318,44 +337,52 @@ fn run(svc: &Service, req: &Request, ctx: &mut Ctx, log: &mut Logged) -> Step<Re
         }
         failure(log, why)
     };
-    let Some(mailbox) = mailbox else {
-        return decoy(log, "no such mailbox");
-    };
-    if !mailbox.is_active() {
-        return decoy(log, "mailbox or domain disabled");
-    }
-    let Some(stored) = mailbox.password.as_deref().filter(|p| !p.is_empty()) else {
-        return decoy(log, "no password stored");
-    };
-
     let default_scheme = svc.auth.default_scheme();
-    let mut backend_pass: Option<String> = None;
-    let ok = if let Some(salt) = &salt {
-        match verify::plaintext(stored, default_scheme) {
-            None => {
-                log.outcome = Outcome::Refused;
-                log.why = format!("{method} needs a stored plaintext password");
-                return Ok(ctx.refused("Authentication method not supported", "504 5.5.4"));
-            }
-            Some(plain) => {
-                backend_pass = Some(plain.to_string());
-                if method == "apop" {
-                    verify::verify_apop(plain, salt, &pass)
-                } else {
-                    verify::verify_cram_md5(plain, salt, &pass)
+    let (record, backend_pass) = loop {
+        let Some(record) = mailbox.take() else {
+            return decoy(log, "no such mailbox");
+        };
+        if !record.is_active() {
+            return decoy(log, "mailbox or domain disabled");
+        }
+        let Some(stored) = record.password.as_deref().filter(|p| !p.is_empty()) else {
+            return decoy(log, "no password stored");
+        };
+        let mut backend_pass: Option<String> = None;
+        let ok = if let Some(salt) = &salt {
+            match verify::plaintext(stored, default_scheme) {
+                None => {
+                    log.outcome = Outcome::Refused;
+                    log.why = format!("{method} needs a stored plaintext password");
+                    return Ok(ctx.refused("Authentication method not supported", "504 5.5.4"));
+                }
+                Some(plain) => {
+                    backend_pass = Some(plain.to_string());
+                    if method == "apop" {
+                        verify::verify_apop(plain, salt, &pass)
+                    } else {
+                        verify::verify_cram_md5(plain, salt, &pass)
+                    }
                 }
             }
-        }
-    } else {
-        let Some(_permit) = svc.gate.acquire() else {
-            return Err((Outcome::TempFail, "password hashing overloaded".into()));
+        } else {
+            let Some(_permit) = svc.gate.acquire() else {
+                return Err((Outcome::TempFail, "password hashing overloaded".into()));
+            };
+            verify::verify(stored, &pass, default_scheme)
+                .map_err(|e| (Outcome::TempFail, e.to_string()))?
         };
-        verify::verify(stored, &pass, default_scheme)
-            .map_err(|e| (Outcome::TempFail, e.to_string()))?
+        if ok {
+            break (record, backend_pass);
+        }
+        if !cached {
+            return failure(log, "wrong password");
+        }
+        // The cached record may be stale (a new password): decide on the current one.
+        svc.forget_login(&key);
+        (mailbox, route) = lookup()?;
+        cached = false;
     };
-    if !ok {
-        return failure(log, "wrong password");
-    }
     svc.throttle.success(&throttle_user, client_ip);
 
     let Some(route) = route else {
@@ -364,6 +391,9 @@ fn run(svc: &Service, req: &Request, ctx: &mut Ctx, log: &mut Logged) -> Step<Re
             format!("domain {domain} has no storage node"),
         ));
     };
+    if !cached {
+        svc.remember_login(&key, &record);
+    }
     let (node, ip, port) = svc
         .choose_node(&route, proto)
         .map_err(|why| (Outcome::TempFail, why))?;

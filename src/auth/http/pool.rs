@@ -44,9 +44,22 @@ struct Source {
     opened: AtomicU64,
 }
 
+/// The pings behind [`DirectoryPool::answers_now`]: one at a time, numbered in the order
+/// they start.
+#[derive(Default)]
+struct Pings {
+    started: u64,
+    in_flight: bool,
+    /// The last ping that ended, and whether a directory answered it.
+    done: u64,
+    answered: bool,
+}
+
 /// A pool of directory connections.
 pub struct DirectoryPool {
     sources: Vec<Source>,
+    pings: Mutex<Pings>,
+    ping_done: Condvar,
     timeout: Duration,
     max_size: usize,
 }
@@ -136,6 +149,8 @@ impl DirectoryPool {
         }
         Ok(DirectoryPool {
             sources,
+            pings: Mutex::new(Pings::default()),
+            ping_done: Condvar::new(),
             timeout: config.db_timeout(),
             max_size: max_size.max(1),
         })
@@ -151,6 +166,50 @@ impl DirectoryPool {
             .sum();
         let live = self.sources.iter().map(|s| lock(&s.slots).live).sum();
         (opened, live)
+    }
+
+    /// Does a directory answer now, that is, answer a ping sent after this call began?
+    /// Concurrent callers share pings: a caller that finds one in flight (sent before it
+    /// came) waits for it to end, and the next one, sent by the first of the callers
+    /// waiting, answers all of them. A busy service thus sends at most one ping at a time,
+    /// however many requests ask, and never trusts an answer older than the request.
+    pub fn answers_now(&self) -> Result<()> {
+        let deadline = Instant::now() + self.timeout.saturating_mul(2);
+        let mut pings = lock(&self.pings);
+        // The first ping to start from now on is the one that counts for this caller.
+        let wanted = pings.started + 1;
+        loop {
+            if pings.done >= wanted {
+                return if pings.answered {
+                    Ok(())
+                } else {
+                    Err(Error::temporary("no directory answered"))
+                };
+            }
+            if !pings.in_flight {
+                pings.started += 1;
+                pings.in_flight = true;
+                let this = pings.started;
+                drop(pings);
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.with(|dir| dir.ping())
+                }));
+                pings = lock(&self.pings);
+                pings.in_flight = false;
+                pings.done = this;
+                pings.answered = matches!(result, Ok(Ok(())));
+                self.ping_done.notify_all();
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::temporary("no directory answered in time"));
+            }
+            pings = match self.ping_done.wait_timeout(pings, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
     }
 
     /// Take a connection of `source`: an idle one, else a new one when none is being opened
@@ -308,6 +367,24 @@ mod tests {
         let (opened, live) = pool.counts();
         assert!((1..=2).contains(&opened), "{opened}");
         assert_eq!(live as u64, opened);
+    }
+
+    #[test]
+    fn callers_share_pings_and_a_dead_directory_fails_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path(), 2);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| pool.answers_now().unwrap());
+            }
+        });
+        let (opened, _) = pool.counts();
+        assert!((1..=2).contains(&opened), "{opened}");
+        let text = "db_timeout = 1\n[[directory]]\nname = \"gone\"\n\
+                    url = \"postgresql://mail@127.0.0.1:1/mail?connect_timeout=1\"\n";
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        let gone = DirectoryPool::new(&config, 1).unwrap();
+        assert!(gone.answers_now().unwrap_err().is_temporary());
     }
 
     #[test]

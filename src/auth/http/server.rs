@@ -1,14 +1,13 @@
 //! A small HTTP/1.0 server: one request per connection (as nginx's auth_http client does),
 //! bounded request head (bytes and header count), bounded body, bounded time per request;
-//! a fixed pool of worker threads fed by a bounded queue of accepted connections.
+//! a fixed pool of threads, each accepting and answering its own connections.
 //! Listens on TCP addresses and (on Unix) on unix sockets (`unix:/path`).
 
 use crate::error::{Error, Result};
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[cfg(unix)]
@@ -424,9 +423,6 @@ fn trim(v: &[u8]) -> &[u8] {
 /// The request handler: (request, peer) → response.
 pub type Handler = dyn Fn(&Request, &str) -> Response + Send + Sync;
 
-/// Called when a connection is dropped because the queue is full.
-pub type OverloadHook = dyn Fn() + Send + Sync;
-
 /// Bound listeners (bind early so that errors are reported before running).
 pub struct Bound {
     tcp: Vec<TcpListener>,
@@ -444,8 +440,25 @@ impl Bound {
     }
 }
 
-/// Bind every listen address; unix sockets get permissions `socket_mode`.
-pub fn bind(listens: &[Listen], socket_mode: u32) -> Result<Bound> {
+/// A listening socket and its backlog.
+fn listen_socket(
+    domain: socket2::Domain,
+    addr: &socket2::SockAddr,
+    backlog: usize,
+) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    if domain != socket2::Domain::UNIX {
+        // As std does: a restart must not wait for the old connections' TIME_WAIT.
+        socket.set_reuse_address(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket)
+}
+
+/// Bind every listen address with a listen queue of `backlog` connections; unix sockets
+/// get permissions `socket_mode`.
+pub fn bind(listens: &[Listen], socket_mode: u32, backlog: usize) -> Result<Bound> {
     let mut bound = Bound {
         tcp: Vec::new(),
         #[cfg(unix)]
@@ -454,9 +467,13 @@ pub fn bind(listens: &[Listen], socket_mode: u32) -> Result<Bound> {
     for l in listens {
         match l {
             Listen::Tcp(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .map_err(|e| Error::io(format!("listen on {addr}"), e))?;
-                bound.tcp.push(listener);
+                let listener = listen_socket(
+                    socket2::Domain::for_address(*addr),
+                    &socket2::SockAddr::from(*addr),
+                    backlog,
+                )
+                .map_err(|e| Error::io(format!("listen on {addr}"), e))?;
+                bound.tcp.push(listener.into());
             }
             #[cfg(unix)]
             Listen::Unix(path) => {
@@ -472,18 +489,21 @@ pub fn bind(listens: &[Listen], socket_mode: u32) -> Result<Bound> {
                         )));
                     }
                 }
-                let listener = UnixListener::bind(path)
+                let listener = socket2::SockAddr::unix(path)
+                    .and_then(|addr| listen_socket(socket2::Domain::UNIX, &addr, backlog))
                     .map_err(|e| Error::io(format!("listen on unix:{}", path.display()), e))?;
                 {
                     use std::os::unix::fs::PermissionsExt;
                     std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
                         .map_err(|e| Error::io(format!("chmod unix:{}", path.display()), e))?;
                 }
-                bound.unix.push((listener, path.clone()));
+                bound
+                    .unix
+                    .push((std::os::fd::OwnedFd::from(listener).into(), path.clone()));
             }
             #[cfg(not(unix))]
             Listen::Unix(path) => {
-                let _ = socket_mode;
+                let _ = (socket_mode, backlog);
                 return Err(Error::config(format!(
                     "unix sockets are not supported here: {}",
                     path.display()
@@ -494,130 +514,82 @@ pub fn bind(listens: &[Listen], socket_mode: u32) -> Result<Bound> {
     Ok(bound)
 }
 
-/// Serve forever on `bound` with `workers` threads and a queue of `queue` connections.
-pub fn run(
-    bound: Bound,
-    workers: usize,
-    queue: usize,
-    limits: Limits,
-    handler: Arc<Handler>,
-    overload: Arc<OverloadHook>,
-) -> Result<()> {
-    let rx = Arc::new(Queue {
-        conns: Mutex::new(VecDeque::with_capacity(queue.clamp(1, 1024))),
-        ready: Condvar::new(),
-        cap: queue.max(1),
-    });
-    let tx = Arc::clone(&rx);
+/// One listening socket, shared by the threads that accept on it.
+enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(UnixListener),
+}
+
+impl Listener {
+    fn accept(&self) -> std::io::Result<Conn> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                let _ = s.set_nodelay(true);
+                Ok(Conn::Tcp(s))
+            }
+            #[cfg(unix)]
+            Listener::Unix(l) => Ok(Conn::Unix(l.accept()?.0)),
+        }
+    }
+}
+
+/// Serve forever on `bound` with `workers` threads (at least one per listener).
+///
+/// Each thread accepts its own connections and answers them: no hand-over between an
+/// accepting thread and a worker, which cost a thread wake-up (and, on a busy machine, a
+/// wait for a CPU) per request. Several threads blocked in `accept` on one socket are woken
+/// one at a time by the kernel. Connections that find every thread busy wait in the
+/// socket's listen queue (`[auth.http] queue`), as they do in front of nginx's workers.
+pub fn run(bound: Bound, workers: usize, limits: Limits, handler: Arc<Handler>) -> Result<()> {
+    let mut listeners: Vec<Arc<Listener>> = bound
+        .tcp
+        .into_iter()
+        .map(|l| Arc::new(Listener::Tcp(l)))
+        .collect();
+    #[cfg(unix)]
+    listeners.extend(
+        bound
+            .unix
+            .into_iter()
+            .map(|(l, _path)| Arc::new(Listener::Unix(l))),
+    );
+    if listeners.is_empty() {
+        return Err(Error::config("nothing to listen on"));
+    }
     let limits = Arc::new(limits);
-    for i in 0..workers.max(1) {
-        let rx = Arc::clone(&rx);
+    let mut threads = Vec::new();
+    for i in 0..workers.max(listeners.len()) {
+        let listener = Arc::clone(&listeners[i % listeners.len()]);
         let handler = Arc::clone(&handler);
         let limits = Arc::clone(&limits);
-        std::thread::Builder::new()
-            .name(format!("http-{i}"))
-            .spawn(move || worker(rx, handler, limits))
-            .map_err(|e| Error::io("starting a worker thread", e))?;
-    }
-    let mut acceptors = Vec::new();
-    for listener in bound.tcp {
-        let tx = Arc::clone(&tx);
-        let overload = Arc::clone(&overload);
-        acceptors.push(
+        threads.push(
             std::thread::Builder::new()
-                .name("accept".into())
-                .spawn(move || loop {
-                    match listener.accept() {
-                        Ok((s, _)) => {
-                            let _ = s.set_nodelay(true);
-                            dispatch(&tx, Conn::Tcp(s), &*overload);
-                        }
-                        Err(e) => accept_error(e),
-                    }
-                })
-                .map_err(|e| Error::io("starting an accept thread", e))?,
+                .name(format!("http-{i}"))
+                .spawn(move || worker(&listener, &*handler, &limits))
+                .map_err(|e| Error::io("starting a worker thread", e))?,
         );
     }
-    #[cfg(unix)]
-    for (listener, _path) in bound.unix {
-        let tx = Arc::clone(&tx);
-        let overload = Arc::clone(&overload);
-        acceptors.push(
-            std::thread::Builder::new()
-                .name("accept-unix".into())
-                .spawn(move || loop {
-                    match listener.accept() {
-                        Ok((s, _)) => dispatch(&tx, Conn::Unix(s), &*overload),
-                        Err(e) => accept_error(e),
-                    }
-                })
-                .map_err(|e| Error::io("starting an accept thread", e))?,
-        );
-    }
-    for a in acceptors {
-        let _ = a.join();
+    listeners.clear();
+    for t in threads {
+        let _ = t.join();
     }
     Ok(())
 }
 
-fn accept_error(e: std::io::Error) {
-    // EMFILE and friends: back off instead of spinning.
-    log::warn!("accept: {e}");
-    std::thread::sleep(Duration::from_millis(50));
-}
-
-/// Accepted connections waiting for a worker. One lock and one condition variable: an
-/// accepted connection wakes exactly one idle worker (a `Mutex<Receiver>` shared by the
-/// workers cost a second wake-up per request, handing the lock to the next idle worker).
-struct Queue {
-    conns: Mutex<VecDeque<Conn>>,
-    ready: Condvar,
-    cap: usize,
-}
-
-impl Queue {
-    /// Queue `conn`, or give it back when the queue is full.
-    fn push(&self, conn: Conn) -> std::result::Result<(), Conn> {
-        let mut q = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= self.cap {
-            return Err(conn);
-        }
-        q.push_back(conn);
-        drop(q);
-        self.ready.notify_one();
-        Ok(())
-    }
-
-    /// The oldest waiting connection (blocks until there is one).
-    fn pop(&self) -> Conn {
-        let mut q = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(conn) = q.pop_front() {
-                return conn;
-            }
-            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-fn dispatch(tx: &Queue, conn: Conn, overload: &OverloadHook) {
-    match tx.push(conn) {
-        Ok(()) => {}
-        Err(mut conn) => {
-            overload();
-            let _ = conn.set_write_timeout(Duration::from_millis(200));
-            let r = Response::new(503)
-                .header("Auth-Status", "Temporary server failure, try again later")
-                .text("overloaded\n");
-            let _ = conn.write_all(&r.to_bytes());
-        }
-    }
-}
-
-fn worker(rx: Arc<Queue>, handler: Arc<Handler>, limits: Arc<Limits>) {
+fn worker(listener: &Listener, handler: &Handler, limits: &Limits) {
     loop {
-        let mut conn = rx.pop();
-        serve_one(&mut conn, &*handler, &limits);
+        match listener.accept() {
+            Ok(mut conn) => serve_one(&mut conn, handler, limits),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
 

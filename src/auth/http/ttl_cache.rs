@@ -1,0 +1,96 @@
+//! A small map whose entries expire: the service's caches of domain routes and of mailbox
+//! records. Bounded: when full, expired entries are dropped, and if that is not enough,
+//! everything (a cache miss costs one directory query, never a wrong answer). Each entry
+//! lives between 3/4 of the TTL and the TTL, at random, so that entries made together (a
+//! restart, a burst of logins) do not all expire, and ask the directory, together.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct TtlCache<K, V> {
+    ttl: Duration,
+    max: usize,
+    /// Each value with its expiry.
+    map: Mutex<HashMap<K, (V, Instant)>>,
+}
+
+impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
+    /// Entries live `ttl` (zero: the cache keeps nothing), at most `max` of them.
+    pub fn new(ttl: Duration, max: usize) -> TtlCache<K, V> {
+        TtlCache {
+            ttl,
+            max: max.max(1),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, Instant)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, key: &K) -> Option<V> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let map = self.lock();
+        let (v, expires) = map.get(key)?;
+        (Instant::now() < *expires).then(|| v.clone())
+    }
+
+    pub fn put(&self, key: K, value: V) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.lock();
+        let now = Instant::now();
+        if map.len() >= self.max && !map.contains_key(&key) {
+            map.retain(|_, (_, expires)| now < *expires);
+            if map.len() >= self.max {
+                map.clear();
+            }
+        }
+        let life = self.ttl.mul_f64(0.75 + rand::random::<f64>() / 4.0);
+        map.insert(key, (value, now + life));
+    }
+
+    pub fn remove(&self, key: &K) {
+        self.lock().remove(key);
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_and_the_size_is_bounded() {
+        let c = TtlCache::new(Duration::from_millis(80), 2);
+        c.put("a", 1);
+        c.put("b", 2);
+        assert_eq!(c.get(&"a"), Some(1));
+        c.put("c", 3); // full, nothing expired: starts over
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.get(&"c"), Some(3));
+        std::thread::sleep(Duration::from_millis(90));
+        assert_eq!(c.get(&"c"), None);
+        c.remove(&"c");
+        assert!(c.is_empty());
+        let off = TtlCache::new(Duration::ZERO, 10);
+        off.put("a", 1);
+        assert_eq!(off.get(&"a"), None);
+    }
+}
