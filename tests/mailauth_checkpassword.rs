@@ -191,6 +191,31 @@ fn no_secret(out: &Output, secret: &str) {
     );
 }
 
+/// A daemon on `sock` reading its own copy of the seed, where ivanov's password is
+/// `via-daemon` (so that answers from it are told apart from the direct path's). The
+/// returned directory holds that database.
+fn serve_other_directory(sock: &std::path::Path) -> tempfile::TempDir {
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_db = fixtures::sqlite_seed(other.path());
+    let conn =
+        rusqlite::Connection::open(other_db.strip_prefix("sqlite:").expect("url")).expect("open");
+    conn.execute(
+        "UPDATE mail SET password = '{PLAIN}via-daemon' WHERE mailbox = 'ivanov'",
+        [],
+    )
+    .expect("update");
+    let daemon_conf = other.path().join("daemon.toml");
+    std::fs::write(
+        &daemon_conf,
+        format!("[[directory]]\nname = \"d\"\nurl = \"{other_db}\"\n[mail]\nuid = 8\ngid = 12\n"),
+    )
+    .expect("write");
+    let auth =
+        Arc::new(Authenticator::new(Config::load(&daemon_conf).expect("config")).expect("auth"));
+    serve_api(UnixListener::bind(sock).expect("bind"), auth);
+    other
+}
+
 #[test]
 fn login_success_execs_the_reply_program_with_userdb_fields() {
     let e = Env::new();
@@ -527,25 +552,7 @@ fn daemon_socket_answers_falls_back_when_down_and_times_out_when_hung() {
 
     // A working daemon: answers come from it. Prove it by pointing the daemon at a database
     // where ivanov has another password than the one the direct path would see.
-    let other = tempfile::tempdir().expect("tempdir");
-    let other_db = fixtures::sqlite_seed(other.path());
-    let conn =
-        rusqlite::Connection::open(other_db.strip_prefix("sqlite:").expect("url")).expect("open");
-    conn.execute(
-        "UPDATE mail SET password = '{PLAIN}via-daemon' WHERE mailbox = 'ivanov'",
-        [],
-    )
-    .expect("update");
-    let daemon_conf_path = other.path().join("daemon.toml");
-    std::fs::write(
-        &daemon_conf_path,
-        format!("[[directory]]\nname = \"d\"\nurl = \"{other_db}\"\n[mail]\nuid = 8\ngid = 12\n"),
-    )
-    .expect("write");
-    let auth = Arc::new(
-        Authenticator::new(Config::load(&daemon_conf_path).expect("config")).expect("auth"),
-    );
-    serve_api(UnixListener::bind(&sock).expect("bind"), auth);
+    let _other = serve_other_directory(&sock);
     let out = checkpassword(&conf, Some(&req("ivanov@msk.domain.ru", "via-daemon")), &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(env_map(&out)["HOME"], "/usr/mail/msk.domain.ru/ivanov");
@@ -822,24 +829,7 @@ fn small_client_asks_the_daemon_and_hands_over_without_it() {
     std::fs::remove_file(&sock).expect("rm");
 
     // A daemon reading another database (ivanov's password differs there): its answers.
-    let other = tempfile::tempdir().expect("tempdir");
-    let other_db = fixtures::sqlite_seed(other.path());
-    let conn =
-        rusqlite::Connection::open(other_db.strip_prefix("sqlite:").expect("url")).expect("open");
-    conn.execute(
-        "UPDATE mail SET password = '{PLAIN}via-daemon' WHERE mailbox = 'ivanov'",
-        [],
-    )
-    .expect("update");
-    let daemon_conf = other.path().join("daemon.toml");
-    std::fs::write(
-        &daemon_conf,
-        format!("[[directory]]\nname = \"d\"\nurl = \"{other_db}\"\n[mail]\nuid = 8\ngid = 12\n"),
-    )
-    .expect("write");
-    let auth =
-        Arc::new(Authenticator::new(Config::load(&daemon_conf).expect("config")).expect("auth"));
-    serve_api(UnixListener::bind(&sock).expect("bind"), auth);
+    let _other = serve_other_directory(&sock);
     let (out, reply) = client(&req("ivanov@msk.domain.ru", "via-daemon"), &denv);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(

@@ -45,6 +45,26 @@ fn write_config(root: &Path, dirs: &[(&str, String, &str)], extra: &str) -> Path
     path
 }
 
+/// A configuration naming one storage and one SMTP directory, in a new temporary directory
+/// (kept while the returned guard lives).
+fn storage_and_smtp(storage_url: &str, smtp_url: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &[
+            ("storage-01", storage_url.to_string(), "storage"),
+            ("smtp-01", smtp_url.to_string(), "smtp"),
+        ],
+        "",
+    );
+    (dir, config)
+}
+
+/// `mailctl domain add DOMAIN --primary storage-01`.
+fn domain_add(config: &Path, domain: &str) -> Run {
+    mailctl_at(config, &["domain", "add", domain, "--primary", S1], None)
+}
+
 /// Four seed-shaped databases on the 2PC cluster, and a configuration naming them.
 fn four_nodes(tag: &str, extra: &str) -> Env {
     let pg = support::pg_2pc::cluster();
@@ -361,24 +381,10 @@ fn every_command_against_four_databases() {
     assert_eq!(v["has_password"], serde_json::Value::Null);
     let r = env.ok(&["domain", "show", "msk.domain.ru"]);
     assert!(r.stdout.contains("ivanov@msk.domain.ru"));
-    let r = env.ok(&["--json", "node", "list", "--no-probe"]);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let s1 = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node"] == S1)
-        .unwrap();
+    let s1 = node_json(&env.ok(&["--json", "node", "list", "--no-probe"]), S1);
     assert_eq!(s1["databases"][0]["name"], "storage-01");
     assert!(s1["primary_of"].as_u64().unwrap() >= 5);
-    let r = env.ok(&["--json", "node", "list"]);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let s1 = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node"] == S1)
-        .unwrap();
+    let s1 = node_json(&env.ok(&["--json", "node", "list"]), S1);
     assert_eq!(s1["services"][1]["service"], "pop3");
     assert_eq!(
         s1["services"][1]["state"], "down",
@@ -388,21 +394,10 @@ fn every_command_against_four_databases() {
     assert!(r.stdout.contains("pop3:down"), "{}", r.stdout);
     // Destructive commands refuse without --yes off a terminal, and say what happens to Maildirs.
     let r = env.run(&["mailbox", "remove", "anna@tver.domain.ru"]);
-    assert_eq!(r.code, 64, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("Maildir") && r.stderr.contains("NOT deleted"),
-        "{}",
-        r.stderr
-    );
-    assert_eq!(
-        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'anna'"),
-        vec!["1"; 4]
-    );
+    assert_fails(&r, 64, &["Maildir", "NOT deleted"]);
+    assert_eq!(mailbox_rows(&env, "anna"), vec!["1"; 4]);
     env.ok(&["--yes", "mailbox", "remove", "anna@tver.domain.ru"]);
-    assert_eq!(
-        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'anna'"),
-        vec!["0"; 4]
-    );
+    assert_eq!(mailbox_rows(&env, "anna"), vec!["0"; 4]);
     let r = env.ok(&["--yes", "domain", "remove", "tver.domain.ru"]);
     assert!(
         r.stderr.contains(S2) && r.stderr.contains(S1),
@@ -460,12 +455,7 @@ fn unreachable_database_changes_nothing_then_partial_drift_and_repair() {
         "--backup",
         S2,
     ]);
-    assert_eq!(r.code, 75, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("smtp-02") && r.stderr.contains("nothing was changed"),
-        "{}",
-        r.stderr
-    );
+    assert_fails(&r, 75, &["smtp-02", "nothing was changed"]);
     for n in &NAMES[..3] {
         assert_eq!(
             env.sql(n, "SELECT count(*) FROM ldomain WHERE domain = 'tula'"),
@@ -571,6 +561,39 @@ fn unreachable_database_changes_nothing_then_partial_drift_and_repair() {
     env.ok(&["drift"]);
 }
 
+/// The entry of `node` in the output of `mailctl --json node list`.
+fn node_json(r: &Run, node: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    v.as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"] == node))
+        .cloned()
+        .unwrap_or_else(|| panic!("{node} not in: {}", r.stdout))
+}
+
+/// Rows of `mail` named `mailbox`, in each database.
+fn mailbox_rows(env: &Env, mailbox: &str) -> Vec<String> {
+    count(
+        env,
+        &format!("SELECT count(*) FROM mail WHERE mailbox = '{mailbox}'"),
+    )
+}
+
+/// `r` exited with `code` and its error names every one of `needles`.
+fn assert_fails(r: &Run, code: i32, needles: &[&str]) {
+    assert_eq!(r.code, code, "{}", r.stderr);
+    for n in needles {
+        assert!(r.stderr.contains(n), "{n:?} not in: {}", r.stderr);
+    }
+}
+
+/// Prepared transactions left in each database.
+fn prepared_left(env: &Env) -> Vec<String> {
+    count(
+        env,
+        "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
+    )
+}
+
 /// Simulate a crash between PREPARE TRANSACTION and COMMIT PREPARED.
 fn leave_prepared(env: &Env, id: &str, domain: &str) -> Vec<Participant> {
     let change = Change::AddDomain {
@@ -602,24 +625,12 @@ fn prepared_transactions_left_behind_are_resolved_by_the_next_run() {
     let env = four_nodes("leftover", "");
     // Crash before the decision: no log entry saying commit → rolled back.
     leave_prepared(&env, &state::new_change_id(), "orel.domain.ru");
-    assert_eq!(
-        count(
-            &env,
-            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
-        ),
-        vec!["1"; 4]
-    );
+    assert_eq!(prepared_left(&env), vec!["1"; 4]);
     let r = env.ok(&["domain", "list"]);
     assert!(!r.stdout.contains("orel"));
     let r = env.run(&["drift"]);
     assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
-    assert_eq!(
-        count(
-            &env,
-            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
-        ),
-        vec!["0"; 4]
-    );
+    assert_eq!(prepared_left(&env), vec!["0"; 4]);
     assert_eq!(
         count(&env, "SELECT count(*) FROM ldomain WHERE domain = 'orel'"),
         vec!["0"; 4]
@@ -639,13 +650,7 @@ fn prepared_transactions_left_behind_are_resolved_by_the_next_run() {
         .unwrap();
     let r = env.ok(&["recover"]);
     assert!(r.stdout.contains("committed"), "{}", r.stdout);
-    assert_eq!(
-        count(
-            &env,
-            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
-        ),
-        vec!["0"; 4]
-    );
+    assert_eq!(prepared_left(&env), vec!["0"; 4]);
     assert_eq!(
         count(&env, "SELECT count(*) FROM ldomain WHERE domain = 'kursk'"),
         vec!["1"; 4]
@@ -663,23 +668,9 @@ fn prepared_transactions_left_behind_are_resolved_by_the_next_run() {
          WHERE l.domain = 'msk' AND m.domain = 'domain.ru';",
     );
     let r = env.run(&["mailbox", "add", "zoe@msk.domain.ru", "--no-password"]);
-    assert_eq!(r.code, 64, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("storage-02") && r.stderr.contains("nothing was changed"),
-        "{}",
-        r.stderr
-    );
-    assert_eq!(
-        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'zoe'"),
-        vec!["0", "1", "0", "0"]
-    );
-    assert_eq!(
-        count(
-            &env,
-            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
-        ),
-        vec!["0"; 4]
-    );
+    assert_fails(&r, 64, &["storage-02", "nothing was changed"]);
+    assert_eq!(mailbox_rows(&env, "zoe"), vec!["0", "1", "0", "0"]);
+    assert_eq!(prepared_left(&env), vec!["0"; 4]);
     assert!(
         state.txns().unwrap().is_empty(),
         "no decision-log entry left"
@@ -963,16 +954,8 @@ fn hash_that_does_not_fit_is_refused_with_the_fix() {
         &["mailbox", "add", "oleg@msk.domain.ru", "--password-stdin"],
         "pw-oleg\n",
     );
-    assert_eq!(r.code, 64, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("storage-02") && r.stderr.contains("mailctl schema upgrade"),
-        "{}",
-        r.stderr
-    );
-    assert_eq!(
-        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'oleg'"),
-        vec!["0"; 4]
-    );
+    assert_fails(&r, 64, &["storage-02", "mailctl schema upgrade"]);
+    assert_eq!(mailbox_rows(&env, "oleg"), vec!["0"; 4]);
     let r = env.run(&["schema", "check"]);
     assert!(
         r.stdout.contains("storage-02") && r.stdout.contains("varchar(100)"),
@@ -987,10 +970,7 @@ fn hash_that_does_not_fit_is_refused_with_the_fix() {
         "pw-oleg\n",
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(
-        count(&env, "SELECT count(*) FROM mail WHERE mailbox = 'oleg'"),
-        vec!["1"; 4]
-    );
+    assert_eq!(mailbox_rows(&env, "oleg"), vec!["1"; 4]);
 }
 
 #[test]
@@ -998,26 +978,9 @@ fn without_prepared_transactions_the_error_says_how_to_enable_them() {
     let pg = support::pg::shared(); // max_prepared_transactions = 0 (the default)
     let a = fixtures::load_pg(pg, "noprep_a");
     let b = fixtures::load_pg_smtp(pg, "noprep_b");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &[
-            ("storage-01", a.url.clone(), "storage"),
-            ("smtp-01", b.url.clone(), "smtp"),
-        ],
-        "",
-    );
-    let r = mailctl_at(
-        &config,
-        &["domain", "add", "vlg.domain.ru", "--primary", S1],
-        None,
-    );
-    assert_eq!(r.code, 78, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("max_prepared_transactions = 10") && r.stderr.contains("restart"),
-        "{}",
-        r.stderr
-    );
+    let (_dir, config) = storage_and_smtp(&a.url, &b.url);
+    let r = domain_add(&config, "vlg.domain.ru");
+    assert_fails(&r, 78, &["max_prepared_transactions = 10", "restart"]);
     assert!(r.stderr.contains("--partial"));
     assert_eq!(
         pg.psql(&a.name, "SELECT count(*) FROM ldomain WHERE domain = 'vlg'")
@@ -1159,28 +1122,12 @@ fn hung_database_is_a_bounded_temporary_failure() {
     private.stop();
     private.start();
     let m1 = fixtures::load_pg_smtp(&private, "hung_m1");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &[
-            ("storage-01", s1.url.clone(), "storage"),
-            ("smtp-01", m1.tcp_url.clone(), "smtp"),
-        ],
-        "",
-    );
-    let r = mailctl_at(
-        &config,
-        &["domain", "add", "kaluga.domain.ru", "--primary", S1],
-        None,
-    );
+    let (_dir, config) = storage_and_smtp(&s1.url, &m1.tcp_url);
+    let r = domain_add(&config, "kaluga.domain.ru");
     assert_eq!(r.code, 0, "{}", r.stderr);
     private.hang();
     let start = std::time::Instant::now();
-    let r = mailctl_at(
-        &config,
-        &["domain", "add", "bryansk.domain.ru", "--primary", S1],
-        None,
-    );
+    let r = domain_add(&config, "bryansk.domain.ru");
     let took = start.elapsed();
     private.resume();
     assert_eq!(r.code, 75, "{}", r.stderr);

@@ -28,12 +28,11 @@
 //! catalog probe (see [`Sql::password_expr`]).
 
 use super::pgtls::{MakeTls, TlsFiles, Verify};
-use super::sql::{self, Dialect, Param, Sql, Val};
-use super::{Directory, DomainRecord, MailboxRecord};
+use super::sql::{Dialect, Param, Sql, Val};
 use crate::config::Role;
 use crate::error::{Error, ErrorKind, Result};
-use crate::names::{Domain, LocalPart};
-use std::collections::{BTreeSet, HashMap, HashSet};
+
+use std::collections::{HashMap, HashSet};
 use std::mem::ManuallyDrop;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -686,6 +685,9 @@ impl PgDirectory {
 }
 
 impl Sql for PgDirectory {
+    fn describe(&self) -> String {
+        self.info.describe.clone()
+    }
     fn query_pair(
         &mut self,
         a: (&str, &[Param<'_>]),
@@ -847,40 +849,6 @@ impl Sql for PgDirectory {
         // Cached for this connection (a reconnect looks again).
         self.has_password = Some(h);
         Ok(h)
-    }
-}
-
-impl Directory for PgDirectory {
-    fn describe(&self) -> String {
-        self.info.describe.clone()
-    }
-    fn is_local_domain(&mut self, domain: &Domain, node: &str) -> Result<bool> {
-        sql::is_local_domain(self, domain, node)
-    }
-    fn route(&mut self, domain: &Domain) -> Result<Option<DomainRecord>> {
-        sql::route(self, domain)
-    }
-    fn mailbox(&mut self, m: &LocalPart, d: &Domain) -> Result<Option<MailboxRecord>> {
-        sql::mailbox(self, m, d)
-    }
-    fn route_and_mailbox(
-        &mut self,
-        m: &LocalPart,
-        d: &Domain,
-    ) -> Result<(Option<DomainRecord>, Option<MailboxRecord>)> {
-        sql::route_and_mailbox(self, m, d)
-    }
-    fn domains(&mut self, primary: Option<&str>) -> Result<Vec<DomainRecord>> {
-        sql::domains(self, primary)
-    }
-    fn mailboxes(&mut self) -> Result<Vec<MailboxRecord>> {
-        sql::mailboxes(self)
-    }
-    fn node_names(&mut self) -> Result<BTreeSet<String>> {
-        sql::node_names(self)
-    }
-    fn ping(&mut self) -> Result<()> {
-        sql::ping(self)
     }
 }
 

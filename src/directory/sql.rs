@@ -9,7 +9,7 @@
 //! Every value that comes from outside is a bound parameter; table and column names are
 //! constants of this module.
 
-use super::{DomainRecord, DomainSource, MailboxRecord};
+use super::{Directory, DomainRecord, DomainSource, MailboxRecord};
 use crate::error::Result;
 use crate::names::{Domain, LocalPart, Strictness};
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,6 +64,8 @@ pub(crate) enum Param<'a> {
 
 /// What a backend provides. Every call is bounded in time by the backend.
 pub(crate) trait Sql {
+    /// [`super::Directory::describe`].
+    fn describe(&self) -> String;
     /// Rows of a query.
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Val>>>;
     /// Run a statement; the number of rows changed.
@@ -353,11 +355,6 @@ pub(crate) fn route(db: &mut dyn Sql, domain: &Domain) -> Result<Option<DomainRe
     Ok(merge_routes(&rows).remove(domain))
 }
 
-/// [`super::Directory::ping`].
-pub(crate) fn ping(db: &mut dyn Sql) -> Result<()> {
-    db.query("SELECT 1", &[]).map(|_| ())
-}
-
 pub(crate) fn is_local_domain(db: &mut dyn Sql, domain: &Domain, node: &str) -> Result<bool> {
     let node = norm_node(node);
     Ok(route(db, domain)?.is_some_and(|r| r.active && r.primary == node))
@@ -476,4 +473,39 @@ pub(crate) fn mailboxes(db: &mut dyn Sql) -> Result<Vec<MailboxRecord>> {
     out.sort_by_key(|m| m.address());
     out.dedup_by(|a, b| a.address() == b.address());
     Ok(out)
+}
+
+/// Every SQL backend is a directory through the queries of this module.
+impl<T: Sql + Send> Directory for T {
+    fn describe(&self) -> String {
+        Sql::describe(self)
+    }
+    fn is_local_domain(&mut self, domain: &Domain, node: &str) -> Result<bool> {
+        is_local_domain(self, domain, node)
+    }
+    fn route(&mut self, domain: &Domain) -> Result<Option<DomainRecord>> {
+        route(self, domain)
+    }
+    fn mailbox(&mut self, m: &LocalPart, d: &Domain) -> Result<Option<MailboxRecord>> {
+        mailbox(self, m, d)
+    }
+    fn route_and_mailbox(
+        &mut self,
+        m: &LocalPart,
+        d: &Domain,
+    ) -> Result<(Option<DomainRecord>, Option<MailboxRecord>)> {
+        route_and_mailbox(self, m, d)
+    }
+    fn domains(&mut self, primary: Option<&str>) -> Result<Vec<DomainRecord>> {
+        domains(self, primary)
+    }
+    fn mailboxes(&mut self) -> Result<Vec<MailboxRecord>> {
+        mailboxes(self)
+    }
+    fn node_names(&mut self) -> Result<BTreeSet<String>> {
+        node_names(self)
+    }
+    fn ping(&mut self) -> Result<()> {
+        self.query("SELECT 1", &[]).map(|_| ())
+    }
 }

@@ -6,13 +6,11 @@
 //! SQLite's busy timeout (= the directory bound); a database still busy or locked after it
 //! is a temporary error.
 
-use super::sql::{self, Param, Sql, Val};
-use super::{Directory, DomainRecord, MailboxRecord};
+use super::sql::{Param, Sql, Val};
 use crate::config::Role;
 use crate::error::{Error, ErrorKind, Result};
-use crate::names::{Domain, LocalPart};
+
 use rusqlite::{Connection, OpenFlags};
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -124,6 +122,9 @@ impl SqliteDirectory {
 }
 
 impl Sql for SqliteDirectory {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path)
+    }
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Val>>> {
         let path = self.path.clone();
         let run = || -> rusqlite::Result<Vec<Vec<Val>>> {
@@ -187,33 +188,6 @@ impl Sql for SqliteDirectory {
             .is_some_and(|c| c.iter().any(|(n, _)| n.eq_ignore_ascii_case("password")));
         self.has_password = Some(h);
         Ok(h)
-    }
-}
-
-impl Directory for SqliteDirectory {
-    fn describe(&self) -> String {
-        format!("sqlite:{}", self.path)
-    }
-    fn is_local_domain(&mut self, domain: &Domain, node: &str) -> Result<bool> {
-        sql::is_local_domain(self, domain, node)
-    }
-    fn route(&mut self, domain: &Domain) -> Result<Option<DomainRecord>> {
-        sql::route(self, domain)
-    }
-    fn mailbox(&mut self, m: &LocalPart, d: &Domain) -> Result<Option<MailboxRecord>> {
-        sql::mailbox(self, m, d)
-    }
-    fn domains(&mut self, primary: Option<&str>) -> Result<Vec<DomainRecord>> {
-        sql::domains(self, primary)
-    }
-    fn mailboxes(&mut self) -> Result<Vec<MailboxRecord>> {
-        sql::mailboxes(self)
-    }
-    fn node_names(&mut self) -> Result<BTreeSet<String>> {
-        sql::node_names(self)
-    }
-    fn ping(&mut self) -> Result<()> {
-        sql::ping(self)
     }
 }
 

@@ -68,6 +68,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Wait on `cv` until it is signalled or `deadline` passes (None: passed before the wait).
+fn wait_until<'a, T>(
+    cv: &Condvar,
+    guard: std::sync::MutexGuard<'a, T>,
+    deadline: Instant,
+) -> Option<std::sync::MutexGuard<'a, T>> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    Some(match cv.wait_timeout(guard, left) {
+        Ok((g, _)) => g,
+        Err(p) => p.into_inner().0,
+    })
+}
+
 /// A slot taken from a source (the connection itself is handed out next to it). Dropped
 /// without [`Lease::give_back`] or [`Lease::discard`] (a panic in the caller), the slot is
 /// freed and the connection, dropped by the caller, is closed.
@@ -201,14 +217,8 @@ impl DirectoryPool {
                 self.ping_done.notify_all();
                 continue;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::temporary("no directory answered in time"));
-            }
-            pings = match self.ping_done.wait_timeout(pings, left) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            pings = wait_until(&self.ping_done, pings, deadline)
+                .ok_or_else(|| Error::temporary("no directory answered in time"))?;
         }
     }
 
@@ -257,18 +267,13 @@ impl DirectoryPool {
                     }
                 };
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::temporary(format!(
+            slots = wait_until(&source.changed, slots, deadline).ok_or_else(|| {
+                Error::temporary(format!(
                     "directory {}: no connection free within {:.1}s",
                     source.name,
                     self.timeout.as_secs_f64()
-                )));
-            }
-            slots = match source.changed.wait_timeout(slots, left) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+                ))
+            })?;
         }
     }
 
@@ -349,20 +354,25 @@ mod tests {
         DirectoryPool::new(&config, max).unwrap()
     }
 
+    /// Run `f` on 8 threads at once.
+    fn burst(f: impl Fn() + Sync) {
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(&f);
+            }
+        });
+    }
+
     #[test]
     fn a_burst_opens_connections_one_at_a_time_up_to_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(dir.path(), 2);
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| {
-                    pool.with(|_| {
-                        std::thread::sleep(Duration::from_millis(20));
-                        Ok(())
-                    })
-                    .unwrap()
-                });
-            }
+        burst(|| {
+            pool.with(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                Ok(())
+            })
+            .unwrap()
         });
         let (opened, live) = pool.counts();
         assert!((1..=2).contains(&opened), "{opened}");
@@ -373,11 +383,7 @@ mod tests {
     fn callers_share_pings_and_a_dead_directory_fails_them() {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(dir.path(), 2);
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| pool.answers_now().unwrap());
-            }
-        });
+        burst(|| pool.answers_now().unwrap());
         let (opened, _) = pool.counts();
         assert!((1..=2).contains(&opened), "{opened}");
         let text = "db_timeout = 1\n[[directory]]\nname = \"gone\"\n\
