@@ -1,10 +1,12 @@
-//! Minimal Dovecot 2.3 storage instances for the mailauth http tests (private to them until
-//! tests/support/dovecot.rs lands): IMAP + POP3 on one loopback address, static
+//! Minimal Dovecot 2.3 storage instances for the mailauth http tests (beside
+//! tests/support/dovecot.rs, whose instances run mailauth as their passdb): IMAP + POP3 on one loopback address, static
 //! passdb/userdb (nginx has already checked the password through mailauth; what these prove
 //! is *which* storage a login landed on, from each instance's log), own process group so a
 //! test can SIGSTOP (hang) or kill the whole instance.
 #![allow(dead_code)]
+use crate::support::dovecot::{code_and_text, doveadm_with};
 use crate::support::nginx::{kill_group, register_group, remove_at_exit};
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -87,40 +89,21 @@ impl Storage {
     }
 
     /// `doveadm auth test USER PASS` against this instance: (exit code, output).
-    pub fn auth_test(&self, user: &str, pass: impl AsRef<std::ffi::OsStr>) -> (i32, String) {
-        let out = Command::new("doveadm")
-            .arg("-c")
-            .arg(self.dir.path().join("dovecot.conf"))
-            .args(["auth", "test", user])
-            .arg(pass)
-            .output()
-            .expect("doveadm");
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+    pub fn auth_test(&self, user: &str, pass: impl AsRef<OsStr>) -> (i32, String) {
+        let conf = self.dir.path().join("dovecot.conf");
+        let args = [
+            OsStr::new("auth"),
+            OsStr::new("test"),
+            OsStr::new(user),
+            pass.as_ref(),
+        ];
+        code_and_text(&doveadm_with(&conf, &args))
     }
 
     /// `doveadm user USER`: (exit code, output).
     pub fn user_lookup(&self, user: &str) -> (i32, String) {
-        let out = Command::new("doveadm")
-            .arg("-c")
-            .arg(self.dir.path().join("dovecot.conf"))
-            .args(["user", user])
-            .output()
-            .expect("doveadm");
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        let conf = self.dir.path().join("dovecot.conf");
+        code_and_text(&doveadm_with(&conf, &["user", user]))
     }
 
     fn start_full(

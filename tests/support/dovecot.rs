@@ -55,6 +55,29 @@ pub fn snippet(rel: &str, paths: &Paths) -> String {
 }
 
 /// `doveadm pw -s SCHEME` with the password on stdin (twice: doveadm asks to retype it).
+/// Run `doveadm -c CONF ARGS...` (stdin empty).
+pub fn doveadm_with<S: AsRef<std::ffi::OsStr>>(conf: &Path, args: &[S]) -> Output {
+    Command::new("doveadm")
+        .arg("-c")
+        .arg(conf)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run doveadm")
+}
+
+/// A finished command's exit code (-1 for a signal) and its stdout then stderr.
+pub fn code_and_text(o: &Output) -> (i32, String) {
+    (
+        o.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
 pub fn doveadm_pw(scheme: &str, password: &str) -> String {
     let mut child = Command::new("doveadm")
         .args(["pw", "-s", scheme])
@@ -306,13 +329,7 @@ protocol lmtp {{
 
     /// Run `doveadm -c CONF ARGS...`.
     pub fn doveadm(&self, args: &[&str]) -> Output {
-        Command::new("doveadm")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run doveadm")
+        doveadm_with(&self.conf, args)
     }
 
     /// `doveadm auth test -x service=imap USER PASS`: (exit code, stdout+stderr).
@@ -327,27 +344,13 @@ protocol lmtp {{
             user,
             password,
         ]);
-        (
-            o.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
+        code_and_text(&o)
     }
 
     /// `doveadm user USER`: (exit code, output).
     pub fn user(&self, user: &str) -> (i32, String) {
         let o = self.doveadm(&["user", user]);
-        (
-            o.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
+        code_and_text(&o)
     }
 
     /// The base_dir (sockets).
