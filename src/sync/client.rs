@@ -172,6 +172,7 @@ fn sync_domain_inner(
             e,
         )
     })?;
+    let mut marks = Marks::new();
     let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
 
@@ -209,6 +210,16 @@ fn sync_domain_inner(
         }
         s
     };
+    // Lock sources (see fsops::LockSource) left by a killed run of ours.
+    super::fsops::remove_stale_lock_sources(
+        &base,
+        local
+            .leftovers
+            .iter()
+            .filter(|l| !l.contains('/'))
+            .map(String::as_str),
+    );
+    marks.mark("scan");
     rep.local_messages = local.messages() as u64;
     for e in &local.errors {
         rep.error(format!("local scan: {e}"));
@@ -220,6 +231,7 @@ fn sync_domain_inner(
     // operations go out): they came from here, so they are ours to delete.
     let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
     let sent_log = load_sent(&sent_path, &pair);
+    marks.mark("record");
 
     let (remote_digest, remote_has_record, _remote_missing) = {
         let p = sess.conn.expect(t::DOMAIN_INFO)?;
@@ -232,6 +244,7 @@ fn sync_domain_inner(
         }
         (d.string()?, d.u8()? != 0, d.u8()? != 0)
     };
+    marks.mark("wait-info");
     let mode: u8 = match &own {
         Some(m) if remote_has_record && m.digest == remote_digest => 0,
         _ if remote_has_record => 2,
@@ -273,6 +286,7 @@ fn sync_domain_inner(
             }
         }
     };
+    marks.mark("listing");
     if remote_errors > 0 {
         rep.error(format!("the remote could not list {remote_errors} item(s)"));
     }
@@ -349,18 +363,10 @@ fn sync_domain_inner(
             adopt: opts.adopt,
         },
     );
+    marks.mark("plan");
     // Remote paths that stay but are not ours (conflicts, withheld deletes, remote-only
     // directories): left out of both records.
-    let is_local = |path: &str| {
-        local_entries
-            .binary_search_by(|e| e.path.as_str().cmp(path))
-            .is_ok()
-    };
-    let mut exclusions: Vec<String> = remote
-        .iter()
-        .filter(|e| !is_local(&e.path))
-        .map(|e| e.path.clone())
-        .collect();
+    let mut exclusions: Vec<String> = p.remote_only.iter().map(|e| e.path.clone()).collect();
     for pr in &p.problems {
         rep.error(pr.clone());
     }
@@ -401,13 +407,29 @@ fn sync_domain_inner(
     // One frame buffer, sized once (a frame is sent past FRAME_FILL: at most that plus one
     // inline file), reused: no growth by doubling.
     let mut frame = Enc::with_capacity(FRAME_FILL + INLINE_MAX as usize + (4 << 10));
+    // Control files are read under Dovecot's uidlist lock, taken by linking this file.
+    let lock_source = if p
+        .ops
+        .iter()
+        .any(|op| matches!(op, Op::Put(e) if needs_uidlist_lock(&e.path)))
+    {
+        super::fsops::LockSource::create(&base).ok()
+    } else {
+        None
+    };
     for op in &p.ops {
         match op {
             Op::Put(entry) => {
                 let i = local_entries
                     .binary_search_by(|e| e.path.as_str().cmp(&entry.path))
                     .ok();
-                match send_put(&mut sess.conn, &mut frame, &base, entry)? {
+                match send_put(
+                    &mut sess.conn,
+                    &mut frame,
+                    &base,
+                    entry,
+                    lock_source.as_ref(),
+                )? {
                     Some(sent) => {
                         rep.files_sent += 1;
                         rep.bytes_sent += sent.size;
@@ -444,6 +466,7 @@ fn sync_domain_inner(
         sess.conn.send(t::OPS, &frame.buf)?;
     }
     drop(frame);
+    drop(lock_source);
     drop(p);
     drop(remote);
     drop(with_sent);
@@ -452,6 +475,7 @@ fn sync_domain_inner(
     drop(placeholders);
     drop(remote_record);
     drop(listed);
+    marks.mark("ops");
     sess.conn.send_flush(t::END_OPS, &[])?;
     {
         let p = sess.conn.expect(t::OPS_RESULT)?;
@@ -467,6 +491,7 @@ fn sync_domain_inner(
             rep.error(format!("remote: {} more error(s)", nerr - n));
         }
     }
+    marks.mark("wait-apply");
     let mut local_entries = local_entries;
     for (i, e) in updates {
         local_entries[i] = e;
@@ -599,6 +624,7 @@ fn sync_domain_inner(
         }
         v
     };
+    marks.mark("commit");
     // The local listing, with directories created for adopted files.
     let m = Manifest::new(&pair, local_entries);
     if m.digest != remote_digest {
@@ -613,12 +639,50 @@ fn sync_domain_inner(
         m.save(&manifest_path)?;
     }
     let _ = std::fs::remove_file(&sent_path);
+    marks.mark("save");
+    if std::env::var_os("MAILSYNC_PHASES").is_some() {
+        eprintln!("{domain}: phases {}", marks.report());
+    }
     Ok(())
+}
+
+/// Time spent in each phase of a domain (debug log).
+struct Marks {
+    last: Instant,
+    out: Vec<(&'static str, f64)>,
+}
+
+impl Marks {
+    fn new() -> Marks {
+        Marks {
+            last: Instant::now(),
+            out: Vec::new(),
+        }
+    }
+    fn mark(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.out
+            .push((what, now.duration_since(self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+    fn report(&self) -> String {
+        self.out
+            .iter()
+            .map(|(w, ms)| format!("{w}={ms:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// Send one file. Returns the entry as sent (attributes at read time), or None when the
 /// file vanished (renamed by a reader since the scan: the next run picks up its new name).
-fn send_put(conn: &mut Conn, frame: &mut Enc, base: &Path, entry: &Entry) -> Result<Option<Entry>> {
+fn send_put(
+    conn: &mut Conn,
+    frame: &mut Enc,
+    base: &Path,
+    entry: &Entry,
+    lock_source: Option<&super::fsops::LockSource>,
+) -> Result<Option<Entry>> {
     let abs = base.join(&entry.path);
     if entry.kind == Kind::Symlink {
         frame.u8(tag::PUT_INLINE);
@@ -630,7 +694,7 @@ fn send_put(conn: &mut Conn, frame: &mut Enc, base: &Path, entry: &Entry) -> Res
         // Read consistently: Dovecot's own lock, held briefly.
         let dir = abs.parent().unwrap_or(Path::new("."));
         let read = {
-            let _lock = super::fsops::UidlistLock::acquire(dir)?;
+            let _lock = super::fsops::UidlistLock::acquire_via(dir, lock_source)?;
             super::fsops::read_bounded(&abs, CONTROL_MAX)
         };
         return match read {

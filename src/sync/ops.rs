@@ -1,7 +1,7 @@
 //! Encoding of operations on the wire and their application on the receiving side.
 
 use super::entry::{message_key, parent, Entry, Kind};
-use super::fsops::{self, check_parents, check_rel, UidlistLock};
+use super::fsops::{self, check_parents, check_rel, LockSource, UidlistLock};
 use super::plan::Op;
 use super::wire::{Dec, Enc};
 use crate::error::{Error, Result};
@@ -311,6 +311,9 @@ pub struct Applier {
     pending: usize,
     /// Control files written and being made durable, renamed into place at the next flush.
     deferred: Vec<Deferred>,
+    /// Linked as the uidlist dotlock (None: not made yet; Some(None): could not be made,
+    /// locks are created as files).
+    lock_source: Option<Option<LockSource>>,
     pub errors: Vec<String>,
     pub error_count: usize,
     pub applied: u64,
@@ -325,6 +328,7 @@ impl Applier {
             durability: None,
             pending: 0,
             deferred: Vec::new(),
+            lock_source: None,
             errors: Vec::new(),
             error_count: 0,
             applied: 0,
@@ -651,6 +655,11 @@ impl Applier {
         if deferred.is_empty() {
             return;
         }
+        if self.lock_source.is_none() && deferred.iter().any(|c| c.lock) {
+            self.lock_source = Some(LockSource::create(&self.base).ok());
+        }
+        let holder = self.lock_source.take();
+        let source = holder.as_ref().and_then(Option::as_ref);
         let mut dirs = BTreeSet::new();
         for c in deferred {
             let r = if failed_tmp.contains(&c.tmp) {
@@ -658,7 +667,7 @@ impl Applier {
             } else {
                 (|| {
                     let _lock = if c.lock {
-                        Some(UidlistLock::acquire(&c.dir)?)
+                        Some(UidlistLock::acquire_via(&c.dir, source)?)
                     } else {
                         None
                     };
@@ -688,6 +697,7 @@ impl Applier {
                 }
             }
         }
+        self.lock_source = holder;
         self.sync_dirs(dirs);
     }
 

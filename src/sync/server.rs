@@ -141,8 +141,15 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     }
     drop(cache);
     // Leftovers of an interrupted run: remove them.
+    // (A lock source is removed only when its process is gone.)
     for l in &listing.leftovers {
-        if super::fsops::check_rel(l).is_ok() {
+        if super::entry::file_name(l).starts_with(super::fsops::LOCK_SOURCE_PREFIX) {
+            let dir = base.join(super::entry::parent(l));
+            super::fsops::remove_stale_lock_sources(
+                &dir,
+                std::iter::once(super::entry::file_name(l)),
+            );
+        } else if super::fsops::check_rel(l).is_ok() {
             let _ = std::fs::remove_file(base.join(l));
         }
     }
