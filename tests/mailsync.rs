@@ -208,8 +208,12 @@ fn snapshot(dir: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
 }
 
 fn assert_equal(a: &Path, b: &Path) {
-    let (sa, la) = snapshot(&a.join(D));
-    let (sb, lb) = snapshot(&b.join(D));
+    assert_equal_in(a, b, D)
+}
+
+fn assert_equal_in(a: &Path, b: &Path, domain: &str) {
+    let (sa, la) = snapshot(&a.join(domain));
+    let (sb, lb) = snapshot(&b.join(domain));
     let only_a: Vec<_> = sa
         .keys()
         .filter(|k| !sb.contains_key(*k))
@@ -353,6 +357,84 @@ fn changes_travel_as_renames_without_bodies() {
     assert_eq!(n(&v, "bytes_sent"), body.len() as u64 + uidlist_len, "{v}");
     let v = ok(a_to_b(&e, &[]));
     assert_eq!(n(&v, "files_sent") + n(&v, "renames") + n(&v, "deletes"), 0);
+}
+
+#[test]
+fn domains_prepared_ahead_and_records_saved_behind_stay_in_sync() {
+    // One worker: every domain after the first is scanned (and its record loaded) while
+    // the remote applies the one before, and each record is written while the next domain
+    // starts. A flag change needs the uidlist lock on both ends (taken by linking a lock
+    // source, removed at the end).
+    let e = env();
+    let names = ["d1.example.ru", "d2.example.ru", D];
+    for (i, name) in names.iter().enumerate() {
+        populate(&e.a, 10 + i as u64);
+        if *name != D {
+            fs::rename(e.a.join(D), e.a.join(name)).unwrap();
+        }
+    }
+    let run = |e: &Env| {
+        let (a, b) = (e.a.to_str().unwrap(), e.b.to_str().unwrap());
+        let mut args = vec!["--root", a, "--jobs", "1"];
+        for nm in names {
+            args.extend(["--domain", nm]);
+        }
+        args.push(b);
+        sync(&args)
+    };
+    let v = ok(run(&e));
+    assert_eq!(n(&v, "domains"), 3);
+    for nm in names {
+        assert_equal_in(&e.a, &e.b, nm);
+        for root in [&e.a, &e.b] {
+            assert!(root.join(format!(".mailsync/{nm}.manifest")).exists());
+        }
+    }
+    // A day in every domain: a flag change, a delivery, a rewritten uidlist.
+    let mut sent = 0;
+    for (i, nm) in names.iter().enumerate() {
+        let inbox = e.a.join(nm).join("bob/Maildir");
+        let mut cur: Vec<PathBuf> = fs::read_dir(inbox.join("cur"))
+            .unwrap()
+            .map(|x| x.unwrap().path())
+            .collect();
+        cur.sort();
+        fs::rename(&cur[0], cur[0].to_string_lossy().replace(":2,S", ":2,RS")).unwrap();
+        let body = format!("new mail {i}\r\n");
+        deliver(
+            &inbox,
+            "new",
+            &format!("17000000{i}.M1P1.host"),
+            body.as_bytes(),
+            "",
+        );
+        uidlist(&inbox, 300);
+        sent += body.len() as u64 + fs::metadata(inbox.join("dovecot-uidlist")).unwrap().len();
+    }
+    let v = ok(run(&e));
+    assert_eq!(n(&v, "renames"), 3, "{v}");
+    assert_eq!(n(&v, "files_sent"), 6, "{v}");
+    assert_eq!(n(&v, "bytes_sent"), sent, "{v}");
+    for nm in names {
+        assert_equal_in(&e.a, &e.b, nm);
+    }
+    // Both records were written: the next run trusts them and has nothing to do.
+    let v = ok(run(&e));
+    assert_eq!(n(&v, "files_sent") + n(&v, "renames") + n(&v, "deletes"), 0);
+    for d in v["per_domain"].as_array().unwrap() {
+        assert_eq!(d["trusted_record"], Value::Bool(true), "{d}");
+    }
+    // No lock source left behind on either end.
+    for root in [&e.a, &e.b] {
+        for nm in names {
+            let left: Vec<String> = fs::read_dir(root.join(nm))
+                .unwrap()
+                .map(|x| x.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|x| x.starts_with(".mailsync-tmp"))
+                .collect();
+            assert!(left.is_empty(), "{nm}: {left:?}");
+        }
+    }
 }
 
 #[test]

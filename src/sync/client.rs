@@ -1,14 +1,14 @@
 //! The sending end: one domain at a time over an open session.
 
 use super::entry::{needs_uidlist_lock, Entry, Kind};
-use super::manifest::{self, Manifest};
+use super::manifest::{self, Manifest, Record};
 use super::ops::{encode_op, tag, Applier};
 use super::plan::{plan, Op, Rules};
-use super::scan::{self, Cache, Filter};
+use super::scan::{self, Cache, Filter, Scan};
 use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
 use crate::names::Domain;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -72,6 +72,27 @@ pub struct Session {
     pub remote: String,
     /// Keeps the transport (child process, SSH session) alive.
     pub keep: Option<Box<dyn super::transport::Transport>>,
+    /// The record of the previous domain being written (durably) while the next one
+    /// starts; waited for before another is written and when the session closes.
+    saving: Saving,
+}
+
+/// A record being written; waited for when dropped.
+#[derive(Default)]
+struct Saving(Option<std::thread::JoinHandle<()>>);
+
+impl Saving {
+    fn wait(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Saving {
+    fn drop(&mut self) {
+        self.wait();
+    }
 }
 
 impl Session {
@@ -102,11 +123,18 @@ impl Session {
             remote_node,
             remote,
             keep,
+            saving: Saving::default(),
         })
+    }
+
+    /// Wait for the record being written.
+    pub fn wait_saved(&mut self) {
+        self.saving.wait();
     }
 
     /// Say goodbye and wait for the transport to finish.
     pub fn close(mut self) -> Result<()> {
+        self.wait_saved();
         let _ = self.conn.send_flush(t::BYE, &[]);
         drop(self.conn);
         match self.keep.take() {
@@ -123,12 +151,77 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// This end's view of a domain, made before the remote is asked (workers prepare the next
+/// domain while the remote applies the current one): the scan, and when the node pair is
+/// known, the record and the intent log.
+pub struct Prepared {
+    local: Scan,
+    record: Option<(String, Result<Option<Record>>, BTreeSet<String>)>,
+    seconds: f64,
+}
+
+/// Scan `domain` here (saving its scan cache), and with `pair`, load its record.
+pub fn prepare(opts: &SendOptions, domain: &Domain, pair: Option<&str>) -> Prepared {
+    let start = Instant::now();
+    let base = opts.root.join(domain.as_str());
+    let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
+    let local = {
+        let old = Cache::load(&cache_path);
+        let (s, cache) = scan::scan(&base, &opts.filter, old);
+        if !opts.dry_run && s.errors.is_empty() && cache.dirty {
+            let _ = std::fs::create_dir_all(&opts.state_dir);
+            let _ = cache.save(&cache_path, &s.entries);
+        }
+        s
+    };
+    // Lock sources (see fsops::LockSource) left by a killed run of ours.
+    super::fsops::remove_stale_lock_sources(
+        &base,
+        local
+            .leftovers
+            .iter()
+            .filter(|l| !l.contains('/'))
+            .map(String::as_str),
+    );
+    let record = pair.map(|pair| load_record(opts, domain, pair, &local.entries));
+    Prepared {
+        local,
+        record,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Our record, held as "these local entries, plus what differs" (no second copy), and the
+/// paths this end sent in runs that did not complete (an intent log written before the
+/// operations go out: they came from here, so they are ours to delete).
+fn load_record(
+    opts: &SendOptions,
+    domain: &Domain,
+    pair: &str,
+    local: &[Entry],
+) -> (String, Result<Option<Record>>, BTreeSet<String>) {
+    let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
+    let own = Manifest::load_against(&manifest_path, pair, local);
+    let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
+    (pair.to_string(), own, load_sent(&sent_path, pair))
+}
+
 /// Synchronise one domain. Transport failures are errors (the session is unusable); all
 /// else is in the report.
 pub fn sync_domain(
     sess: &mut Session,
     opts: &SendOptions,
     domain: &Domain,
+) -> Result<DomainReport> {
+    sync_prepared(sess, opts, domain, None)
+}
+
+/// [`sync_domain`] with this end's view made beforehand by [`prepare`].
+pub fn sync_prepared(
+    sess: &mut Session,
+    opts: &SendOptions,
+    domain: &Domain,
+    prepared: Option<Prepared>,
 ) -> Result<DomainReport> {
     let start = Instant::now();
     let wire0 = sess.conn.wire_bytes();
@@ -139,7 +232,7 @@ pub fn sync_domain(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let r = sync_domain_inner(sess, opts, domain, &mut rep);
+    let r = sync_domain_inner(sess, opts, domain, prepared, &mut rep);
     rep.wire_bytes = sess.conn.wire_bytes() - wire0;
     rep.seconds = start.elapsed().as_secs_f64();
     rep.finished = now_unix();
@@ -162,6 +255,7 @@ fn sync_domain_inner(
     sess: &mut Session,
     opts: &SendOptions,
     domain: &Domain,
+    prepared: Option<Prepared>,
     rep: &mut DomainReport,
 ) -> Result<()> {
     let base = opts.root.join(domain.as_str());
@@ -173,7 +267,6 @@ fn sync_domain_inner(
         )
     })?;
     let mut marks = Marks::new();
-    let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
 
     // Ask the remote.
@@ -201,36 +294,24 @@ fn sync_domain_inner(
         e.str(x);
     }
     sess.conn.send_flush(t::DOMAIN, &e.buf)?;
-    // Local scan, while the remote scans its side.
-    let local = {
-        let old = Cache::load(&cache_path);
-        let (s, cache) = scan::scan(&base, &opts.filter, old);
-        if !opts.dry_run && s.errors.is_empty() && cache.dirty {
-            let _ = cache.save(&cache_path, &s.entries);
-        }
-        s
-    };
-    // Lock sources (see fsops::LockSource) left by a killed run of ours.
-    super::fsops::remove_stale_lock_sources(
-        &base,
-        local
-            .leftovers
-            .iter()
-            .filter(|l| !l.contains('/'))
-            .map(String::as_str),
-    );
+    // Local scan (unless made beforehand), while the remote scans its side.
+    let prepared = prepared.unwrap_or_else(|| prepare(opts, domain, Some(&pair)));
     marks.mark("scan");
+    marks.out.push(("prepared", prepared.seconds * 1e3));
+    let local = prepared.local;
     rep.local_messages = local.messages() as u64;
     for e in &local.errors {
         rep.error(format!("local scan: {e}"));
     }
-    // Our record, held as "these local entries, plus what differs" (no second copy).
-    let own = Manifest::load_against(&manifest_path, &pair, &local.entries)?;
+    let (own, sent_log) = match prepared.record {
+        Some((p, own, sent)) if p == pair => (own?, sent),
+        _ => {
+            let (_, own, sent) = load_record(opts, domain, &pair, &local.entries);
+            (own?, sent)
+        }
+    };
     let own_digest = own.as_ref().map(|m| m.digest.clone());
-    // Paths this end sent in runs that did not complete (an intent log written before the
-    // operations go out): they came from here, so they are ours to delete.
     let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
-    let sent_log = load_sent(&sent_path, &pair);
     marks.mark("record");
 
     let (remote_digest, remote_has_record, _remote_missing) = {
@@ -635,10 +716,22 @@ fn sync_domain_inner(
         let _ = std::fs::remove_file(&manifest_path);
         return Ok(());
     }
-    if own_digest.as_deref() != Some(m.digest.as_str()) {
-        m.save(&manifest_path)?;
-    }
-    let _ = std::fs::remove_file(&sent_path);
+    // Written by a helper thread while the next domain starts (one at a time). Until it
+    // is, the old record stays, whose digest no longer matches the remote's: a run that
+    // found it so (after a crash) would compare full listings, as after any interrupted
+    // commit; the intent log is removed only once the record is durable.
+    sess.wait_saved();
+    let unchanged = own_digest.as_deref() == Some(m.digest.as_str());
+    let domain_name = domain.to_string();
+    sess.saving.0 = Some(std::thread::spawn(move || {
+        if !unchanged {
+            if let Err(e) = m.save(&manifest_path) {
+                log::warn!("{domain_name}: {}", e.message());
+                return;
+            }
+        }
+        let _ = std::fs::remove_file(&sent_path);
+    }));
     marks.mark("save");
     if std::env::var_os("MAILSYNC_PHASES").is_some() {
         eprintln!("{domain}: phases {}", marks.report());

@@ -153,7 +153,9 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
             let _ = std::fs::remove_file(base.join(l));
         }
     }
-    let record = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
+    // The record, loaded against the listing: entries equal to a listed one are not kept
+    // twice, and those are, by construction, unchanged since the record.
+    let record = Manifest::load_against(&manifest_path, &pair, &listing.entries)?;
     let mut e = Enc::new();
     e.u8(0)
         .str("")
@@ -169,17 +171,21 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     };
     match (mode, &record) {
         (0, Some(m)) => {
-            // Both lists are sorted by path: binary searches, no per-message maps.
+            // Changed: listed entries that are not the recorded one (the few the record
+            // holds apart, `extra`, sorted by path, are searched).
             let find = |list: &'_ [Entry], path: &str| {
                 list.binary_search_by(|e| e.path.as_str().cmp(path)).ok()
             };
             let changed = listing
                 .entries
                 .iter()
-                .filter(|e| !matches!(find(&m.entries, &e.path), Some(i) if m.entries[i].same(e)));
+                .zip(&m.in_local)
+                .filter(|(_, &same)| !same)
+                .map(|(e, _)| e)
+                .filter(|e| !matches!(find(&m.extra, &e.path), Some(i) if m.extra[i].same(e)));
             send_entries(conn, 0, changed)?;
             let removed: Vec<&str> = m
-                .entries
+                .extra
                 .iter()
                 .map(|e| e.path.as_str())
                 .filter(|p| find(&listing.entries, p).is_none())
@@ -190,7 +196,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
             send_entries(conn, 0, listing.entries.iter())?;
             if mode == 2 {
                 if let Some(m) = &record {
-                    send_entries(conn, 2, m.entries.iter())?;
+                    send_entries(conn, 2, m.entries(&listing.entries).into_iter())?;
                 }
             }
         }
