@@ -733,26 +733,31 @@ fn sync_domain_inner(
         let _ = std::fs::remove_file(&sent_path);
     }));
     marks.mark("save");
-    if std::env::var_os("MAILSYNC_PHASES").is_some() {
-        eprintln!("{domain}: phases {}", marks.report());
-    }
+    marks.report_to_stderr(domain.as_str());
     Ok(())
 }
 
-/// Time spent in each phase of a domain (debug log).
-struct Marks {
+/// Time spent in each phase of a domain, printed to stderr when `MAILSYNC_PHASES` is set
+/// (profiling aid: BENCHMARKS.md).
+pub(crate) struct Marks {
     last: Instant,
     out: Vec<(&'static str, f64)>,
 }
 
 impl Marks {
-    fn new() -> Marks {
+    pub(crate) fn report_to_stderr(&self, what: &str) {
+        if std::env::var_os("MAILSYNC_PHASES").is_some() {
+            eprintln!("{what}: phases {}", self.report());
+        }
+    }
+
+    pub(crate) fn new() -> Marks {
         Marks {
             last: Instant::now(),
             out: Vec::new(),
         }
     }
-    fn mark(&mut self, what: &'static str) {
+    pub(crate) fn mark(&mut self, what: &'static str) {
         let now = Instant::now();
         self.out
             .push((what, now.duration_since(self.last).as_secs_f64() * 1e3));

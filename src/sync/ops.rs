@@ -309,6 +309,9 @@ pub struct Applier {
     known_dirs: HashSet<String>,
     durability: Option<Durability>,
     pending: usize,
+    /// Where the message files written since the last flush land (renamed there by the
+    /// pool): an operation on one of these paths waits for the flush first.
+    pending_paths: HashSet<String>,
     /// Control files written and being made durable, renamed into place at the next flush.
     deferred: Vec<Deferred>,
     /// Linked as the uidlist dotlock (None: not made yet; Some(None): could not be made,
@@ -327,6 +330,7 @@ impl Applier {
             known_dirs: HashSet::new(),
             durability: None,
             pending: 0,
+            pending_paths: HashSet::new(),
             deferred: Vec::new(),
             lock_source: None,
             errors: Vec::new(),
@@ -360,20 +364,20 @@ impl Applier {
             tag::LINK => {
                 let from = d.string()?;
                 let to = Entry::decode(d)?;
-                self.flush();
+                self.flush_for(&[&from, &to.path]);
                 let r = self.link(&from, &to);
                 self.done(r);
             }
             tag::RENAME => {
                 let from = d.string()?;
                 let to = d.string()?;
-                self.flush();
+                self.flush_for(&[&from, &to]);
                 let r = self.rename(&from, &to);
                 self.done(r);
             }
             tag::DELETE => {
                 let p = d.string()?;
-                self.flush();
+                self.flush_for(&[&p]);
                 let r = self.delete(&p);
                 self.done(r);
             }
@@ -396,6 +400,15 @@ impl Applier {
             _ => return Err(Error::bad_input("protocol error: unknown operation")),
         }
         Ok(None)
+    }
+
+    /// Flush first when an operation touches a message file not yet in place (a link
+    /// from a file sent in this run, as for hard links among new files). Others need not
+    /// wait: the plan renames, links and deletes files that were on this side before.
+    fn flush_for(&mut self, paths: &[&str]) {
+        if paths.iter().any(|p| self.pending_paths.contains(*p)) {
+            self.flush();
+        }
     }
 
     pub fn done(&mut self, r: Result<()>) {
@@ -595,6 +608,7 @@ impl Applier {
             let d = self.durability.get_or_insert_with(Durability::new);
             d.submit(Job::Message { file, tmp, dest })?;
             self.pending += 1;
+            self.pending_paths.insert(e.path.clone());
             self.tree.insert(e.path.clone(), e);
             return Ok(());
         }
@@ -633,6 +647,7 @@ impl Applier {
             return;
         }
         self.pending = 0;
+        self.pending_paths.clear();
         let Some((dirs, failures)) = self.durability.as_ref().map(Durability::barrier) else {
             return;
         };

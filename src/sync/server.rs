@@ -134,6 +134,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     let _ = std::fs::create_dir_all(&opts.state_dir);
     let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
+    let mut marks = super::client::Marks::new();
     let old = Cache::load(&cache_path);
     let (listing, cache) = scan::scan(&base, &filter, old);
     if !dry_run && cache.dirty {
@@ -162,6 +163,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
         .str(record.as_ref().map_or("", |m| m.digest.as_str()))
         .u8(u8::from(record.is_some()))
         .u8(u8::from(listing.missing));
+    marks.mark("prep");
     conn.send_flush(t::DOMAIN_INFO, &e.buf)?;
 
     // Listing.
@@ -207,6 +209,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
         e.str(err);
     }
     conn.send_flush(t::LIST_END, &e.buf)?;
+    marks.mark("list");
     let old_digest = record.map(|m| m.digest);
 
     // Operations.
@@ -242,7 +245,10 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                     }
                 }
             }
-            t::END_OPS => break,
+            t::END_OPS => {
+                marks.mark("ops");
+                break;
+            }
             _ => return Err(Error::bad_input("protocol error: unexpected frame in ops")),
         }
     }
@@ -253,6 +259,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     for err in &applier.errors {
         e.str(err);
     }
+    marks.mark("flush");
     conn.send_flush(t::OPS_RESULT, &e.buf)?;
 
     // Fetches (--adopt) and the commit.
@@ -305,6 +312,8 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                         e.u8(1).str(err.message());
                     }
                 }
+                marks.mark("commit");
+                marks.report_to_stderr(&format!("serve {domain}"));
                 conn.send_flush(t::COMMIT_OK, &e.buf)?;
                 return Ok(());
             }
