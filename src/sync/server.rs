@@ -2,10 +2,10 @@
 //! own disk and applies the sender's operations locally, never outside `--root`.
 
 use super::entry::Entry;
-use super::manifest::{self, Manifest};
+use super::manifest::{self, Manifest, Record};
 use super::ops::Applier;
 use super::scan::{self, Cache, Filter};
-use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
+use super::wire::{t, Conn, Dec, Enc, CAP_PREPARE, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
 use crate::names::{Domain, Strictness};
 use std::collections::HashSet;
@@ -52,31 +52,48 @@ pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
         d.u8()? != 0
     };
     let mut e = Enc::new();
-    e.bytes(MAGIC).uv(u64::from(VERSION)).str(&opts.node);
+    e.bytes(MAGIC)
+        .uv(u64::from(VERSION))
+        .str(&opts.node)
+        .uv(CAP_PREPARE);
     conn.send_flush(t::HELLO_OK, &e.buf)?;
     if compress {
         conn.compress()?;
     }
-    loop {
-        let (ty, payload) = conn.recv()?;
+    // The next domain, being scanned ahead (on a PREPARE hint).
+    let mut ahead: Option<Ahead> = None;
+    let r = loop {
+        let (ty, payload) = match conn.recv() {
+            Ok(f) => f,
+            Err(e) => break Err(e),
+        };
         match ty {
-            t::BYE => return Ok(()),
+            t::BYE => break Ok(()),
             t::DOMAIN => {
                 let payload = payload.to_vec();
-                serve_domain(conn, &mut opts, &payload)?;
+                if let Err(e) = serve_domain(conn, &mut opts, &payload, &mut ahead) {
+                    break Err(e);
+                }
             }
-            _ => return Err(Error::bad_input("protocol error: unexpected frame")),
+            _ => break Err(Error::bad_input("protocol error: unexpected frame")),
         }
+    };
+    if let Some(h) = ahead.take() {
+        let _ = h.join();
     }
+    r
 }
 
-fn send_error_info(conn: &mut Conn, msg: &str) -> Result<()> {
-    let mut e = Enc::new();
-    e.u8(1).str(msg).str("").u8(0).u8(0);
-    conn.send_flush(t::DOMAIN_INFO, &e.buf)
+/// A DOMAIN (or PREPARE) request.
+struct Request {
+    name: String,
+    dir_entry: Entry,
+    dry_run: bool,
+    pair: String,
+    excludes: Vec<String>,
 }
 
-fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Result<()> {
+fn parse_request(payload: &[u8]) -> Result<Request> {
     let mut d = Dec::new(payload);
     let name = d.string()?;
     let dir_entry = Entry::decode(&mut d)?;
@@ -87,15 +104,103 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     for _ in 0..n {
         excludes.push(d.string()?);
     }
-    let filter = Filter::new(excludes, true);
-    let domain = match Domain::parse(&name, Strictness::Admin) {
+    Ok(Request {
+        name,
+        dir_entry,
+        dry_run,
+        pair,
+        excludes,
+    })
+}
+
+/// This end's view of a domain: its listing, the listing cache to save, its record.
+struct View {
+    listing: scan::Scan,
+    cache: Cache,
+    record: Result<Option<Record>>,
+}
+
+/// A domain scanned ahead: the request it was made for, and the view (None: not usable).
+type Ahead = std::thread::JoinHandle<(Request, Option<View>)>;
+
+/// Scan a domain and load its record (no change to anything: the scan cache is saved by
+/// the caller, after the fencing check).
+fn view(
+    base: &std::path::Path,
+    state_dir: &std::path::Path,
+    domain: &Domain,
+    req: &Request,
+) -> View {
+    let filter = Filter::new(req.excludes.clone(), true);
+    let old = Cache::load(&manifest::path_for(state_dir, domain.as_str(), "scan"));
+    let (listing, cache) = scan::scan(base, &filter, old);
+    let record = Manifest::load_against(
+        &manifest::path_for(state_dir, domain.as_str(), "manifest"),
+        &req.pair,
+        &listing.entries,
+    );
+    View {
+        listing,
+        cache,
+        record,
+    }
+}
+
+/// Start scanning the domain of a PREPARE hint (an existing domain directory only).
+fn prepare_ahead(opts: &ServeOptions, payload: &[u8]) -> Result<Ahead> {
+    let req = parse_request(payload)?;
+    let root = opts.root.clone();
+    let state_dir = opts.state_dir.clone();
+    Ok(std::thread::spawn(move || {
+        let Ok(domain) = Domain::parse(&req.name, Strictness::Admin) else {
+            return (req, None);
+        };
+        let base = root.join(domain.as_str());
+        if !std::fs::symlink_metadata(&base).is_ok_and(|m| m.file_type().is_dir()) {
+            return (req, None);
+        }
+        let v = view(&base, &state_dir, &domain, &req);
+        (req, Some(v))
+    }))
+}
+
+fn send_error_info(conn: &mut Conn, msg: &str) -> Result<()> {
+    let mut e = Enc::new();
+    e.u8(1).str(msg).str("").u8(0).u8(0);
+    conn.send_flush(t::DOMAIN_INFO, &e.buf)
+}
+
+fn serve_domain(
+    conn: &mut Conn,
+    opts: &mut ServeOptions,
+    payload: &[u8],
+    ahead: &mut Option<Ahead>,
+) -> Result<()> {
+    let req = parse_request(payload)?;
+    // A view made ahead for this very request (same domain, pair, excludes, mode).
+    let ready = ahead.take().and_then(|h| h.join().ok()).and_then(|(r, v)| {
+        let same = r.name == req.name
+            && r.pair == req.pair
+            && r.excludes == req.excludes
+            && r.dry_run == req.dry_run;
+        v.filter(|v| same && !v.listing.missing)
+    });
+    let Request {
+        name,
+        dir_entry,
+        dry_run,
+        pair,
+        ..
+    } = &req;
+    let (name, dir_entry, dry_run, pair) = (name.as_str(), dir_entry, *dry_run, pair.as_str());
+    let domain = match Domain::parse(name, Strictness::Admin) {
         Ok(dm) => dm,
         Err(_) => {
             return send_error_info(
                 conn,
                 &format!(
                     "{:?} is not a valid domain name",
-                    crate::names::printable(&name)
+                    crate::names::printable(name)
                 ),
             )
         }
@@ -135,8 +240,17 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
     let mut marks = super::client::Marks::new();
-    let old = Cache::load(&cache_path);
-    let (listing, cache) = scan::scan(&base, &filter, old);
+    if ready.is_some() {
+        marks.mark("ahead");
+    }
+    let View {
+        listing,
+        cache,
+        record,
+    } = match ready {
+        Some(v) => v,
+        None => view(&base, &opts.state_dir, &domain, &req),
+    };
     if !dry_run && cache.dirty {
         let _ = cache.save(&cache_path, &listing.entries);
     }
@@ -156,7 +270,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     }
     // The record, loaded against the listing: entries equal to a listed one are not kept
     // twice, and those are, by construction, unchanged since the record.
-    let record = Manifest::load_against(&manifest_path, &pair, &listing.entries)?;
+    let record = record?;
     let mut e = Enc::new();
     e.u8(0)
         .str("")
@@ -249,6 +363,11 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                 marks.mark("ops");
                 break;
             }
+            t::PREPARE => {
+                if ahead.is_none() {
+                    *ahead = Some(prepare_ahead(opts, payload)?);
+                }
+            }
             _ => return Err(Error::bad_input("protocol error: unexpected frame in ops")),
         }
     }
@@ -296,7 +415,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                 if !keep_out.is_empty() {
                     entries.retain(|e| !keep_out.contains(&e.path));
                 }
-                let m = Manifest::new(&pair, entries);
+                let m = Manifest::new(pair, entries);
                 // Unchanged record: nothing to write.
                 let r = if old_digest.as_deref() == Some(m.digest.as_str()) {
                     Ok(())
