@@ -947,6 +947,75 @@ fn over_ssh_parallel_domains() {
 }
 
 #[test]
+fn over_ssh_one_session_carries_many_domains_pipelined() {
+    // One worker over SSH: the sender sends the receiver a hint of the next domain while the
+    // receiver is already answering the current one (its listing arrives as the hint goes
+    // out). Flushing an ssh2 stream discards what was received and not yet read: the
+    // transport must never do that, or both ends wait for each other.
+    let s = support::sshd::sshd();
+    let e = env();
+    populate(&e.a, 12);
+    let names = [
+        "d1.example.ru",
+        "d2.example.ru",
+        "d3.example.ru",
+        "d4.example.ru",
+    ];
+    for other in names {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(e.a.join(D))
+            .arg(e.a.join(other))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let port = s.port.to_string();
+    let remote_cmd = format!("{BIN} serve --no-fence");
+    let (a, sa, b) = (
+        e.a.to_str().unwrap(),
+        e.sa.to_str().unwrap(),
+        e.b.to_str().unwrap(),
+    );
+    for compress in [false, true, false] {
+        let mut args = vec!["--root", a, "--remote-root", b, "--domain", D];
+        for nm in names {
+            args.extend(["--domain", nm]);
+        }
+        args.extend([
+            "--jobs",
+            "1",
+            "--state-dir",
+            sa,
+            "--remote-command",
+            &remote_cmd,
+        ]);
+        if compress {
+            args.push("--compress");
+        }
+        args.extend(["node-a", "127.0.0.1"]);
+        args.extend(ssh_args(s, &port));
+        let v = ok(sync(&args));
+        assert_eq!(n(&v, "domains"), 5);
+        for nm in names.iter().chain([&D]) {
+            assert_equal_in(&e.a, &e.b, nm);
+        }
+        // Something to do next time in every domain (a rewritten uidlist, a delivery).
+        for (i, nm) in names.iter().enumerate() {
+            let inbox = e.a.join(nm).join("bob/Maildir");
+            deliver(
+                &inbox,
+                "new",
+                &format!("1700000{i}{compress}.M1P1.host"),
+                b"hi\r\n",
+                "",
+            );
+            uidlist(&inbox, 400);
+        }
+    }
+}
+
+#[test]
 fn fencing_on_both_ends_and_domains_from_the_directory() {
     let e = env();
     let db = support::fixtures::sqlite_seed(&e.sa);
