@@ -208,8 +208,12 @@ fn snapshot(dir: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
 }
 
 fn assert_equal(a: &Path, b: &Path) {
-    let (sa, la) = snapshot(&a.join(D));
-    let (sb, lb) = snapshot(&b.join(D));
+    assert_equal_in(a, b, D)
+}
+
+fn assert_equal_in(a: &Path, b: &Path, domain: &str) {
+    let (sa, la) = snapshot(&a.join(domain));
+    let (sb, lb) = snapshot(&b.join(domain));
     let only_a: Vec<_> = sa
         .keys()
         .filter(|k| !sb.contains_key(*k))
@@ -353,6 +357,84 @@ fn changes_travel_as_renames_without_bodies() {
     assert_eq!(n(&v, "bytes_sent"), body.len() as u64 + uidlist_len, "{v}");
     let v = ok(a_to_b(&e, &[]));
     assert_eq!(n(&v, "files_sent") + n(&v, "renames") + n(&v, "deletes"), 0);
+}
+
+#[test]
+fn domains_prepared_ahead_and_records_saved_behind_stay_in_sync() {
+    // One worker: every domain after the first is scanned (and its record loaded) while
+    // the remote applies the one before, and each record is written while the next domain
+    // starts. A flag change needs the uidlist lock on both ends (taken by linking a lock
+    // source, removed at the end).
+    let e = env();
+    let names = ["d1.example.ru", "d2.example.ru", D];
+    for (i, name) in names.iter().enumerate() {
+        populate(&e.a, 10 + i as u64);
+        if *name != D {
+            fs::rename(e.a.join(D), e.a.join(name)).unwrap();
+        }
+    }
+    let run = |e: &Env| {
+        let (a, b) = (e.a.to_str().unwrap(), e.b.to_str().unwrap());
+        let mut args = vec!["--root", a, "--jobs", "1"];
+        for nm in names {
+            args.extend(["--domain", nm]);
+        }
+        args.push(b);
+        sync(&args)
+    };
+    let v = ok(run(&e));
+    assert_eq!(n(&v, "domains"), 3);
+    for nm in names {
+        assert_equal_in(&e.a, &e.b, nm);
+        for root in [&e.a, &e.b] {
+            assert!(root.join(format!(".mailsync/{nm}.manifest")).exists());
+        }
+    }
+    // A day in every domain: a flag change, a delivery, a rewritten uidlist.
+    let mut sent = 0;
+    for (i, nm) in names.iter().enumerate() {
+        let inbox = e.a.join(nm).join("bob/Maildir");
+        let mut cur: Vec<PathBuf> = fs::read_dir(inbox.join("cur"))
+            .unwrap()
+            .map(|x| x.unwrap().path())
+            .collect();
+        cur.sort();
+        fs::rename(&cur[0], cur[0].to_string_lossy().replace(":2,S", ":2,RS")).unwrap();
+        let body = format!("new mail {i}\r\n");
+        deliver(
+            &inbox,
+            "new",
+            &format!("17000000{i}.M1P1.host"),
+            body.as_bytes(),
+            "",
+        );
+        uidlist(&inbox, 300);
+        sent += body.len() as u64 + fs::metadata(inbox.join("dovecot-uidlist")).unwrap().len();
+    }
+    let v = ok(run(&e));
+    assert_eq!(n(&v, "renames"), 3, "{v}");
+    assert_eq!(n(&v, "files_sent"), 6, "{v}");
+    assert_eq!(n(&v, "bytes_sent"), sent, "{v}");
+    for nm in names {
+        assert_equal_in(&e.a, &e.b, nm);
+    }
+    // Both records were written: the next run trusts them and has nothing to do.
+    let v = ok(run(&e));
+    assert_eq!(n(&v, "files_sent") + n(&v, "renames") + n(&v, "deletes"), 0);
+    for d in v["per_domain"].as_array().unwrap() {
+        assert_eq!(d["trusted_record"], Value::Bool(true), "{d}");
+    }
+    // No lock source left behind on either end.
+    for root in [&e.a, &e.b] {
+        for nm in names {
+            let left: Vec<String> = fs::read_dir(root.join(nm))
+                .unwrap()
+                .map(|x| x.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|x| x.starts_with(".mailsync-tmp"))
+                .collect();
+            assert!(left.is_empty(), "{nm}: {left:?}");
+        }
+    }
 }
 
 #[test]
@@ -862,6 +944,75 @@ fn over_ssh_parallel_domains() {
     let (y, _) = snapshot(&e.b.join("three.example.ru"));
     assert_eq!(x, y);
     let _ = SystemTime::now();
+}
+
+#[test]
+fn over_ssh_one_session_carries_many_domains_pipelined() {
+    // One worker over SSH: the sender sends the receiver a hint of the next domain while the
+    // receiver is already answering the current one (its listing arrives as the hint goes
+    // out). Flushing an ssh2 stream discards what was received and not yet read: the
+    // transport must never do that, or both ends wait for each other.
+    let s = support::sshd::sshd();
+    let e = env();
+    populate(&e.a, 12);
+    let names = [
+        "d1.example.ru",
+        "d2.example.ru",
+        "d3.example.ru",
+        "d4.example.ru",
+    ];
+    for other in names {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(e.a.join(D))
+            .arg(e.a.join(other))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let port = s.port.to_string();
+    let remote_cmd = format!("{BIN} serve --no-fence");
+    let (a, sa, b) = (
+        e.a.to_str().unwrap(),
+        e.sa.to_str().unwrap(),
+        e.b.to_str().unwrap(),
+    );
+    for compress in [false, true, false] {
+        let mut args = vec!["--root", a, "--remote-root", b, "--domain", D];
+        for nm in names {
+            args.extend(["--domain", nm]);
+        }
+        args.extend([
+            "--jobs",
+            "1",
+            "--state-dir",
+            sa,
+            "--remote-command",
+            &remote_cmd,
+        ]);
+        if compress {
+            args.push("--compress");
+        }
+        args.extend(["node-a", "127.0.0.1"]);
+        args.extend(ssh_args(s, &port));
+        let v = ok(sync(&args));
+        assert_eq!(n(&v, "domains"), 5);
+        for nm in names.iter().chain([&D]) {
+            assert_equal_in(&e.a, &e.b, nm);
+        }
+        // Something to do next time in every domain (a rewritten uidlist, a delivery).
+        for (i, nm) in names.iter().enumerate() {
+            let inbox = e.a.join(nm).join("bob/Maildir");
+            deliver(
+                &inbox,
+                "new",
+                &format!("1700000{i}{compress}.M1P1.host"),
+                b"hi\r\n",
+                "",
+            );
+            uidlist(&inbox, 400);
+        }
+    }
 }
 
 #[test]

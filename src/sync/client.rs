@@ -1,14 +1,14 @@
 //! The sending end: one domain at a time over an open session.
 
 use super::entry::{needs_uidlist_lock, Entry, Kind};
-use super::manifest::{self, Manifest};
+use super::manifest::{self, Manifest, Record};
 use super::ops::{encode_op, tag, Applier};
 use super::plan::{plan, Op, Rules};
-use super::scan::{self, Cache, Filter};
-use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
+use super::scan::{self, Cache, Filter, Scan};
+use super::wire::{t, Conn, Dec, Enc, CAP_PREPARE, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
 use crate::names::Domain;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -70,8 +70,31 @@ pub struct Session {
     pub conn: Conn,
     pub remote_node: String,
     pub remote: String,
+    /// The receiver takes PREPARE hints.
+    pub prepare_hints: bool,
     /// Keeps the transport (child process, SSH session) alive.
     pub keep: Option<Box<dyn super::transport::Transport>>,
+    /// The record of the previous domain being written (durably) while the next one
+    /// starts; waited for before another is written and when the session closes.
+    saving: Saving,
+}
+
+/// A record being written; waited for when dropped.
+#[derive(Default)]
+struct Saving(Option<std::thread::JoinHandle<()>>);
+
+impl Saving {
+    fn wait(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Saving {
+    fn drop(&mut self) {
+        self.wait();
+    }
 }
 
 impl Session {
@@ -94,6 +117,7 @@ impl Session {
         }
         let _version = d.u32()?;
         let remote_node = d.string()?;
+        let caps = if d.at_end() { 0 } else { d.uv()? };
         if compress {
             conn.compress()?;
         }
@@ -101,12 +125,20 @@ impl Session {
             conn,
             remote_node,
             remote,
+            prepare_hints: caps & CAP_PREPARE != 0,
             keep,
+            saving: Saving::default(),
         })
+    }
+
+    /// Wait for the record being written.
+    pub fn wait_saved(&mut self) {
+        self.saving.wait();
     }
 
     /// Say goodbye and wait for the transport to finish.
     pub fn close(mut self) -> Result<()> {
+        self.wait_saved();
         let _ = self.conn.send_flush(t::BYE, &[]);
         drop(self.conn);
         match self.keep.take() {
@@ -123,12 +155,79 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// This end's view of a domain, made before the remote is asked (workers prepare the next
+/// domain while the remote applies the current one): the scan, and when the node pair is
+/// known, the record and the intent log.
+pub struct Prepared {
+    local: Scan,
+    record: Option<(String, Result<Option<Record>>, BTreeSet<String>)>,
+    seconds: f64,
+}
+
+/// Scan `domain` here (saving its scan cache), and with `pair`, load its record.
+pub fn prepare(opts: &SendOptions, domain: &Domain, pair: Option<&str>) -> Prepared {
+    let start = Instant::now();
+    let base = opts.root.join(domain.as_str());
+    let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
+    let local = {
+        let old = Cache::load(&cache_path);
+        let (s, cache) = scan::scan(&base, &opts.filter, old);
+        if !opts.dry_run && s.errors.is_empty() && cache.dirty {
+            let _ = std::fs::create_dir_all(&opts.state_dir);
+            let _ = cache.save(&cache_path, &s.entries);
+        }
+        s
+    };
+    // Lock sources (see fsops::LockSource) left by a killed run of ours.
+    super::fsops::remove_stale_lock_sources(
+        &base,
+        local
+            .leftovers
+            .iter()
+            .filter(|l| !l.contains('/'))
+            .map(String::as_str),
+    );
+    let record = pair.map(|pair| load_record(opts, domain, pair, &local.entries));
+    Prepared {
+        local,
+        record,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Our record, held as "these local entries, plus what differs" (no second copy), and the
+/// paths this end sent in runs that did not complete (an intent log written before the
+/// operations go out: they came from here, so they are ours to delete).
+fn load_record(
+    opts: &SendOptions,
+    domain: &Domain,
+    pair: &str,
+    local: &[Entry],
+) -> (String, Result<Option<Record>>, BTreeSet<String>) {
+    let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
+    let own = Manifest::load_against(&manifest_path, pair, local);
+    let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
+    (pair.to_string(), own, load_sent(&sent_path, pair))
+}
+
 /// Synchronise one domain. Transport failures are errors (the session is unusable); all
 /// else is in the report.
 pub fn sync_domain(
     sess: &mut Session,
     opts: &SendOptions,
     domain: &Domain,
+) -> Result<DomainReport> {
+    sync_prepared(sess, opts, domain, None, None)
+}
+
+/// [`sync_domain`] with this end's view made beforehand by [`prepare`]; `next`: the domain
+/// that follows on this session (the receiver is told, to scan it meanwhile).
+pub fn sync_prepared(
+    sess: &mut Session,
+    opts: &SendOptions,
+    domain: &Domain,
+    prepared: Option<Prepared>,
+    next: Option<&Domain>,
 ) -> Result<DomainReport> {
     let start = Instant::now();
     let wire0 = sess.conn.wire_bytes();
@@ -139,7 +238,7 @@ pub fn sync_domain(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let r = sync_domain_inner(sess, opts, domain, &mut rep);
+    let r = sync_domain_inner(sess, opts, domain, prepared, next, &mut rep);
     rep.wire_bytes = sess.conn.wire_bytes() - wire0;
     rep.seconds = start.elapsed().as_secs_f64();
     rep.finished = now_unix();
@@ -162,6 +261,8 @@ fn sync_domain_inner(
     sess: &mut Session,
     opts: &SendOptions,
     domain: &Domain,
+    prepared: Option<Prepared>,
+    next: Option<&Domain>,
     rep: &mut DomainReport,
 ) -> Result<()> {
     let base = opts.root.join(domain.as_str());
@@ -172,54 +273,31 @@ fn sync_domain_inner(
             e,
         )
     })?;
-    let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
+    let mut marks = Marks::new();
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
 
     // Ask the remote.
-    let mut e = Enc::new();
-    e.str(domain.as_str());
-    let local_dir = std::fs::symlink_metadata(&base)
-        .ok()
-        .map(|m| scan::entry_from_meta(String::new(), &m, None));
-    let dir_entry = local_dir.unwrap_or(Entry {
-        path: String::new(),
-        kind: Kind::Dir,
-        size: 0,
-        mtime: 0,
-        mtime_ns: 0,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        ino: 0,
-        target: None,
-    });
-    dir_entry.encode(&mut e);
-    e.u8(u8::from(opts.dry_run)).str(&pair);
-    e.uv(opts.filter.excludes.len() as u64);
-    for x in &opts.filter.excludes {
-        e.str(x);
-    }
-    sess.conn.send_flush(t::DOMAIN, &e.buf)?;
-    // Local scan, while the remote scans its side.
-    let local = {
-        let old = Cache::load(&cache_path);
-        let (s, cache) = scan::scan(&base, &opts.filter, old);
-        if !opts.dry_run && s.errors.is_empty() && cache.dirty {
-            let _ = cache.save(&cache_path, &s.entries);
-        }
-        s
-    };
+    sess.conn
+        .send_flush(t::DOMAIN, &domain_request(opts, domain, &pair).buf)?;
+    // Local scan (unless made beforehand), while the remote scans its side.
+    let prepared = prepared.unwrap_or_else(|| prepare(opts, domain, Some(&pair)));
+    marks.mark("scan");
+    marks.out.push(("prepared", prepared.seconds * 1e3));
+    let local = prepared.local;
     rep.local_messages = local.messages() as u64;
     for e in &local.errors {
         rep.error(format!("local scan: {e}"));
     }
-    // Our record, held as "these local entries, plus what differs" (no second copy).
-    let own = Manifest::load_against(&manifest_path, &pair, &local.entries)?;
+    let (own, sent_log) = match prepared.record {
+        Some((p, own, sent)) if p == pair => (own?, sent),
+        _ => {
+            let (_, own, sent) = load_record(opts, domain, &pair, &local.entries);
+            (own?, sent)
+        }
+    };
     let own_digest = own.as_ref().map(|m| m.digest.clone());
-    // Paths this end sent in runs that did not complete (an intent log written before the
-    // operations go out): they came from here, so they are ours to delete.
     let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
-    let sent_log = load_sent(&sent_path, &pair);
+    marks.mark("record");
 
     let (remote_digest, remote_has_record, _remote_missing) = {
         let p = sess.conn.expect(t::DOMAIN_INFO)?;
@@ -232,12 +310,19 @@ fn sync_domain_inner(
         }
         (d.string()?, d.u8()? != 0, d.u8()? != 0)
     };
+    marks.mark("wait-info");
     let mode: u8 = match &own {
         Some(m) if remote_has_record && m.digest == remote_digest => 0,
         _ if remote_has_record => 2,
         _ => 1,
     };
     sess.conn.send_flush(t::LIST_REQ, &[mode])?;
+    if let Some(next) = next.filter(|_| sess.prepare_hints && !opts.dry_run) {
+        // Read by the receiver as its operations loop starts: it scans the next domain
+        // while it applies this one.
+        sess.conn
+            .send_flush(t::PREPARE, &domain_request(opts, next, &pair).buf)?;
+    }
     let mut listed: Vec<Entry> = Vec::new();
     let mut removed: HashSet<String> = HashSet::new();
     let mut remote_record: Vec<Entry> = Vec::new();
@@ -273,6 +358,7 @@ fn sync_domain_inner(
             }
         }
     };
+    marks.mark("listing");
     if remote_errors > 0 {
         rep.error(format!("the remote could not list {remote_errors} item(s)"));
     }
@@ -349,18 +435,10 @@ fn sync_domain_inner(
             adopt: opts.adopt,
         },
     );
+    marks.mark("plan");
     // Remote paths that stay but are not ours (conflicts, withheld deletes, remote-only
     // directories): left out of both records.
-    let is_local = |path: &str| {
-        local_entries
-            .binary_search_by(|e| e.path.as_str().cmp(path))
-            .is_ok()
-    };
-    let mut exclusions: Vec<String> = remote
-        .iter()
-        .filter(|e| !is_local(&e.path))
-        .map(|e| e.path.clone())
-        .collect();
+    let mut exclusions: Vec<String> = p.remote_only.iter().map(|e| e.path.clone()).collect();
     for pr in &p.problems {
         rep.error(pr.clone());
     }
@@ -401,13 +479,29 @@ fn sync_domain_inner(
     // One frame buffer, sized once (a frame is sent past FRAME_FILL: at most that plus one
     // inline file), reused: no growth by doubling.
     let mut frame = Enc::with_capacity(FRAME_FILL + INLINE_MAX as usize + (4 << 10));
+    // Control files are read under Dovecot's uidlist lock, taken by linking this file.
+    let lock_source = if p
+        .ops
+        .iter()
+        .any(|op| matches!(op, Op::Put(e) if needs_uidlist_lock(&e.path)))
+    {
+        super::fsops::LockSource::create(&base).ok()
+    } else {
+        None
+    };
     for op in &p.ops {
         match op {
             Op::Put(entry) => {
                 let i = local_entries
                     .binary_search_by(|e| e.path.as_str().cmp(&entry.path))
                     .ok();
-                match send_put(&mut sess.conn, &mut frame, &base, entry)? {
+                match send_put(
+                    &mut sess.conn,
+                    &mut frame,
+                    &base,
+                    entry,
+                    lock_source.as_ref(),
+                )? {
                     Some(sent) => {
                         rep.files_sent += 1;
                         rep.bytes_sent += sent.size;
@@ -444,6 +538,7 @@ fn sync_domain_inner(
         sess.conn.send(t::OPS, &frame.buf)?;
     }
     drop(frame);
+    drop(lock_source);
     drop(p);
     drop(remote);
     drop(with_sent);
@@ -452,6 +547,7 @@ fn sync_domain_inner(
     drop(placeholders);
     drop(remote_record);
     drop(listed);
+    marks.mark("ops");
     sess.conn.send_flush(t::END_OPS, &[])?;
     {
         let p = sess.conn.expect(t::OPS_RESULT)?;
@@ -467,6 +563,7 @@ fn sync_domain_inner(
             rep.error(format!("remote: {} more error(s)", nerr - n));
         }
     }
+    marks.mark("wait-apply");
     let mut local_entries = local_entries;
     for (i, e) in updates {
         local_entries[i] = e;
@@ -599,6 +696,7 @@ fn sync_domain_inner(
         }
         v
     };
+    marks.mark("commit");
     // The local listing, with directories created for adopted files.
     let m = Manifest::new(&pair, local_entries);
     if m.digest != remote_digest {
@@ -609,16 +707,101 @@ fn sync_domain_inner(
         let _ = std::fs::remove_file(&manifest_path);
         return Ok(());
     }
-    if own_digest.as_deref() != Some(m.digest.as_str()) {
-        m.save(&manifest_path)?;
-    }
-    let _ = std::fs::remove_file(&sent_path);
+    // Written by a helper thread while the next domain starts (one at a time). Until it
+    // is, the old record stays, whose digest no longer matches the remote's: a run that
+    // found it so (after a crash) would compare full listings, as after any interrupted
+    // commit; the intent log is removed only once the record is durable.
+    sess.wait_saved();
+    let unchanged = own_digest.as_deref() == Some(m.digest.as_str());
+    let domain_name = domain.to_string();
+    sess.saving.0 = Some(std::thread::spawn(move || {
+        if !unchanged {
+            if let Err(e) = m.save(&manifest_path) {
+                log::warn!("{domain_name}: {}", e.message());
+                return;
+            }
+        }
+        let _ = std::fs::remove_file(&sent_path);
+    }));
+    marks.mark("save");
+    marks.report_to_stderr(domain.as_str());
     Ok(())
+}
+
+/// Time spent in each phase of a domain, printed to stderr when `MAILSYNC_PHASES` is set
+/// (profiling aid: BENCHMARKS.md).
+pub(crate) struct Marks {
+    last: Instant,
+    out: Vec<(&'static str, f64)>,
+}
+
+impl Marks {
+    pub(crate) fn report_to_stderr(&self, what: &str) {
+        if std::env::var_os("MAILSYNC_PHASES").is_some() {
+            eprintln!("{what}: phases {}", self.report());
+        }
+    }
+
+    pub(crate) fn new() -> Marks {
+        Marks {
+            last: Instant::now(),
+            out: Vec::new(),
+        }
+    }
+    pub(crate) fn mark(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.out
+            .push((what, now.duration_since(self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+    fn report(&self) -> String {
+        self.out
+            .iter()
+            .map(|(w, ms)| format!("{w}={ms:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The DOMAIN request (also the PREPARE hint): name, this end's directory entry (mode and
+/// owner for a new directory), dry run, node pair, excludes.
+fn domain_request(opts: &SendOptions, domain: &Domain, pair: &str) -> Enc {
+    let base = opts.root.join(domain.as_str());
+    let mut e = Enc::new();
+    e.str(domain.as_str());
+    let local_dir = std::fs::symlink_metadata(&base)
+        .ok()
+        .map(|m| scan::entry_from_meta(String::new(), &m, None));
+    let dir_entry = local_dir.unwrap_or(Entry {
+        path: String::new(),
+        kind: Kind::Dir,
+        size: 0,
+        mtime: 0,
+        mtime_ns: 0,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        ino: 0,
+        target: None,
+    });
+    dir_entry.encode(&mut e);
+    e.u8(u8::from(opts.dry_run)).str(pair);
+    e.uv(opts.filter.excludes.len() as u64);
+    for x in &opts.filter.excludes {
+        e.str(x);
+    }
+    e
 }
 
 /// Send one file. Returns the entry as sent (attributes at read time), or None when the
 /// file vanished (renamed by a reader since the scan: the next run picks up its new name).
-fn send_put(conn: &mut Conn, frame: &mut Enc, base: &Path, entry: &Entry) -> Result<Option<Entry>> {
+fn send_put(
+    conn: &mut Conn,
+    frame: &mut Enc,
+    base: &Path,
+    entry: &Entry,
+    lock_source: Option<&super::fsops::LockSource>,
+) -> Result<Option<Entry>> {
     let abs = base.join(&entry.path);
     if entry.kind == Kind::Symlink {
         frame.u8(tag::PUT_INLINE);
@@ -630,7 +813,7 @@ fn send_put(conn: &mut Conn, frame: &mut Enc, base: &Path, entry: &Entry) -> Res
         // Read consistently: Dovecot's own lock, held briefly.
         let dir = abs.parent().unwrap_or(Path::new("."));
         let read = {
-            let _lock = super::fsops::UidlistLock::acquire(dir)?;
+            let _lock = super::fsops::UidlistLock::acquire_via(dir, lock_source)?;
             super::fsops::read_bounded(&abs, CONTROL_MAX)
         };
         return match read {

@@ -176,23 +176,118 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Dovecot treats a uidlist dotlock older than this as stale.
 pub const LOCK_STALE: Duration = Duration::from_secs(120);
 
+/// Prefix of a [`LockSource`] file (inside [`TMP_PREFIX`]: never listed nor replicated).
+pub const LOCK_SOURCE_PREFIX: &str = ".mailsync-tmp.lock.";
+
+/// A file holding this process's dotlock content (`pid:host`), hard-linked as
+/// `dovecot-uidlist.lock` to take a lock instead of creating a new file each time: `link()`
+/// fails with EEXIST exactly as `open(O_CREAT|O_EXCL)` does (it is how Dovecot itself takes
+/// dotlocks when `dotlock_use_excl` is off), but allocates no inode, and the unlink that
+/// releases the lock frees none. On this host's ext4 an inode allocation scans past every
+/// recently freed inode of its group, so a lock created and freed per control file made
+/// every later file creation slower (BENCHMARKS.md). One per domain directory and process,
+/// removed when dropped; a leftover (kill -9) carries a dead pid and is removed by
+/// [`remove_stale_lock_sources`].
+pub struct LockSource {
+    path: PathBuf,
+    file: File,
+    /// When the file's mtime was last set (a lock's age is its mtime: kept fresh).
+    touched: std::sync::Mutex<Instant>,
+}
+
+impl LockSource {
+    /// Create one in `dir` (a domain directory: the same file system as its Maildirs).
+    pub fn create(dir: &Path) -> Result<LockSource> {
+        let path = dir.join(format!(
+            "{LOCK_SOURCE_PREFIX}{}.{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let mut file = create_new(&path)?;
+        if let Err(e) = file.write_all(lock_content().as_bytes()) {
+            let _ = fs::remove_file(&path);
+            return Err(Error::io(format!("writing {}", path.display()), e));
+        }
+        Ok(LockSource {
+            path,
+            file,
+            touched: std::sync::Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Link it as `lock`. Keeps its mtime recent first (a dotlock older than
+    /// [`LOCK_STALE`] may be taken over).
+    fn link_as(&self, lock: &Path) -> std::io::Result<()> {
+        if let Ok(mut t) = self.touched.lock() {
+            if t.elapsed() > Duration::from_secs(20) {
+                let now = SystemTime::now();
+                self.file
+                    .set_times(fs::FileTimes::new().set_modified(now).set_accessed(now))?;
+                *t = Instant::now();
+            }
+        }
+        fs::hard_link(&self.path, lock)
+    }
+}
+
+impl Drop for LockSource {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Remove lock sources left in `dir` by processes that no longer exist (`names`: the
+/// file names of the leftovers found there).
+pub fn remove_stale_lock_sources<'a>(dir: &Path, names: impl Iterator<Item = &'a str>) {
+    for name in names {
+        let Some(rest) = name.strip_prefix(LOCK_SOURCE_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('.').next().and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(pid_is_dead) {
+            let _ = fs::remove_file(dir.join(name));
+        }
+    }
+}
+
+fn lock_content() -> String {
+    // Dovecot's dotlock content: "pid:host" (a dead pid on this host = stale).
+    format!("{}:{}", std::process::id(), this_host())
+}
+
 impl UidlistLock {
     pub fn acquire(maildir: &Path) -> Result<UidlistLock> {
+        Self::acquire_via(maildir, None)
+    }
+
+    /// Take the lock by linking `source` (no inode allocated) when given; by creating the
+    /// lock file otherwise, or when the link is not possible (another file system, no
+    /// hard links).
+    pub fn acquire_via(maildir: &Path, source: Option<&LockSource>) -> Result<UidlistLock> {
         let path = maildir.join("dovecot-uidlist.lock");
         let start = Instant::now();
         let mut pause = Duration::from_millis(5);
+        let mut source = source;
         loop {
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-            {
+            let r = match source {
+                Some(s) => match s.link_as(&path) {
+                    Ok(()) => return Ok(UidlistLock { path }),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+                    Err(_) => {
+                        source = None;
+                        continue;
+                    }
+                },
+                None => OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path),
+            };
+            match r {
                 Ok(mut f) => {
-                    // Dovecot's dotlock content: "pid:host" (a dead pid on this host = stale).
-                    let _ =
-                        f.write_all(format!("{}:{}", std::process::id(), this_host()).as_bytes());
+                    let _ = f.write_all(lock_content().as_bytes());
                     return Ok(UidlistLock { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -257,6 +352,11 @@ fn holder_is_dead(path: &Path) -> bool {
     let Ok(pid) = pid.parse::<i32>() else {
         return false;
     };
+    pid_is_dead(pid)
+}
+
+/// No process `pid` exists on this host.
+fn pid_is_dead(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
@@ -290,6 +390,43 @@ pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, fs::Meta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_source_is_linked_as_the_dotlock() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dom = tmp.path();
+        let md = dom.join("u/Maildir");
+        fs::create_dir_all(&md).unwrap();
+        let src = LockSource::create(dom).unwrap();
+        let lock_path = md.join("dovecot-uidlist.lock");
+        {
+            let _l = UidlistLock::acquire_via(&md, Some(&src)).unwrap();
+            let m = fs::metadata(&lock_path).unwrap();
+            // The same inode as the source: nothing allocated.
+            assert_eq!(m.ino(), fs::metadata(&src.path).unwrap().ino());
+            assert_eq!(m.nlink(), 2);
+            let content = fs::read_to_string(&lock_path).unwrap();
+            assert_eq!(content, lock_content());
+            // Held: a second taker waits, then gives up (not waited for here: a live pid
+            // and a fresh mtime are never stale).
+            assert!(!holder_is_dead(&lock_path));
+        }
+        assert!(!lock_path.exists());
+        assert!(src.path.exists());
+        let path = src.path.clone();
+        drop(src);
+        assert!(!path.exists());
+
+        // Leftovers: a dead pid's source is removed, a live one's is kept.
+        let dead = format!("{LOCK_SOURCE_PREFIX}{}.0", i32::MAX - 1);
+        let live = format!("{LOCK_SOURCE_PREFIX}{}.0", std::process::id());
+        fs::write(dom.join(&dead), "x").unwrap();
+        fs::write(dom.join(&live), "x").unwrap();
+        remove_stale_lock_sources(dom, [dead.as_str(), live.as_str()].into_iter());
+        assert!(!dom.join(&dead).exists());
+        assert!(dom.join(&live).exists());
+    }
 
     #[test]
     fn relative_paths_are_checked() {

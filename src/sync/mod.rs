@@ -194,16 +194,38 @@ pub fn run(jobs: Vec<Job>, opts: &RunOptions) -> RunReport {
         indicatif::ProgressBar::hidden()
     };
     let workers = opts.jobs.clamp(1, 64).min(total.max(1));
+    let pop = || queue.lock().ok().and_then(|mut q| q.pop_front());
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
                 let mut current: Option<(Target, client::Session)> = None;
+                // The next domain, its local side being prepared (scan, record) by a helper
+                // thread while this one works with the remote on the current domain.
+                type Next<'s> = (Job, std::thread::ScopedJoinHandle<'s, client::Prepared>);
+                let prefetch = |job: Job, current: &Option<(Target, client::Session)>| -> Next {
+                    // The record needs the node pair: known when the session is open to
+                    // the job's target.
+                    let pair = current
+                        .as_ref()
+                        .filter(|(t, _)| *t == job.target)
+                        .map(|(_, sess)| manifest::pair_key(&opts.send.node, &sess.remote_node));
+                    let domain = job.domain.clone();
+                    let h = s.spawn(move || client::prepare(&opts.send, &domain, pair.as_deref()));
+                    (job, h)
+                };
+                let mut next: Option<Next> = None;
                 loop {
-                    let job = match queue.lock() {
-                        Ok(mut q) => q.pop_front(),
-                        Err(_) => None,
+                    let (job, prepared) = match next.take() {
+                        Some((job, h)) => (job, Some(h)),
+                        None => match pop() {
+                            // The first domain: scanned while the connection is made.
+                            Some(job) => {
+                                let (job, h) = prefetch(job, &current);
+                                (job, Some(h))
+                            }
+                            None => break,
+                        },
                     };
-                    let Some(job) = job else { break };
                     bar.set_message(job.domain.to_string());
                     if current.as_ref().is_some_and(|(t, _)| *t != job.target) {
                         if let Some((_, s)) = current.take() {
@@ -224,10 +246,24 @@ pub fn run(jobs: Vec<Job>, opts: &RunOptions) -> RunReport {
                             }
                         }
                     }
+                    let prepared = prepared.and_then(|h| h.join().ok());
+                    if rep.is_none() {
+                        next = pop().map(|j| prefetch(j, &current));
+                    }
                     let rep = match (rep, current.as_mut()) {
                         (Some(r), _) => r,
                         (None, Some((_, sess))) => {
-                            match client::sync_domain(sess, &opts.send, &job.domain) {
+                            let following = next
+                                .as_ref()
+                                .filter(|(j, _)| j.target == job.target)
+                                .map(|(j, _)| &j.domain);
+                            match client::sync_prepared(
+                                sess,
+                                &opts.send,
+                                &job.domain,
+                                prepared,
+                                following,
+                            ) {
                                 Ok(r) => r,
                                 Err(e) => {
                                     // The connection is unusable now.

@@ -1,7 +1,7 @@
 //! Encoding of operations on the wire and their application on the receiving side.
 
 use super::entry::{message_key, parent, Entry, Kind};
-use super::fsops::{self, check_parents, check_rel, UidlistLock};
+use super::fsops::{self, check_parents, check_rel, LockSource, UidlistLock};
 use super::plan::Op;
 use super::wire::{Dec, Enc};
 use crate::error::{Error, Result};
@@ -309,8 +309,14 @@ pub struct Applier {
     known_dirs: HashSet<String>,
     durability: Option<Durability>,
     pending: usize,
+    /// Where the message files written since the last flush land (renamed there by the
+    /// pool): an operation on one of these paths waits for the flush first.
+    pending_paths: HashSet<String>,
     /// Control files written and being made durable, renamed into place at the next flush.
     deferred: Vec<Deferred>,
+    /// Linked as the uidlist dotlock (None: not made yet; Some(None): could not be made,
+    /// locks are created as files).
+    lock_source: Option<Option<LockSource>>,
     pub errors: Vec<String>,
     pub error_count: usize,
     pub applied: u64,
@@ -324,7 +330,9 @@ impl Applier {
             known_dirs: HashSet::new(),
             durability: None,
             pending: 0,
+            pending_paths: HashSet::new(),
             deferred: Vec::new(),
+            lock_source: None,
             errors: Vec::new(),
             error_count: 0,
             applied: 0,
@@ -356,20 +364,20 @@ impl Applier {
             tag::LINK => {
                 let from = d.string()?;
                 let to = Entry::decode(d)?;
-                self.flush();
+                self.flush_for(&[&from, &to.path]);
                 let r = self.link(&from, &to);
                 self.done(r);
             }
             tag::RENAME => {
                 let from = d.string()?;
                 let to = d.string()?;
-                self.flush();
+                self.flush_for(&[&from, &to]);
                 let r = self.rename(&from, &to);
                 self.done(r);
             }
             tag::DELETE => {
                 let p = d.string()?;
-                self.flush();
+                self.flush_for(&[&p]);
                 let r = self.delete(&p);
                 self.done(r);
             }
@@ -392,6 +400,15 @@ impl Applier {
             _ => return Err(Error::bad_input("protocol error: unknown operation")),
         }
         Ok(None)
+    }
+
+    /// Flush first when an operation touches a message file not yet in place (a link
+    /// from a file sent in this run, as for hard links among new files). Others need not
+    /// wait: the plan renames, links and deletes files that were on this side before.
+    fn flush_for(&mut self, paths: &[&str]) {
+        if paths.iter().any(|p| self.pending_paths.contains(*p)) {
+            self.flush();
+        }
     }
 
     pub fn done(&mut self, r: Result<()>) {
@@ -591,6 +608,7 @@ impl Applier {
             let d = self.durability.get_or_insert_with(Durability::new);
             d.submit(Job::Message { file, tmp, dest })?;
             self.pending += 1;
+            self.pending_paths.insert(e.path.clone());
             self.tree.insert(e.path.clone(), e);
             return Ok(());
         }
@@ -629,6 +647,7 @@ impl Applier {
             return;
         }
         self.pending = 0;
+        self.pending_paths.clear();
         let Some((dirs, failures)) = self.durability.as_ref().map(Durability::barrier) else {
             return;
         };
@@ -651,6 +670,11 @@ impl Applier {
         if deferred.is_empty() {
             return;
         }
+        if self.lock_source.is_none() && deferred.iter().any(|c| c.lock) {
+            self.lock_source = Some(LockSource::create(&self.base).ok());
+        }
+        let holder = self.lock_source.take();
+        let source = holder.as_ref().and_then(Option::as_ref);
         let mut dirs = BTreeSet::new();
         for c in deferred {
             let r = if failed_tmp.contains(&c.tmp) {
@@ -658,7 +682,7 @@ impl Applier {
             } else {
                 (|| {
                     let _lock = if c.lock {
-                        Some(UidlistLock::acquire(&c.dir)?)
+                        Some(UidlistLock::acquire_via(&c.dir, source)?)
                     } else {
                         None
                     };
@@ -688,6 +712,7 @@ impl Applier {
                 }
             }
         }
+        self.lock_source = holder;
         self.sync_dirs(dirs);
     }
 

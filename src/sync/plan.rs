@@ -35,6 +35,8 @@ pub struct Plan<'a> {
     pub fetch: Vec<&'a Entry>,
     /// Unresolvable clashes (a file here where the remote has a directory, ...).
     pub problems: Vec<String>,
+    /// The remote entries at no local path (sorted by path).
+    pub remote_only: Vec<&'a Entry>,
 }
 
 impl Plan<'_> {
@@ -82,69 +84,61 @@ fn find<'e, E: std::borrow::Borrow<Entry>>(list: &'e [E], path: &str) -> Option<
         .map(|i| list[i].borrow())
 }
 
-/// Compare message keys, whole or by base name only.
-fn cmp_key(a: Key, b: Key, base_only: bool) -> std::cmp::Ordering {
-    if base_only {
-        a.1.cmp(b.1)
-    } else {
-        a.cmp(&b)
-    }
-}
-
-/// A message file in an index: its position and where its key lies in its path (parsed
-/// once: comparisons then cost no parsing). 16 bytes a message.
-#[derive(Debug, Clone, Copy)]
-struct MsgRef {
-    i: u32,
-    folder_len: u32,
-    base_start: u32,
-    base_len: u32,
-}
-
-fn key_at<'x, E: std::borrow::Borrow<Entry>>(list: &'x [E], m: &MsgRef) -> Key<'x> {
-    let p = list[m.i as usize].borrow().path.as_str();
-    let (bs, bl) = (m.base_start as usize, m.base_len as usize);
-    (&p[..m.folder_len as usize], &p[bs..bs + bl])
-}
-
-/// A message index: the message files of `list`, sorted by key (or base name).
-fn msg_index<E: std::borrow::Borrow<Entry>>(list: &[E], base_only: bool) -> Vec<MsgRef> {
-    let mut v: Vec<MsgRef> = Vec::new();
-    for (i, e) in list.iter().enumerate() {
-        let e = e.borrow();
-        if e.kind != Kind::File {
-            continue;
+/// Call `f` with the position of every message file of `list` (sorted by path) whose key is
+/// `k`: the paths `FOLDER/cur/BASE` and `FOLDER/new/BASE`, bare or followed by `:` and the
+/// info. Two binary searches: no index over the whole listing.
+fn each_with_key<E: std::borrow::Borrow<Entry>>(list: &[E], k: Key, mut f: impl FnMut(usize)) {
+    let (folder, base) = k;
+    let mut prefix = String::with_capacity(folder.len() + base.len() + 5);
+    for sub in ["cur/", "new/"] {
+        prefix.clear();
+        if !folder.is_empty() {
+            prefix.push_str(folder);
+            prefix.push('/');
         }
-        if let Some((folder, base)) = message_key(&e.path) {
-            let start = base.as_ptr() as usize - e.path.as_ptr() as usize;
-            v.push(MsgRef {
-                i: i as u32,
-                folder_len: folder.len() as u32,
-                base_start: start as u32,
-                base_len: base.len() as u32,
-            });
+        prefix.push_str(sub);
+        prefix.push_str(base);
+        let lo = list.partition_point(|e| e.borrow().path.as_str() < prefix.as_str());
+        for (i, e) in list[lo..].iter().enumerate() {
+            let e = e.borrow();
+            let Some(rest) = e.path.strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            if e.kind == Kind::File
+                && (rest.is_empty() || (rest.starts_with(':') && !rest.contains('/')))
+            {
+                f(lo + i);
+            }
         }
     }
-    v.sort_by(|a, b| cmp_key(key_at(list, a), key_at(list, b), base_only));
-    v
 }
 
-/// The positions in a message index whose key (or base name) equals `k`.
-fn msg_range<E: std::borrow::Borrow<Entry>>(
-    list: &[E],
-    idx: &[MsgRef],
-    base_only: bool,
-    k: Key,
-) -> std::ops::Range<usize> {
-    let ord = |m: &MsgRef| cmp_key(key_at(list, m), k, base_only);
-    let lo = idx.partition_point(|m| ord(m) == std::cmp::Ordering::Less);
-    let hi = lo + idx[lo..].partition_point(|m| ord(m) == std::cmp::Ordering::Equal);
-    lo..hi
+/// Some message file of `list` has the key `k`.
+fn has_key<E: std::borrow::Borrow<Entry>>(list: &[E], k: Key) -> bool {
+    let mut found = false;
+    each_with_key(list, k, |_| found = true);
+    found
+}
+
+/// How a local message reaches the remote (first pass of the plan).
+#[derive(Clone, Copy)]
+enum Msg {
+    /// At the same path on the remote but of another size: sent again.
+    Resend,
+    /// The remote file of the same key (flag change, new -> cur): a rename.
+    Key(usize),
+    /// Needs the remote files of the same base name (a move from another folder, a copy).
+    Base,
 }
 
 /// Compute the plan. `local`, `remote` and `synced` are full listings sorted by path;
 /// `synced` is the trusted record (None: no trustworthy record, so nothing is ever
 /// deleted).
+///
+/// Linear in the listings: one merge of `local` and `remote` by path; only the entries
+/// found on one side only (what changed since the record, a few per cent on a day of
+/// activity) are then looked up by message key, with binary searches, and the remote is
+/// indexed by base name only for the local messages that need it (moves and copies).
 pub fn plan<'a>(
     local: &'a [Entry],
     remote: &[&'a Entry],
@@ -158,36 +152,35 @@ pub fn plan<'a>(
     debug_assert!(remote.windows(2).all(|w| w[0].path <= w[1].path));
     debug_assert!(synced.windows(2).all(|w| w[0].path <= w[1].path));
 
-    // Indexes: sorted positions, binary searches (no per-message hash maps).
-    let rmsg = msg_index(remote, false);
-    let rbase = msg_index(remote, true);
-    let smsg = msg_index(synced, false);
-    let lmsg = msg_index(local, false);
-    let rmsg_get = |k: Key| -> Option<&'a Entry> {
-        // The last one, as a map built in order would keep.
-        let r = msg_range(remote, &rmsg, false, k);
-        r.last().map(|i| remote[rmsg[i].i as usize])
-    };
-    let in_smsg = |k: Key| !msg_range(synced, &smsg, false, k).is_empty();
-    let in_lmsg = |k: Key| !msg_range(local, &lmsg, false, k).is_empty();
-    let in_spath = |path: &str| find(synced, path).is_some();
-
-    // Remote messages that will go away (candidates for moves), and those already moved:
-    // one flag a remote entry.
-    let mut leaving = vec![false; remote.len()];
-    let mut moved = vec![false; remote.len()];
-    if allow_delete {
-        for m in &rmsg {
-            let k = key_at(remote, m);
-            if !in_lmsg(k) && in_smsg(k) {
-                leaving[m.i as usize] = true;
+    // 0. Merge by path: the remote entry at each local path; the remote entries at no
+    // local path (in the common case the record and the remote listing hold the very
+    // entries of the local listing: pointer equality, no string comparison).
+    let mut at: Vec<Option<&'a Entry>> = Vec::with_capacity(local.len());
+    let mut r_only: Vec<usize> = Vec::new();
+    {
+        let mut j = 0;
+        for l in local {
+            while j < remote.len()
+                && !std::ptr::eq(remote[j], l)
+                && remote[j].path.as_str() < l.path.as_str()
+            {
+                r_only.push(j);
+                j += 1;
+            }
+            if j < remote.len() && (std::ptr::eq(remote[j], l) || remote[j].path == l.path) {
+                at.push(Some(remote[j]));
+                j += 1;
+            } else {
+                at.push(None);
             }
         }
+        r_only.extend(j..remote.len());
     }
+    let in_local = |path: &str| find(local, path).is_some();
 
     // 1. Directories, parents first (paths are sorted).
-    for l in local.iter().filter(|e| e.kind == Kind::Dir) {
-        match find(remote, &l.path) {
+    for (l, r) in local.iter().zip(&at).filter(|(e, _)| e.kind == Kind::Dir) {
+        match r {
             Some(r) if r.kind == Kind::Dir => {
                 if r.mode & 0o7777 != l.mode & 0o7777 {
                     p.ops.push(Op::Mkdir(l));
@@ -201,60 +194,107 @@ pub fn plan<'a>(
         }
     }
 
-    // 2. Messages: links, renames/moves, then puts.
-    let mut links = Vec::new();
-    let mut renames = Vec::new();
-    let mut puts: Vec<&'a Entry> = Vec::new();
-    let mut others = Vec::new();
-    for l in local.iter().filter(|e| e.kind != Kind::Dir) {
-        let Some(k) = (if l.kind == Kind::File {
+    // 2. Messages: links, renames/moves, then puts. First pass: what each local message
+    // matches on the remote. `taken`: remote files renamed to a local name of the same key;
+    // `moved`: remote files moved to another folder (links are made before renames, so a
+    // taken file can still be the source of a link; a moved one is gone from its place).
+    let mut taken: std::collections::HashSet<usize> = std::collections::HashSet::new();
+    let mut moved: std::collections::HashSet<usize> = std::collections::HashSet::new();
+    let mut msgs: Vec<(&'a Entry, Key<'a>, Msg)> = Vec::new();
+    let mut others: Vec<(&'a Entry, Option<&'a Entry>)> = Vec::new();
+    let mut need_base: std::collections::HashSet<&'a str> = std::collections::HashSet::new();
+    for (l, r) in local.iter().zip(&at).filter(|(e, _)| e.kind != Kind::Dir) {
+        let key = if l.kind == Kind::File {
             message_key(&l.path)
         } else {
             None
-        }) else {
-            others.push(l);
+        };
+        let Some(k) = key else {
+            others.push((l, *r));
             continue;
         };
-        if let Some(r) = rmsg_get(k) {
-            if r.path == l.path {
-                if r.size != l.size {
-                    puts.push(l);
-                }
-            } else {
-                renames.push(Op::Rename {
-                    from: &r.path,
-                    to: &l.path,
-                });
+        if let Some(r) = r.filter(|r| r.kind == Kind::File) {
+            if r.size != l.size {
+                msgs.push((l, k, Msg::Resend));
             }
             continue;
         }
-        // Same base name in another remote folder: a move (it is leaving there) or a copy.
-        let cands = rbase[msg_range(remote, &rbase, true, k)]
-            .iter()
-            .map(|m| m.i);
-        if let Some(i) = cands
-            .clone()
-            .find(|&i| leaving[i as usize] && !moved[i as usize])
-        {
-            moved[i as usize] = true;
-            renames.push(Op::Rename {
-                from: &remote[i as usize].path,
-                to: &l.path,
-            });
-            continue;
+        // The remote file of the same key (the last one, as before), unless it stays at a
+        // local path of its own or was taken already.
+        let mut found = None;
+        each_with_key(remote, k, |i| {
+            if !taken.contains(&i) && !in_local(&remote[i].path) {
+                found = Some(i);
+            }
+        });
+        match found {
+            Some(i) => {
+                taken.insert(i);
+                msgs.push((l, k, Msg::Key(i)));
+            }
+            None => {
+                need_base.insert(k.1);
+                msgs.push((l, k, Msg::Base));
+            }
         }
-        if let Some(i) = cands
-            .clone()
-            .find(|&i| remote[i as usize].size == l.size && !moved[i as usize])
-        {
-            links.push(Op::Link {
-                from: &remote[i as usize].path,
-                to: l,
-            });
-            continue;
-        }
-        puts.push(l);
     }
+    // The remote message files of the base names needed, in path order.
+    let mut by_base: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
+    if !need_base.is_empty() {
+        for (i, r) in remote.iter().enumerate() {
+            if r.kind != Kind::File {
+                continue;
+            }
+            if let Some((_, base)) = message_key(&r.path) {
+                if need_base.contains(base) {
+                    by_base.entry(base).or_default().push(i);
+                }
+            }
+        }
+    }
+    // A remote message will go away here (a move's source): not here, in sync before.
+    let leaving = |i: usize| -> bool {
+        allow_delete
+            && message_key(&remote[i].path)
+                .is_some_and(|k| !has_key(local, k) && has_key(synced, k))
+    };
+    let mut links = Vec::new();
+    let mut renames = Vec::new();
+    let mut puts: Vec<&'a Entry> = Vec::new();
+    for &(l, k, m) in &msgs {
+        match m {
+            Msg::Resend => puts.push(l),
+            Msg::Key(i) => renames.push(Op::Rename {
+                from: &remote[i].path,
+                to: &l.path,
+            }),
+            Msg::Base => {
+                // Same base name in another remote folder: a move (it is leaving there)
+                // or a copy.
+                let cands: &[usize] = by_base.get(k.1).map_or(&[], Vec::as_slice);
+                if let Some(&i) = cands.iter().find(|&&i| !moved.contains(&i) && leaving(i)) {
+                    moved.insert(i);
+                    renames.push(Op::Rename {
+                        from: &remote[i].path,
+                        to: &l.path,
+                    });
+                    continue;
+                }
+                if let Some(&i) = cands
+                    .iter()
+                    .find(|&&i| remote[i].size == l.size && !moved.contains(&i))
+                {
+                    links.push(Op::Link {
+                        from: &remote[i].path,
+                        to: l,
+                    });
+                    continue;
+                }
+                puts.push(l);
+            }
+        }
+    }
+    drop(msgs);
     p.ops.extend(links);
     p.ops.extend(renames);
     // Hard links among the files sent: where each inode lands on the remote. Only inodes
@@ -263,11 +303,12 @@ pub fn plan<'a>(
     put_inos.sort_unstable();
     let mut ino_at: std::collections::HashMap<u64, &'a str> = std::collections::HashMap::new();
     if !put_inos.is_empty() {
-        for l in local.iter().filter(|e| e.kind == Kind::File) {
-            if l.ino != 0
+        for (l, r) in local.iter().zip(&at) {
+            if l.kind == Kind::File
+                && l.ino != 0
                 && put_inos.binary_search(&l.ino).is_ok()
                 && message_key(&l.path).is_some()
-                && find(remote, &l.path).is_some_and(|r| r.kind == Kind::File && r.size == l.size)
+                && r.is_some_and(|r| r.kind == Kind::File && r.size == l.size)
             {
                 ino_at.entry(l.ino).or_insert(&l.path);
             }
@@ -291,11 +332,12 @@ pub fn plan<'a>(
     }
     drop(put_inos);
 
-    // 3. Remote messages gone here.
+    // 3. Remote files gone here (at no local path).
     let mut deletes = Vec::new();
     let mut rest_remote: Vec<&'a Entry> = Vec::new();
-    for (i, &r) in remote.iter().enumerate() {
-        if r.kind == Kind::Dir || find(local, &r.path).is_some() {
+    for &i in &r_only {
+        let r = remote[i];
+        if r.kind == Kind::Dir {
             continue;
         }
         let key = if r.kind == Kind::File {
@@ -305,10 +347,10 @@ pub fn plan<'a>(
         };
         match key {
             Some(k) => {
-                if in_lmsg(k) || moved[i] {
+                if moved.contains(&i) || has_key(local, k) {
                     continue; // renamed to its local name above
                 }
-                if in_smsg(k) {
+                if has_key(synced, k) {
                     if allow_delete {
                         deletes.push(Op::Delete(&r.path));
                     } else {
@@ -326,8 +368,8 @@ pub fn plan<'a>(
     p.ops.append(&mut deletes);
 
     // 4. Other files (control files, sieve, symlinks): whole, after the messages.
-    for l in others {
-        match find(remote, &l.path) {
+    for (l, r) in others {
+        match r {
             Some(r) if r.kind == Kind::Dir => p.problems.push(format!(
                 "{}: a file here, a directory on the remote",
                 l.path
@@ -337,7 +379,7 @@ pub fn plan<'a>(
         }
     }
     for r in rest_remote {
-        if in_spath(&r.path) {
+        if find(synced, &r.path).is_some() {
             if allow_delete {
                 deletes.push(Op::Delete(&r.path));
             } else {
@@ -351,10 +393,10 @@ pub fn plan<'a>(
 
     // 5. Remote directories gone here, deepest first.
     if allow_delete {
-        let mut dirs: Vec<&'a Entry> = remote
+        let mut dirs: Vec<&'a Entry> = r_only
             .iter()
-            .copied()
-            .filter(|e| e.kind == Kind::Dir && find(local, &e.path).is_none() && in_spath(&e.path))
+            .map(|&i| remote[i])
+            .filter(|e| e.kind == Kind::Dir && find(synced, &e.path).is_some())
             .collect();
         dirs.sort_by(|a, b| b.path.cmp(&a.path));
         p.ops.extend(dirs.into_iter().map(|d| Op::Rmdir(&d.path)));
@@ -363,6 +405,7 @@ pub fn plan<'a>(
     if rules.adopt {
         p.fetch = p.conflicts.clone();
     }
+    p.remote_only = r_only.into_iter().map(|i| remote[i]).collect();
     p
 }
 
@@ -422,6 +465,60 @@ mod tests {
         assert_eq!(p.links(), 1);
         assert_eq!(p.puts(), 0);
         assert_eq!(p.deletes(), 0);
+    }
+
+    #[test]
+    fn a_copy_links_from_an_original_whose_flags_changed_the_same_day() {
+        // Remote: the original. Here: its flags changed, and a copy in another folder.
+        let r = vec![f("u/Maildir/cur/1.a:2,S", 5)];
+        let mut l = vec![
+            f("u/Maildir/.Copy/cur/1.a:2,S", 5),
+            f("u/Maildir/cur/1.a:2,FS", 5),
+        ];
+        l.sort_by(|a, b| a.path.cmp(&b.path));
+        let p = plan(&l, &refs(&r), Some(&refs(&r)), ALL);
+        assert_eq!(p.puts(), 0);
+        // The link is made before the rename takes its source away.
+        assert_eq!(
+            p.ops,
+            vec![
+                Op::Link {
+                    from: &r[0].path,
+                    to: &l[0]
+                },
+                Op::Rename {
+                    from: &r[0].path,
+                    to: &l[1].path
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_remote_file_staying_at_its_path_is_never_renamed_away() {
+        // A duplicate key here (new/ and cur/): the remote cur/ file stays where it is.
+        let r = vec![f("u/Maildir/cur/1.a:2,S", 5)];
+        let l = vec![f("u/Maildir/cur/1.a:2,S", 5), f("u/Maildir/new/1.a", 5)];
+        let p = plan(&l, &refs(&r), Some(&refs(&r)), ALL);
+        assert_eq!(p.renames(), 0);
+        assert_eq!(
+            p.ops,
+            vec![Op::Link {
+                from: &r[0].path,
+                to: &l[1]
+            }]
+        );
+        assert!(p.remote_only.is_empty());
+    }
+
+    #[test]
+    fn keys_match_whole_base_names_only() {
+        // "1.a" is a prefix of "1.ab": not the same message.
+        let r = vec![f("u/Maildir/cur/1.ab:2,S", 5)];
+        let l = vec![f("u/Maildir/cur/1.a:2,S", 5)];
+        let p = plan(&l, &refs(&r), Some(&refs(&r)), ALL);
+        assert_eq!(p.ops, vec![Op::Put(&l[0]), Op::Delete(&r[0].path)]);
+        assert_eq!(p.remote_only, vec![&r[0]]);
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! own disk and applies the sender's operations locally, never outside `--root`.
 
 use super::entry::Entry;
-use super::manifest::{self, Manifest};
+use super::manifest::{self, Manifest, Record};
 use super::ops::Applier;
 use super::scan::{self, Cache, Filter};
-use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
+use super::wire::{t, Conn, Dec, Enc, CAP_PREPARE, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
 use crate::names::{Domain, Strictness};
 use std::collections::HashSet;
@@ -52,31 +52,48 @@ pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
         d.u8()? != 0
     };
     let mut e = Enc::new();
-    e.bytes(MAGIC).uv(u64::from(VERSION)).str(&opts.node);
+    e.bytes(MAGIC)
+        .uv(u64::from(VERSION))
+        .str(&opts.node)
+        .uv(CAP_PREPARE);
     conn.send_flush(t::HELLO_OK, &e.buf)?;
     if compress {
         conn.compress()?;
     }
-    loop {
-        let (ty, payload) = conn.recv()?;
+    // The next domain, being scanned ahead (on a PREPARE hint).
+    let mut ahead: Option<Ahead> = None;
+    let r = loop {
+        let (ty, payload) = match conn.recv() {
+            Ok(f) => f,
+            Err(e) => break Err(e),
+        };
         match ty {
-            t::BYE => return Ok(()),
+            t::BYE => break Ok(()),
             t::DOMAIN => {
                 let payload = payload.to_vec();
-                serve_domain(conn, &mut opts, &payload)?;
+                if let Err(e) = serve_domain(conn, &mut opts, &payload, &mut ahead) {
+                    break Err(e);
+                }
             }
-            _ => return Err(Error::bad_input("protocol error: unexpected frame")),
+            _ => break Err(Error::bad_input("protocol error: unexpected frame")),
         }
+    };
+    if let Some(h) = ahead.take() {
+        let _ = h.join();
     }
+    r
 }
 
-fn send_error_info(conn: &mut Conn, msg: &str) -> Result<()> {
-    let mut e = Enc::new();
-    e.u8(1).str(msg).str("").u8(0).u8(0);
-    conn.send_flush(t::DOMAIN_INFO, &e.buf)
+/// A DOMAIN (or PREPARE) request.
+struct Request {
+    name: String,
+    dir_entry: Entry,
+    dry_run: bool,
+    pair: String,
+    excludes: Vec<String>,
 }
 
-fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Result<()> {
+fn parse_request(payload: &[u8]) -> Result<Request> {
     let mut d = Dec::new(payload);
     let name = d.string()?;
     let dir_entry = Entry::decode(&mut d)?;
@@ -87,15 +104,103 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     for _ in 0..n {
         excludes.push(d.string()?);
     }
-    let filter = Filter::new(excludes, true);
-    let domain = match Domain::parse(&name, Strictness::Admin) {
+    Ok(Request {
+        name,
+        dir_entry,
+        dry_run,
+        pair,
+        excludes,
+    })
+}
+
+/// This end's view of a domain: its listing, the listing cache to save, its record.
+struct View {
+    listing: scan::Scan,
+    cache: Cache,
+    record: Result<Option<Record>>,
+}
+
+/// A domain scanned ahead: the request it was made for, and the view (None: not usable).
+type Ahead = std::thread::JoinHandle<(Request, Option<View>)>;
+
+/// Scan a domain and load its record (no change to anything: the scan cache is saved by
+/// the caller, after the fencing check).
+fn view(
+    base: &std::path::Path,
+    state_dir: &std::path::Path,
+    domain: &Domain,
+    req: &Request,
+) -> View {
+    let filter = Filter::new(req.excludes.clone(), true);
+    let old = Cache::load(&manifest::path_for(state_dir, domain.as_str(), "scan"));
+    let (listing, cache) = scan::scan(base, &filter, old);
+    let record = Manifest::load_against(
+        &manifest::path_for(state_dir, domain.as_str(), "manifest"),
+        &req.pair,
+        &listing.entries,
+    );
+    View {
+        listing,
+        cache,
+        record,
+    }
+}
+
+/// Start scanning the domain of a PREPARE hint (an existing domain directory only).
+fn prepare_ahead(opts: &ServeOptions, payload: &[u8]) -> Result<Ahead> {
+    let req = parse_request(payload)?;
+    let root = opts.root.clone();
+    let state_dir = opts.state_dir.clone();
+    Ok(std::thread::spawn(move || {
+        let Ok(domain) = Domain::parse(&req.name, Strictness::Admin) else {
+            return (req, None);
+        };
+        let base = root.join(domain.as_str());
+        if !std::fs::symlink_metadata(&base).is_ok_and(|m| m.file_type().is_dir()) {
+            return (req, None);
+        }
+        let v = view(&base, &state_dir, &domain, &req);
+        (req, Some(v))
+    }))
+}
+
+fn send_error_info(conn: &mut Conn, msg: &str) -> Result<()> {
+    let mut e = Enc::new();
+    e.u8(1).str(msg).str("").u8(0).u8(0);
+    conn.send_flush(t::DOMAIN_INFO, &e.buf)
+}
+
+fn serve_domain(
+    conn: &mut Conn,
+    opts: &mut ServeOptions,
+    payload: &[u8],
+    ahead: &mut Option<Ahead>,
+) -> Result<()> {
+    let req = parse_request(payload)?;
+    // A view made ahead for this very request (same domain, pair, excludes, mode).
+    let ready = ahead.take().and_then(|h| h.join().ok()).and_then(|(r, v)| {
+        let same = r.name == req.name
+            && r.pair == req.pair
+            && r.excludes == req.excludes
+            && r.dry_run == req.dry_run;
+        v.filter(|v| same && !v.listing.missing)
+    });
+    let Request {
+        name,
+        dir_entry,
+        dry_run,
+        pair,
+        ..
+    } = &req;
+    let (name, dir_entry, dry_run, pair) = (name.as_str(), dir_entry, *dry_run, pair.as_str());
+    let domain = match Domain::parse(name, Strictness::Admin) {
         Ok(dm) => dm,
         Err(_) => {
             return send_error_info(
                 conn,
                 &format!(
                     "{:?} is not a valid domain name",
-                    crate::names::printable(&name)
+                    crate::names::printable(name)
                 ),
             )
         }
@@ -134,25 +239,45 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     let _ = std::fs::create_dir_all(&opts.state_dir);
     let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
-    let old = Cache::load(&cache_path);
-    let (listing, cache) = scan::scan(&base, &filter, old);
+    let mut marks = super::client::Marks::new();
+    if ready.is_some() {
+        marks.mark("ahead");
+    }
+    let View {
+        listing,
+        cache,
+        record,
+    } = match ready {
+        Some(v) => v,
+        None => view(&base, &opts.state_dir, &domain, &req),
+    };
     if !dry_run && cache.dirty {
         let _ = cache.save(&cache_path, &listing.entries);
     }
     drop(cache);
     // Leftovers of an interrupted run: remove them.
+    // (A lock source is removed only when its process is gone.)
     for l in &listing.leftovers {
-        if super::fsops::check_rel(l).is_ok() {
+        if super::entry::file_name(l).starts_with(super::fsops::LOCK_SOURCE_PREFIX) {
+            let dir = base.join(super::entry::parent(l));
+            super::fsops::remove_stale_lock_sources(
+                &dir,
+                std::iter::once(super::entry::file_name(l)),
+            );
+        } else if super::fsops::check_rel(l).is_ok() {
             let _ = std::fs::remove_file(base.join(l));
         }
     }
-    let record = Manifest::load(&manifest_path)?.filter(|m| m.pair == pair);
+    // The record, loaded against the listing: entries equal to a listed one are not kept
+    // twice, and those are, by construction, unchanged since the record.
+    let record = record?;
     let mut e = Enc::new();
     e.u8(0)
         .str("")
         .str(record.as_ref().map_or("", |m| m.digest.as_str()))
         .u8(u8::from(record.is_some()))
         .u8(u8::from(listing.missing));
+    marks.mark("prep");
     conn.send_flush(t::DOMAIN_INFO, &e.buf)?;
 
     // Listing.
@@ -162,17 +287,21 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     };
     match (mode, &record) {
         (0, Some(m)) => {
-            // Both lists are sorted by path: binary searches, no per-message maps.
+            // Changed: listed entries that are not the recorded one (the few the record
+            // holds apart, `extra`, sorted by path, are searched).
             let find = |list: &'_ [Entry], path: &str| {
                 list.binary_search_by(|e| e.path.as_str().cmp(path)).ok()
             };
             let changed = listing
                 .entries
                 .iter()
-                .filter(|e| !matches!(find(&m.entries, &e.path), Some(i) if m.entries[i].same(e)));
+                .zip(&m.in_local)
+                .filter(|(_, &same)| !same)
+                .map(|(e, _)| e)
+                .filter(|e| !matches!(find(&m.extra, &e.path), Some(i) if m.extra[i].same(e)));
             send_entries(conn, 0, changed)?;
             let removed: Vec<&str> = m
-                .entries
+                .extra
                 .iter()
                 .map(|e| e.path.as_str())
                 .filter(|p| find(&listing.entries, p).is_none())
@@ -183,7 +312,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
             send_entries(conn, 0, listing.entries.iter())?;
             if mode == 2 {
                 if let Some(m) = &record {
-                    send_entries(conn, 2, m.entries.iter())?;
+                    send_entries(conn, 2, m.entries(&listing.entries).into_iter())?;
                 }
             }
         }
@@ -194,6 +323,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
         e.str(err);
     }
     conn.send_flush(t::LIST_END, &e.buf)?;
+    marks.mark("list");
     let old_digest = record.map(|m| m.digest);
 
     // Operations.
@@ -229,7 +359,15 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                     }
                 }
             }
-            t::END_OPS => break,
+            t::END_OPS => {
+                marks.mark("ops");
+                break;
+            }
+            t::PREPARE => {
+                if ahead.is_none() {
+                    *ahead = Some(prepare_ahead(opts, payload)?);
+                }
+            }
             _ => return Err(Error::bad_input("protocol error: unexpected frame in ops")),
         }
     }
@@ -240,6 +378,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     for err in &applier.errors {
         e.str(err);
     }
+    marks.mark("flush");
     conn.send_flush(t::OPS_RESULT, &e.buf)?;
 
     // Fetches (--adopt) and the commit.
@@ -276,7 +415,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                 if !keep_out.is_empty() {
                     entries.retain(|e| !keep_out.contains(&e.path));
                 }
-                let m = Manifest::new(&pair, entries);
+                let m = Manifest::new(pair, entries);
                 // Unchanged record: nothing to write.
                 let r = if old_digest.as_deref() == Some(m.digest.as_str()) {
                     Ok(())
@@ -292,6 +431,8 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                         e.u8(1).str(err.message());
                     }
                 }
+                marks.mark("commit");
+                marks.report_to_stderr(&format!("serve {domain}"));
                 conn.send_flush(t::COMMIT_OK, &e.buf)?;
                 return Ok(());
             }

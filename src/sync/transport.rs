@@ -190,7 +190,7 @@ pub fn ssh(
     // (fsync of a batch) must not trip it, so relax it after the handshake.
     sess.set_timeout(0);
     let reader = ch.stream(0);
-    let writer = ch.stream(0);
+    let writer = NoFlush(ch.stream(0));
     let conn = Conn::with_limit(reader, writer, bwlimit);
     Ok((
         conn,
@@ -199,6 +199,22 @@ pub fn ssh(
             channel: Some(ch),
         }),
     ))
+}
+
+/// The writing half of an SSH channel. `flush()` does nothing: `ssh2`'s `Stream::flush` is
+/// `libssh2_channel_flush_ex`, which *discards the data received and not yet read* on the
+/// stream, and writes are sent as they are made (nothing to flush). With a flush after each
+/// phase, a reply that arrived before the flush (the receiver answers as soon as it has a
+/// request, while the sender still writes a hint) would be lost and both ends would wait.
+struct NoFlush(ssh2::Stream);
+
+impl std::io::Write for NoFlush {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn check_host_key(sess: &ssh2::Session, host: &str, port: u16, known_hosts: &Path) -> Result<()> {

@@ -42,7 +42,15 @@ pub mod t {
     pub const ABORT: u8 = 17;
     pub const BYE: u8 = 18;
     pub const ERROR: u8 = 19;
+    /// A hint, sent while the receiver applies a domain's operations: the next DOMAIN
+    /// request, so that the receiver scans that domain meanwhile. Only sent to a receiver
+    /// that announced [`super::CAP_PREPARE`] in HELLO_OK.
+    pub const PREPARE: u8 = 20;
 }
+
+/// Capabilities (a varint after the fixed HELLO / HELLO_OK fields, which an older peer
+/// does not read): the receiver understands [`t::PREPARE`].
+pub const CAP_PREPARE: u64 = 1;
 
 /// Payload builder.
 #[derive(Default)]

@@ -1,0 +1,124 @@
+#!/usr/bin/python3
+"""Day-of-activity run of mailsync, isolated, for profiling and A/B comparisons of binaries.
+
+  bench/mailsync-dayprof.py --base /var/tmp/mailsync-bench/base-d60-m20-s1 \\
+      --bin new=/work/targets/sync/release/mailsync --bin old=/var/tmp/mailsync-bench/mailsync-938c8bd \\
+      [--trials 5] [--work /var/tmp/mailsync-bench/prof] [--perf old]
+
+Fixture (made once under --work/TAG, with the first binary): a `cp -al` copy of the base tree,
+an initial copy to a local destination (local transport: `mailsync serve` as a child, no SSH),
+two no-change runs (so that every cached listing is stable), then a `cp -al` of the source
+mutated by `mailsync-gen.py mutate --seed 7` (the benchmark's day). Each trial copies the
+destination (`cp -al`) and the state directory, then times one day run; binaries take turns.
+Before each trial: `rm -rf` of the previous copy, `sync`, 6 s pause (ext4 without a journal
+treats inodes freed less than 5 s ago, 300 s while their inode-table block is dirty, as
+"recently deleted" and scans past them on every file creation: freed inodes left by the
+harness itself would weigh on the run), copy, `sync`.
+Prints per binary the median wall and CPU (both ends: the receiver is a child) and the
+phases of the run (MAILSYNC_PHASES=1: milliseconds summed over domains, both workers).
+`--perf NAME`: one more trial of that binary under `perf record -g --call-graph dwarf`.
+Run it under `flock /work/bench.lock`.
+"""
+import argparse
+import collections
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GEN = os.path.join(HERE, "mailsync-gen.py")
+
+
+def cmd(binary, src, dst, state):
+    doms = sorted(d for d in os.listdir(src) if not d.startswith("."))
+    c = [binary, "--root", src, "--state-dir", state, "--jobs", "2", "--json", "--no-progress"]
+    for d in doms:
+        c += ["--domain", d]
+    return c + ["bench-node", dst]
+
+
+def run(c, env=None, prefix=()):
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    p = subprocess.run(list(prefix) + c, capture_output=True, text=True, env=env)
+    wall = time.time() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode != 0:
+        sys.exit("mailsync failed: %s %s" % (p.stdout[-1000:], p.stderr[-1000:]))
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return wall, cpu, json.loads(p.stdout), p.stderr
+
+
+def phases(stderr):
+    tot = collections.defaultdict(collections.Counter)
+    for line in stderr.splitlines():
+        if "phases" not in line:
+            continue
+        side = "receiver" if line.startswith("serve") else "sender"
+        for k, v in re.findall(r"(\S+)=([\d.]+)", line):
+            tot[side][k] += float(v)
+    return {s: {k: round(v) for k, v in c.items()} for s, c in tot.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--bin", action="append", required=True, help="NAME=PATH")
+    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--work", default="/var/tmp/mailsync-bench/prof")
+    ap.add_argument("--perf", default=None, help="NAME of a binary to profile once")
+    a = ap.parse_args()
+    bins = [b.split("=", 1) for b in a.bin]
+    fix = os.path.join(a.work, os.path.basename(a.base.rstrip("/")))
+    src, dst, state, day = (os.path.join(fix, x) for x in ("src", "dst", "state", "srcday"))
+    if not os.path.isdir(day):
+        shutil.rmtree(fix, ignore_errors=True)
+        os.makedirs(dst)
+        subprocess.run(["cp", "-al", a.base, src], check=True)
+        for i in range(3):
+            w, c, rep, _ = run(cmd(bins[0][1], src, dst, state))
+            print("fixture run %d: %.2fs, %d files sent" % (i, w, rep["files_sent"]), flush=True)
+            time.sleep(3)
+        subprocess.run(["cp", "-al", src, day + ".tmp"], check=True)
+        subprocess.run([sys.executable, GEN, "mutate", day + ".tmp", "--seed", "7"], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.rename(day + ".tmp", day)
+    t = os.path.join(fix, "t")
+    results = collections.defaultdict(list)
+    plan = [(n, p, ()) for _ in range(a.trials) for n, p in bins]
+    if a.perf:
+        out = os.path.join(a.work, "perf-%s.data" % a.perf)
+        plan.append((a.perf + "+perf", dict(bins)[a.perf],
+                     ("perf", "record", "-F", "1999", "--call-graph", "dwarf,16384", "-o", out)))
+    for name, path, prefix in plan:
+        shutil.rmtree(t, ignore_errors=True)
+        subprocess.run(["sync"])
+        time.sleep(6)
+        os.makedirs(t)
+        subprocess.run(["cp", "-al", dst, os.path.join(t, "dst")], check=True)
+        subprocess.run(["cp", "-a", state, os.path.join(t, "state")], check=True)
+        subprocess.run(["sync"])
+        env = dict(os.environ, MAILSYNC_PHASES="1")
+        w, c, rep, err = run(cmd(path, day, os.path.join(t, "dst"), os.path.join(t, "state")),
+                             env=env, prefix=prefix)
+        results[name].append((w, c))
+        print("%-10s wall %.2fs cpu %.2fs sent %d renames %d deletes %d; %s" % (
+            name, w, c, rep["files_sent"], rep["renames"], rep["deletes"], phases(err)),
+            flush=True)
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    for name, v in results.items():
+        print("%-10s n=%d wall median %.2fs (%s), cpu median %.2fs; load %s" % (
+            name, len(v), statistics.median(x[0] for x in v),
+            " ".join("%.2f" % x[0] for x in v), statistics.median(x[1] for x in v), load))
+    shutil.rmtree(t, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
