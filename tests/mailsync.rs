@@ -589,18 +589,7 @@ fn serve_never_leaves_its_root() {
     let (conn, keep) = mailcluster::sync::transport::local(&cmd, &e.b, 0).unwrap();
     let mut s =
         mailcluster::sync::client::Session::start(conn, "b".into(), false, Some(keep)).unwrap();
-    let dir = Entry {
-        path: String::new(),
-        kind: Kind::Dir,
-        size: 0,
-        mtime: 0,
-        mtime_ns: 0,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        ino: 0,
-        target: None,
-    };
+    let dir = Entry::bare_dir();
     // A domain name that is a path: refused.
     let mut f = Enc::new();
     f.str("../sb");
@@ -893,6 +882,17 @@ fn over_ssh_copies_and_checks_host_keys() {
     assert!(msg.contains("CHANGED"), "{msg}");
 }
 
+/// Another domain under `root`: a copy (`cp -a`) of the test domain D.
+fn copy_domain(root: &Path, other: &str) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(root.join(D))
+        .arg(root.join(other))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 #[test]
 fn over_ssh_parallel_domains() {
     let s = support::sshd::sshd();
@@ -900,13 +900,7 @@ fn over_ssh_parallel_domains() {
     populate(&e.a, 11);
     // Two more domains, copies of the first.
     for other in ["two.example.ru", "three.example.ru"] {
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(e.a.join(D))
-            .arg(e.a.join(other))
-            .status()
-            .unwrap();
-        assert!(st.success());
+        copy_domain(&e.a, other);
     }
     let port = s.port.to_string();
     let remote_cmd = format!("{BIN} serve --no-fence");
@@ -962,13 +956,7 @@ fn over_ssh_one_session_carries_many_domains_pipelined() {
         "d4.example.ru",
     ];
     for other in names {
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(e.a.join(D))
-            .arg(e.a.join(other))
-            .status()
-            .unwrap();
-        assert!(st.success());
+        copy_domain(&e.a, other);
     }
     let port = s.port.to_string();
     let remote_cmd = format!("{BIN} serve --no-fence");

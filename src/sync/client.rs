@@ -772,18 +772,7 @@ fn domain_request(opts: &SendOptions, domain: &Domain, pair: &str) -> Enc {
     let local_dir = std::fs::symlink_metadata(&base)
         .ok()
         .map(|m| scan::entry_from_meta(String::new(), &m, None));
-    let dir_entry = local_dir.unwrap_or(Entry {
-        path: String::new(),
-        kind: Kind::Dir,
-        size: 0,
-        mtime: 0,
-        mtime_ns: 0,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        ino: 0,
-        target: None,
-    });
+    let dir_entry = local_dir.unwrap_or_else(Entry::bare_dir);
     dir_entry.encode(&mut e);
     e.u8(u8::from(opts.dry_run)).str(pair);
     e.uv(opts.filter.excludes.len() as u64);

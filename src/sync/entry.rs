@@ -42,6 +42,23 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A domain's own directory when there is nothing on disk to describe it: mode 0755,
+    /// time 0, owner root.
+    pub fn bare_dir() -> Entry {
+        Entry {
+            path: String::new(),
+            kind: Kind::Dir,
+            size: 0,
+            mtime: 0,
+            mtime_ns: 0,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            ino: 0,
+            target: None,
+        }
+    }
+
     /// Same content and attributes as far as replication cares (not owner, not inode).
     pub fn same(&self, other: &Entry) -> bool {
         if self.kind == Kind::Symlink || other.kind == Kind::Symlink {
