@@ -1021,7 +1021,7 @@ impl<'de> Deserialize<'de> for SpannedTable {
     }
 }
 
-/// Deserializes one top-level section of a document, skipping the rest.
+/// Deserializes one top-level section of a document, ignoring the rest.
 struct SectionVisitor<'a, T> {
     name: &'a str,
     _t: PhantomData<T>,

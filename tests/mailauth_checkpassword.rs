@@ -216,6 +216,22 @@ fn serve_other_directory(sock: &std::path::Path) -> tempfile::TempDir {
     other
 }
 
+impl Env {
+    /// A configuration whose `[auth] socket` (the daemon's, not started) is `auth.sock` in
+    /// the test's directory, asked for at most 1 s: (socket path, configuration path).
+    fn daemon_config(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        let sock = self.dir.path().join("auth.sock");
+        let conf = self.config(
+            "d.toml",
+            &format!(
+                "[auth]\nsocket = \"{}\"\nsocket_timeout = 1.0\n",
+                sock.display()
+            ),
+        );
+        (sock, conf)
+    }
+}
+
 #[test]
 fn login_success_execs_the_reply_program_with_userdb_fields() {
     let e = Env::new();
@@ -523,14 +539,7 @@ fn serve_api(listener: UnixListener, auth: Arc<Authenticator>) {
 #[test]
 fn daemon_socket_answers_falls_back_when_down_and_times_out_when_hung() {
     let e = Env::new();
-    let sock = e.dir.path().join("auth.sock");
-    let conf = e.config(
-        "d.toml",
-        &format!(
-            "[auth]\nsocket = \"{}\"\nsocket_timeout = 1.0\n",
-            sock.display()
-        ),
-    );
+    let (sock, conf) = e.daemon_config();
     let ok = req("ivanov@msk.domain.ru", "ivanov-pw");
     // No socket file: direct database.
     assert_eq!(checkpassword(&conf, Some(&ok), &[]).status.code(), Some(0));
@@ -767,14 +776,7 @@ fn dovecot_reply_is_written_on_fd4_exactly_as_checkpassword_reply_would() {
 #[test]
 fn small_client_asks_the_daemon_and_hands_over_without_it() {
     let e = Env::new();
-    let sock = e.dir.path().join("auth.sock");
-    let conf = e.config(
-        "d.toml",
-        &format!(
-            "[auth]\nsocket = \"{}\"\nsocket_timeout = 1.0\n",
-            sock.display()
-        ),
-    );
+    let (sock, conf) = e.daemon_config();
     let c = conf.to_str().expect("path");
     let uid = my_uid();
     let denv = [("ORIG_UID", uid.as_str()), ("SERVICE", "imap")];

@@ -14,20 +14,23 @@ struct Env {
     conf: PathBuf,
 }
 
+/// `mailmap.toml` in `dir`: node storage-01, one directory at `url`, no `[map.hosts]`.
+fn write_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let conf = dir.join("mailmap.toml");
+    exim::write_public(
+        &conf,
+        &format!("node = \"{S1}\"\n[[directory]]\nname = \"t\"\nurl = \"{url}\"\n"),
+    );
+    conf
+}
+
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
         let db = fixtures::pg_seed("mailmap_cli");
         let dir = exim::open_tempdir();
         // no [map.hosts]: route answers carry the node names as stored
-        let conf = dir.path().join("mailmap.toml");
-        exim::write_public(
-            &conf,
-            &format!(
-                "node = \"{S1}\"\n[[directory]]\nname = \"t\"\nurl = \"{}\"\n",
-                db.url
-            ),
-        );
+        let conf = write_config(dir.path(), &db.url);
         Env { dir, conf }
     })
 }
@@ -244,14 +247,7 @@ fn exact_names_first_then_any_case() {
         ),
     );
     let dir = exim::open_tempdir();
-    let conf = dir.path().join("mailmap.toml");
-    exim::write_public(
-        &conf,
-        &format!(
-            "node = \"{S1}\"\n[[directory]]\nname = \"t\"\nurl = \"{}\"\n",
-            db.url
-        ),
-    );
+    let conf = write_config(dir.path(), &db.url);
     let ask = |args: &[&str]| {
         let o = mailmap_with(&conf, args);
         assert_eq!(o.stderr, "", "{args:?}");

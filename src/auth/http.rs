@@ -257,7 +257,7 @@ impl Service {
         address: &str,
         domain: &crate::names::Domain,
     ) -> Option<(MailboxRecord, DomainRecord)> {
-        let mailbox = self.users.get(&address.to_string())?;
+        let mailbox = self.users.get(address)?;
         let route = self.routes.get(domain)?;
         self.metrics.user_cache_hits.fetch_add(1, Ordering::Relaxed);
         Some((mailbox, route))
@@ -268,7 +268,7 @@ impl Service {
     }
 
     fn forget_login(&self, address: &str) {
-        self.users.remove(&address.to_string());
+        self.users.remove(address);
     }
 
     fn port(&self, proto: Protocol) -> u16 {

@@ -1,6 +1,6 @@
 //! Connections to the directories, kept open between requests and shared by the request
 //! threads. Every configured storage-role directory can answer an authentication (each
-//! storage holds a full copy); they are tried in order, skipping for a while one that just
+//! storage holds a full copy); they are tried in order, putting last for a while one that just
 //! failed, so that losing a node does not stop logins.
 //!
 //! Each directory has at most `max_size` connections, opened on demand **one at a time**:

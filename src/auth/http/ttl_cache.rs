@@ -4,6 +4,7 @@
 //! lives between 3/4 of the TTL and the TTL, at random, so that entries made together (a
 //! restart, a burst of logins) do not all expire, and ask the directory, together.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
@@ -30,7 +31,10 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         if self.ttl.is_zero() {
             return None;
         }
@@ -55,7 +59,10 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
         map.insert(key, (value, now + life));
     }
 
-    pub fn remove(&self, key: &K) {
+    pub fn remove<Q: Hash + Eq + ?Sized>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
         self.lock().remove(key);
     }
 
