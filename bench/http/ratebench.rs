@@ -7,6 +7,9 @@
 //! usage: ratebench ADDR RATE SECONDS USERS_FILE [THREADS] [PATH]
 //!   USERS_FILE: lines "user<TAB>password" (no characters nginx would escape).
 //! RATEBENCH_DUMP=FILE writes each request's scheduled time and latency (ms).
+//! RATEBENCH_WARMUP=SECONDS: requests are sent at the same rate for this long first and
+//! not counted (a service's first second — connections being opened, caches empty — is
+//! its start-up, not its steady state; wrk2 excludes a calibration period the same way).
 //! Prints: sent, ok, failed, achieved rate, p50/p90/p99/p99.9/max in ms.
 
 use std::io::{Read, Write};
@@ -33,7 +36,12 @@ fn main() {
     assert!(!users.is_empty(), "no users");
     let threads: usize = args.get(5).map(|s| s.parse().expect("threads")).unwrap_or(32);
     let path = args.get(6).cloned().unwrap_or_else(|| "/auth".into());
-    let total = (rate * secs) as u64;
+    let warmup: f64 = std::env::var("RATEBENCH_WARMUP")
+        .ok()
+        .map(|s| s.parse().expect("RATEBENCH_WARMUP"))
+        .unwrap_or(0.0);
+    let skip = (rate * warmup) as u64;
+    let total = skip + (rate * secs) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let next = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
@@ -78,7 +86,10 @@ fn main() {
                     Ok(buf.windows(15).any(|w| w == b"Auth-Status: OK"))
                 })()
                 .unwrap_or(false);
-                mine.push((i, at.elapsed()));
+                if i < skip {
+                    continue;
+                }
+                mine.push((i - skip, at.elapsed()));
                 if good {
                     ok.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -91,7 +102,7 @@ fn main() {
     for h in handles {
         h.join().unwrap();
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = start.elapsed().as_secs_f64() - warmup;
     let mut all = lat.lock().unwrap().clone();
     // RATEBENCH_DUMP=FILE: every request's "scheduled-ms latency-ms", in schedule order
     // (to see whether slow requests come in bursts, and when).

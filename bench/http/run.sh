@@ -7,7 +7,7 @@
 #                                 libdbd-pg-perl, wrk, rustc; CARGO_TARGET_DIR honoured)
 # mailauth runs twice: as configured by default (login cache on, `user_ttl` 10 s) and with
 # `user_ttl = 0` (one lookup query per request, as before the cache).
-# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth, mailauth without cache) RUNS=3 DURATION=10 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
+# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth, mailauth without cache) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
 # (the fixed rates must stay below each handler's capacity, or the latency is queueing)
 #
 # Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
@@ -18,7 +18,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 RUNS=${RUNS:-3} DURATION=${DURATION:-10} CONC=${CONC:-32} RATE=${RATE:-2000}
-SHA_RATE=${SHA_RATE:-100} SEED_RATE=${SEED_RATE:-20} NUSERS=${NUSERS:-1000}
+SHA_RATE=${SHA_RATE:-100} SEED_RATE=${SEED_RATE:-20} NUSERS=${NUSERS:-1000} WARMUP=${WARMUP:-2}
 PGBIN=/usr/lib/postgresql/15/bin
 
 ROOT=$(mktemp -d /tmp/mailauth-bench.XXXXXX)
@@ -198,8 +198,42 @@ rate_run() { # name port users-file rate
     local out
     settle
     [ -z "${KEEP:-}" ] || echo "start $1 $(date -u +%T.%N)" >>"$ROOT/times.txt"
-    out=$(RATEBENCH_DUMP=${KEEP:+$ROOT/lat-$1.txt} "$ROOT/ratebench" "127.0.0.1:$2" "$4" "$DURATION" "$3" 64)
+    out=$(RATEBENCH_WARMUP=$WARMUP RATEBENCH_DUMP=${KEEP:+$ROOT/lat-$1.txt} "$ROOT/ratebench" "127.0.0.1:$2" "$4" "$DURATION" "$3" 64)
     echo "rate $1@$4 $out" | tee -a "$RES"
+}
+# The floor for any design that asks PostgreSQL once per login, on this machine: pgbench
+# sends a bare `SELECT 1` at RATE (4 connections, prepared) over the same unix socket while
+# ratebench drives the static nginx reply at RATE, i.e. the same HTTP load and the same
+# number of PostgreSQL round trips as the service, with none of our code. Reported as the
+# latency of pgbench's round trips (after the warm-up), beside the static reply's.
+printf 'SELECT 1;\n' >"$ROOT/select1.sql"
+chmod 644 "$ROOT/select1.sql"
+floor_run() {
+    local out
+    settle
+    rm -f "$ROOT"/pgb.*
+    "$PGBIN/pgbench" -h "$ROOT/pg/sock" -p "$PGPORT" -U mail -n -f "$ROOT/select1.sql" -c 4 -j 1 \
+        -R "$RATE" -T $((DURATION + WARMUP + 2)) -M prepared -l --log-prefix="$ROOT/pgb" mail >/dev/null 2>&1 &
+    local pgb=$!
+    sleep 1
+    out=$(RATEBENCH_WARMUP=$WARMUP "$ROOT/ratebench" "127.0.0.1:$NG_STATIC" "$RATE" "$DURATION" "$ROOT/md5.tsv" 64)
+    echo "rate nginx-static-beside-pgbench@$RATE $out" | tee -a "$RES"
+    wait "$pgb" || true
+    out=$(/usr/bin/python3 - "$ROOT" "$WARMUP" <<'PY'
+import glob, sys
+rows = []
+for f in glob.glob(sys.argv[1] + '/pgb.*'):
+    for line in open(f):
+        p = line.split()  # client tx time_us script epoch epoch_us [lag_us]
+        rows.append((int(p[4]) + int(p[5]) / 1e6, (int(p[2]) + (int(p[6]) if len(p) > 6 else 0)) / 1000))
+t0 = min(t for t, _ in rows) + 1 + float(sys.argv[2])  # pgbench started 1 s before ratebench
+lat = sorted(l for t, l in rows if t >= t0)
+n = len(lat)
+q = lambda x: lat[min(n - 1, int(n * x))]
+print(f"sent={n} p50={q(.5):.3f}ms p90={q(.9):.3f}ms p99={q(.99):.3f}ms p99.9={q(.999):.3f}ms max={lat[-1]:.3f}ms")
+PY
+)
+    echo "rate pgbench-select1-beside-static@$RATE rate=$RATE $out failed=0" | tee -a "$RES"
 }
 for run in $(seq 1 "$RUNS"); do
     echo "== run $run/$RUNS ($(uptime | sed 's/.*load/load/'))"
@@ -207,6 +241,7 @@ for run in $(seq 1 "$RUNS"); do
         rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
         rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
         rate_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv" "$RATE"
+        floor_run
         continue
     fi
     wrk_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv"
@@ -217,6 +252,7 @@ for run in $(seq 1 "$RUNS"); do
     rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
     rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
     rate_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv" "$RATE"
+    floor_run
     rate_run mailauth-sha512 "$MA_PORT" "$ROOT/sha.tsv" "$SHA_RATE"
     rate_run seed-perl-md5 "$NG_SEED" "$ROOT/md5.tsv" "$SEED_RATE"
 done

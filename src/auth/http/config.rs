@@ -58,10 +58,12 @@ pub struct HttpConfig {
     /// change of `maps` takes effect within this time.
     pub route_ttl: f64,
     /// Seconds the mailbox record of a successful login is kept, so that the next logins of
-    /// that user within this time need no database query (0 = none). Used only while the
-    /// directory answered within the last second; a password that does not match the cached
-    /// record is checked against the directory's current one. A mailbox disabled (or a
-    /// password changed) takes effect within this time for logins with the old password.
+    /// that user within this time need no lookup query (0 = none). A cached record is used
+    /// only once the directory has answered a trivial statement sent after the request
+    /// arrived (a database that is down or hung lets nobody in); a password that does not
+    /// match the cached record is checked against the directory's current one. A mailbox
+    /// disabled (or a password changed) takes effect within this time for logins with the
+    /// old password.
     pub user_ttl: f64,
     /// One log line per request.
     pub log_requests: bool,
