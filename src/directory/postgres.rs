@@ -793,29 +793,13 @@ impl Sql for PgDirectory {
         }
     }
 
-    fn columns(&mut self, table: &str) -> Result<Option<Vec<(String, String)>>> {
-        let rows = self.query(
-            "SELECT column_name::text, \
-                    data_type::text || coalesce('(' || character_maximum_length::text || ')', '') \
-             FROM information_schema.columns \
-             WHERE table_name::text = $1 \
-               AND table_schema::name = ANY (current_schemas(false)) \
-             ORDER BY ordinal_position",
-            &[Param::Text(table)],
-        )?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(
-            rows.iter()
-                .map(|r| {
-                    (
-                        r.first().and_then(Val::text).unwrap_or_default(),
-                        r.get(1).and_then(Val::text).unwrap_or_default(),
-                    )
-                })
-                .collect(),
-        ))
+    fn columns_sql(&self) -> &'static str {
+        "SELECT column_name::text, \
+                data_type::text || coalesce('(' || character_maximum_length::text || ')', '') \
+         FROM information_schema.columns \
+         WHERE table_name::text = $1 \
+           AND table_schema::name = ANY (current_schemas(false)) \
+         ORDER BY ordinal_position"
     }
 
     fn dialect(&self) -> Dialect {

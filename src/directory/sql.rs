@@ -74,8 +74,17 @@ pub(crate) trait Sql {
     fn batch(&mut self, sql: &str) -> Result<()>;
     /// Roll back an open transaction (best effort; never waits for a lost connection).
     fn rollback(&mut self);
+    /// The query for [`Sql::columns`]: `$1` a table name, rows (column name, type) in order.
+    fn columns_sql(&self) -> &'static str;
     /// Columns (name, type) of a table, None when the table does not exist.
-    fn columns(&mut self, table: &str) -> Result<Option<Vec<(String, String)>>>;
+    fn columns(&mut self, table: &str) -> Result<Option<Vec<(String, String)>>> {
+        let rows = self.query(self.columns_sql(), &[Param::Text(table)])?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let text = |r: &Vec<Val>, i: usize| r.get(i).and_then(Val::text).unwrap_or_default();
+        Ok(Some(rows.iter().map(|r| (text(r, 0), text(r, 1))).collect()))
+    }
     /// Does `mail` have a `password` column? (cached per connection by the backend)
     fn has_password(&mut self) -> Result<bool>;
     /// Rows of two independent queries. The default runs one then the other; PostgreSQL

@@ -159,24 +159,8 @@ impl Sql for SqliteDirectory {
         let _ = self.conn.execute_batch("ROLLBACK");
     }
 
-    fn columns(&mut self, table: &str) -> Result<Option<Vec<(String, String)>>> {
-        let rows = self.query(
-            "SELECT name, type FROM pragma_table_info($1)",
-            &[Param::Text(table)],
-        )?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(
-            rows.iter()
-                .map(|r| {
-                    (
-                        r.first().and_then(Val::text).unwrap_or_default(),
-                        r.get(1).and_then(Val::text).unwrap_or_default(),
-                    )
-                })
-                .collect(),
-        ))
+    fn columns_sql(&self) -> &'static str {
+        "SELECT name, type FROM pragma_table_info($1)"
     }
 
     fn has_password(&mut self) -> Result<bool> {
