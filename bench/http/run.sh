@@ -7,7 +7,7 @@
 #                                 libdbd-pg-perl, wrk, rustc; CARGO_TARGET_DIR honoured)
 # mailauth runs twice: as configured by default (login cache on, `user_ttl` 10 s) and with
 # `user_ttl = 0` (one lookup query per request, as before the cache).
-# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth, mailauth without cache) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
+# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth, mailauth without cache, the PostgreSQL floor) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
 # (the fixed rates must stay below each handler's capacity, or the latency is queueing)
 #
 # Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
@@ -67,6 +67,16 @@ log_min_duration_statement = ${PGSLOW:--1}
 log_connections = $([ -n "${PGSLOW:-}" ] && echo on || echo off)
 CONF
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$ROOT/pg/data" -l "$ROOT/pg/log" -w -t 30 start >/dev/null
+# PIN=1: PostgreSQL on the last CPU alone, everything else (services, load generators,
+# pgbench's client) on the others: the cluster's real layout, where mailauth runs on the
+# proxy host and PostgreSQL on the storages, approximated on one machine.
+if [ -n "${PIN:-}" ]; then
+    PGCPU=$(($(nproc) - 1))
+    PM=$(head -1 "$ROOT/pg/data/postmaster.pid")
+    for p in "$PM" $(pgrep -P "$PM"); do taskset -a -p -c "$PGCPU" "$p" >/dev/null; done
+    taskset -p -c "0-$((PGCPU - 1))" $$ >/dev/null
+    echo "== PostgreSQL pinned to CPU $PGCPU, the rest to CPUs 0-$((PGCPU - 1))"
+fi
 PSQL=(psql -h "$ROOT/pg/sock" -p "$PGPORT" -X -q -v ON_ERROR_STOP=1)
 "${PSQL[@]}" -U postgres -c "CREATE ROLE mail LOGIN PASSWORD 'mailpw'" -c "CREATE DATABASE mail OWNER mail"
 SHA_HASH=$(doveadm pw -s SHA512-CRYPT -p pwsha)
