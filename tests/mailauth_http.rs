@@ -12,6 +12,18 @@ fn h(v: &str) -> &[u8] {
     v.as_bytes()
 }
 
+/// The headers nginx sends for alice's IMAP login (plain), as (name, raw value).
+fn alice_request() -> Vec<(&'static str, &'static [u8])> {
+    vec![
+        ("Auth-Method", h("plain")),
+        ("Auth-User", h("alice@branch.example.test")),
+        ("Auth-Pass", h("secret")),
+        ("Auth-Protocol", h("imap")),
+        ("Auth-Login-Attempt", h("1")),
+        ("Client-IP", h("192.0.2.10")),
+    ]
+}
+
 /// A config whose only directory answers nothing useful (a server that is not there).
 fn broken_directory_config() -> String {
     let port = support::nginx::free_port("127.0.0.1");
@@ -81,14 +93,7 @@ fn directory_down_never_grants() {
 #[test]
 fn hostile_requests_fail_cleanly() {
     let svc = MailauthServe::start(&broken_directory_config());
-    let base: Vec<(&str, &[u8])> = vec![
-        ("Auth-Method", h("plain")),
-        ("Auth-User", h("alice@branch.example.test")),
-        ("Auth-Pass", h("secret")),
-        ("Auth-Protocol", h("imap")),
-        ("Auth-Login-Attempt", h("1")),
-        ("Client-IP", h("192.0.2.10")),
-    ];
+    let base = alice_request();
     let not_ok = |r: &[(String, String)], what: &str| {
         let status = header(r, "Auth-Status");
         assert!(status.is_some(), "{what}: no Auth-Status: {r:?}");
@@ -208,14 +213,7 @@ fn shared_secret_is_required_when_configured() {
     let config = broken_directory_config()
         .replace("[auth.http]\n", "[auth.http]\nsecret = \"s3cr3t-key\"\n");
     let svc = MailauthServe::start(&config);
-    let base: Vec<(&str, &[u8])> = vec![
-        ("Auth-Method", h("plain")),
-        ("Auth-User", h("alice@branch.example.test")),
-        ("Auth-Pass", h("secret")),
-        ("Auth-Protocol", h("imap")),
-        ("Auth-Login-Attempt", h("1")),
-        ("Client-IP", h("192.0.2.10")),
-    ];
+    let base = alice_request();
     // Without the key, with a wrong one, with a longer one: refused before any work.
     for key in [None, Some("s3cr3t-kez"), Some("s3cr3t-key2"), Some("")] {
         let mut hs = base.clone();

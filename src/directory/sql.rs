@@ -83,7 +83,9 @@ pub(crate) trait Sql {
             return Ok(None);
         }
         let text = |r: &Vec<Val>, i: usize| r.get(i).and_then(Val::text).unwrap_or_default();
-        Ok(Some(rows.iter().map(|r| (text(r, 0), text(r, 1))).collect()))
+        Ok(Some(
+            rows.iter().map(|r| (text(r, 0), text(r, 1))).collect(),
+        ))
     }
     /// Does `mail` have a `password` column? (cached per connection by the backend)
     fn has_password(&mut self) -> Result<bool>;

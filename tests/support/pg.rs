@@ -594,50 +594,68 @@ pub struct Db {
     pub tcp_url: String,
 }
 
-/// A throwaway CA and a server certificate for `localhost` and 127.0.0.1, written as
-/// `root/ca.crt` and `data/server.{crt,key}` (owned by postgres, key mode 0600).
-fn make_certs(root: &Path, data: &Path) {
+/// A fresh RSA key and a self-signed CA certificate named `cn` (valid 30 days).
+fn self_signed_ca(
+    cn: &str,
+) -> (
+    openssl::pkey::PKey<openssl::pkey::Private>,
+    openssl::x509::X509,
+) {
     use openssl::asn1::Asn1Time;
-    use openssl::bn::{BigNum, MsbOption};
     use openssl::hash::MessageDigest;
     use openssl::pkey::PKey;
     use openssl::rsa::Rsa;
-    use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-    use openssl::x509::{X509NameBuilder, X509};
-
-    fn name(cn: &str) -> openssl::x509::X509Name {
-        let mut b = X509NameBuilder::new().expect("name");
-        b.append_entry_by_text("CN", cn).expect("cn");
-        b.build()
-    }
-    fn serial() -> openssl::asn1::Asn1Integer {
-        let mut bn = BigNum::new().expect("bn");
-        bn.rand(64, MsbOption::MAYBE_ZERO, false).expect("rand");
-        bn.to_asn1_integer().expect("serial")
-    }
-    let ca_key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
+    use openssl::x509::extension::BasicConstraints;
+    use openssl::x509::X509;
+    let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
+    let name = cert_name(cn);
     let mut ca = X509::builder().expect("x509");
     ca.set_version(2).expect("v3");
     ca.set_serial_number(&serial()).expect("serial");
-    ca.set_subject_name(&name("mailcluster test CA"))
-        .expect("subject");
-    ca.set_issuer_name(&name("mailcluster test CA"))
-        .expect("issuer");
-    ca.set_pubkey(&ca_key).expect("pubkey");
+    ca.set_subject_name(&name).expect("subject");
+    ca.set_issuer_name(&name).expect("issuer");
+    ca.set_pubkey(&key).expect("pubkey");
     ca.set_not_before(&Asn1Time::days_from_now(0).expect("time"))
         .expect("nb");
     ca.set_not_after(&Asn1Time::days_from_now(30).expect("time"))
         .expect("na");
     ca.append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
         .expect("ext");
-    ca.sign(&ca_key, MessageDigest::sha256()).expect("sign");
-    let ca = ca.build();
+    ca.sign(&key, MessageDigest::sha256()).expect("sign");
+    (key, ca.build())
+}
+
+fn cert_name(cn: &str) -> openssl::x509::X509Name {
+    let mut b = openssl::x509::X509NameBuilder::new().expect("name");
+    b.append_entry_by_text("CN", cn).expect("cn");
+    b.build()
+}
+
+fn serial() -> openssl::asn1::Asn1Integer {
+    use openssl::bn::{BigNum, MsbOption};
+    let mut bn = BigNum::new().expect("bn");
+    bn.rand(64, MsbOption::MAYBE_ZERO, false).expect("rand");
+    bn.to_asn1_integer().expect("serial")
+}
+
+/// A throwaway CA and a server certificate for `localhost` and 127.0.0.1, written as
+/// `root/ca.crt` and `data/server.{crt,key}` (owned by postgres, key mode 0600).
+fn make_certs(root: &Path, data: &Path) {
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::X509;
+
+    let (ca_key, ca) = self_signed_ca("mailcluster test CA");
 
     let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
     let mut crt = X509::builder().expect("x509");
     crt.set_version(2).expect("v3");
     crt.set_serial_number(&serial()).expect("serial");
-    crt.set_subject_name(&name("localhost")).expect("subject");
+    crt.set_subject_name(&cert_name("localhost"))
+        .expect("subject");
     crt.set_issuer_name(ca.subject_name()).expect("issuer");
     crt.set_pubkey(&key).expect("pubkey");
     crt.set_not_before(&Asn1Time::days_from_now(0).expect("time"))
@@ -667,27 +685,5 @@ fn make_certs(root: &Path, data: &Path) {
 /// A self-signed CA certificate (PEM) unrelated to any cluster's: verification against it
 /// fails.
 pub fn unrelated_ca_pem() -> Vec<u8> {
-    use openssl::asn1::Asn1Time;
-    use openssl::hash::MessageDigest;
-    use openssl::pkey::PKey;
-    use openssl::rsa::Rsa;
-    use openssl::x509::extension::BasicConstraints;
-    use openssl::x509::{X509NameBuilder, X509};
-    let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
-    let mut b = X509NameBuilder::new().expect("name");
-    b.append_entry_by_text("CN", "unrelated CA").expect("cn");
-    let name = b.build();
-    let mut ca = X509::builder().expect("x509");
-    ca.set_version(2).expect("v3");
-    ca.set_subject_name(&name).expect("subject");
-    ca.set_issuer_name(&name).expect("issuer");
-    ca.set_pubkey(&key).expect("pubkey");
-    ca.set_not_before(&Asn1Time::days_from_now(0).expect("time"))
-        .expect("nb");
-    ca.set_not_after(&Asn1Time::days_from_now(30).expect("time"))
-        .expect("na");
-    ca.append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
-        .expect("ext");
-    ca.sign(&key, MessageDigest::sha256()).expect("sign");
-    ca.build().to_pem().expect("pem")
+    self_signed_ca("unrelated CA").1.to_pem().expect("pem")
 }
