@@ -35,12 +35,28 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GEN = os.path.join(HERE, "mailsync-gen.py")
 
 
-def cmd(binary, src, dst, state):
+SSH = None  # (Sshd, remote user) with --ssh
+
+
+def load_bench():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("msbench", os.path.join(HERE, "mailsync-bench.py"))
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+
+def cmd(binary, src, dst, state, jobs=2, compress=False):
     doms = sorted(d for d in os.listdir(src) if not d.startswith("."))
-    c = [binary, "--root", src, "--state-dir", state, "--jobs", "2", "--json", "--no-progress"]
+    c = [binary, "--root", src, "--state-dir", state, "--jobs", str(jobs), "--json",
+         "--no-progress"] + (["--compress"] if compress else [])
+    if SSH:
+        sshd, user = SSH
+        c += ["--remote-root", dst, "-i", sshd.key, "--known-hosts", sshd.kh, "--port",
+              str(sshd.port), "--user", user, "--remote-command", "%s serve --no-fence" % binary]
     for d in doms:
         c += ["--domain", d]
-    return c + ["bench-node", dst]
+    return c + (["bench-node", "127.0.0.1"] if SSH else ["bench-node", dst])
 
 
 def run(c, env=None, prefix=()):
@@ -69,17 +85,44 @@ def phases(stderr):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True)
-    ap.add_argument("--bin", action="append", required=True, help="NAME=PATH")
+    ap.add_argument("--bin", action="append", required=True,
+                    help="NAME=PATH[@JOBS] (--jobs of that binary's runs, default 2)")
+    ap.add_argument("--ssh", action="store_true",
+                    help="over a loopback sshd as mailsync-bench.py runs it (remote user "
+                         "mailbench; fixture under --work/ssh-TAG)")
+    ap.add_argument("--compress", action="store_true")
+    ap.add_argument("--perf-all", action="store_true",
+                    help="--perf records the whole system (both ends, sshd), no call graphs")
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--work", default="/var/tmp/mailsync-bench/prof")
     ap.add_argument("--perf", default=None, help="NAME of a binary to profile once")
     a = ap.parse_args()
-    bins = [b.split("=", 1) for b in a.bin]
+    bins = []
+    for b in a.bin:
+        n, p = b.split("=", 1)
+        p, _, j = p.partition("@")
+        bins.append((n, p, int(j or 2)))
+    global SSH
     fix = os.path.join(a.work, os.path.basename(a.base.rstrip("/")))
+    sshd = None
+    if a.ssh:
+        sshd = load_bench().Sshd(a.work)
+        SSH = (sshd, "mailbench")
+        fix = os.path.join(a.work, "ssh-" + os.path.basename(a.base.rstrip("/")))
+    try:
+        trials(a, bins, fix)
+    finally:
+        if sshd:
+            sshd.stop()
+
+
+def trials(a, bins, fix):
     src, dst, state, day = (os.path.join(fix, x) for x in ("src", "dst", "state", "srcday"))
     if not os.path.isdir(day):
         shutil.rmtree(fix, ignore_errors=True)
         os.makedirs(dst)
+        if SSH:
+            shutil.chown(dst, SSH[1], SSH[1])
         subprocess.run(["cp", "-al", a.base, src], check=True)
         for i in range(3):
             w, c, rep, _ = run(cmd(bins[0][1], src, dst, state))
@@ -91,12 +134,13 @@ def main():
         os.rename(day + ".tmp", day)
     t = os.path.join(fix, "t")
     results = collections.defaultdict(list)
-    plan = [(n, p, ()) for _ in range(a.trials) for n, p in bins]
+    plan = [(n, p, j, ()) for _ in range(a.trials) for n, p, j in bins]
     if a.perf:
         out = os.path.join(a.work, "perf-%s.data" % a.perf)
-        plan.append((a.perf + "+perf", dict(bins)[a.perf],
-                     ("perf", "record", "-F", "1999", "--call-graph", "dwarf,16384", "-o", out)))
-    for name, path, prefix in plan:
+        n, p, j = [b for b in bins if b[0] == a.perf][0]
+        how = ("-a", "-F", "999") if a.perf_all else ("-F", "1999", "--call-graph", "dwarf,16384")
+        plan.append((a.perf + "+perf", p, j, ("perf", "record") + how + ("-o", out, "--")))
+    for name, path, jobs, prefix in plan:
         shutil.rmtree(t, ignore_errors=True)
         subprocess.run(["sync"])
         time.sleep(6)
@@ -105,8 +149,8 @@ def main():
         subprocess.run(["cp", "-a", state, os.path.join(t, "state")], check=True)
         subprocess.run(["sync"])
         env = dict(os.environ, MAILSYNC_PHASES="1")
-        w, c, rep, err = run(cmd(path, day, os.path.join(t, "dst"), os.path.join(t, "state")),
-                             env=env, prefix=prefix)
+        w, c, rep, err = run(cmd(path, day, os.path.join(t, "dst"), os.path.join(t, "state"),
+                                 jobs, a.compress), env=env, prefix=prefix)
         results[name].append((w, c))
         print("%-10s wall %.2fs cpu %.2fs sent %d renames %d deletes %d; %s" % (
             name, w, c, rep["files_sent"], rep["renames"], rep["deletes"], phases(err)),
