@@ -10,10 +10,12 @@ an initial copy to a local destination (local transport: `mailsync serve` as a c
 two no-change runs (so that every cached listing is stable), then a `cp -al` of the source
 mutated by `mailsync-gen.py mutate --seed 7` (the benchmark's day). Each trial copies the
 destination (`cp -al`) and the state directory, then times one day run; binaries take turns.
-Before each trial: `rm -rf` of the previous copy, `sync`, 6 s pause (ext4 without a journal
-treats inodes freed less than 5 s ago, 300 s while their inode-table block is dirty, as
-"recently deleted" and scans past them on every file creation: freed inodes left by the
-harness itself would weigh on the run), copy, `sync`.
+Before each trial: `rm -rf` of the previous copy, `sync`, a pause (`--pause`, default 6 s),
+copy, `sync`. ext4 without a journal treats inodes freed less than 60 s ago (300 s while
+their inode-table block is dirty) as "recently deleted" and scans past them on every file
+creation: with the default pause the directories freed by the previous trial's `rm -rf`
+still weigh on the receiver's file creations (round 5 profile: ~10 % of the CPU); use
+`--pause 65` for figures, the default for quick A/Bs where both binaries pay alike.
 Prints per binary the median wall and CPU (both ends: the receiver is a child) and the
 phases of the run (MAILSYNC_PHASES=1: milliseconds summed over domains, both workers).
 `--perf NAME`: one more trial of that binary under `perf record -g --call-graph dwarf`.
@@ -91,6 +93,8 @@ def main():
                     help="over a loopback sshd as mailsync-bench.py runs it (remote user "
                          "mailbench; fixture under --work/ssh-TAG)")
     ap.add_argument("--compress", action="store_true")
+    ap.add_argument("--pause", type=float, default=6.0,
+                    help="seconds between removing the previous trial's copy and the next")
     ap.add_argument("--perf-all", action="store_true",
                     help="--perf records the whole system (both ends, sshd), no call graphs")
     ap.add_argument("--trials", type=int, default=5)
@@ -143,7 +147,7 @@ def trials(a, bins, fix):
     for name, path, jobs, prefix in plan:
         shutil.rmtree(t, ignore_errors=True)
         subprocess.run(["sync"])
-        time.sleep(6)
+        time.sleep(a.pause)
         os.makedirs(t)
         subprocess.run(["cp", "-al", dst, os.path.join(t, "dst")], check=True)
         subprocess.run(["cp", "-a", state, os.path.join(t, "state")], check=True)
