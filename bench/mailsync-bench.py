@@ -15,6 +15,10 @@ Tools (each from an empty destination, on a `cp -al` copy of the same generated 
 Phases: initial copy, no-change run (--nochange-reps times), run after a day of activity
 (mailsync-gen.py mutate). Each tool has its own source copy and destination; within each phase
 the tools take turns (order rotated per rep), so load changes on a shared machine hit all alike.
+Before every timed run of every tool: `sync`, then wait until Dirty + Writeback in
+/proc/meminfo are below 16 MiB (no run pays for an earlier one's writeback); after each run
+the same wait is timed as "flush" (the writeback the run left: rsync never fsyncs, mailsync
+makes every file durable before it returns), and wall + flush is reported as "durable".
 Per phase: wall, CPU (user+sys of both ends: the remote side runs under /usr/bin/time via
 --remote-command / --rsync-path), wire bytes (protocol bytes: mailsync's wire_bytes, rsync's
 --stats "Total bytes sent + received"), peak RSS of each end. Medians over --reps.
@@ -40,6 +44,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 GEN = os.path.join(HERE, "mailsync-gen.py")
 TIMEFMT = "%e %U %S %M"
+# Seconds after which ext4 (no journal) no longer treats a freed inode as "recently deleted".
+RECENT_FREE = 65
 
 
 def sh(cmd, **kw):
@@ -142,7 +148,7 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
         binary = a.bin_old if tool.endswith("-old") else a.bin
         compress = [] if tool.startswith("mailsync-plain") else ["--compress"]
         cmd = timed + [
-            binary, "--root", src, "--remote-root", dst, "--state-dir", state, "--jobs", "2",
+            binary, "--root", src, "--remote-root", dst, "--state-dir", state, "--jobs", str(a.jobs),
         ] + compress + [
             "--json", "--no-progress", "-i", sshd.key, "--known-hosts", sshd.kh,
             "--port", str(sshd.port), "--user", a.remote_user, "--remote-command",
@@ -211,8 +217,26 @@ def load():
         return "load %s" % " ".join(f.read().split()[:3])
 
 
+def settle(limit_kb=16384, timeout=300):
+    """`sync`, then wait until the kernel's dirty and writeback pages are (nearly) gone:
+    every timed run starts with no writeback left by an earlier one. rsync never fsyncs, so
+    its data is still dirty when it returns; without this, the next run (of any tool) paid
+    for it, and which tool did depended on the order (round 4: rsync-fast's initial copy
+    took 21.7-66.1 s). Returns the seconds waited and the dirty KiB left."""
+    t0 = time.time()
+    left = 0
+    while True:
+        subprocess.run(["sync"])
+        with open("/proc/meminfo") as f:
+            mi = dict((l.split(":")[0], int(l.split()[1])) for l in f if l.split()[1:2])
+        left = mi.get("Dirty", 0) + mi.get("Writeback", 0)
+        if left <= limit_kb or time.time() - t0 > timeout:
+            return time.time() - t0, left
+        time.sleep(0.5)
+
+
 def drop_caches():
-    subprocess.run(["sync"])
+    settle()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
@@ -231,6 +255,7 @@ def main():
     ap.add_argument("--bin", default=None)
     ap.add_argument("--bin-old", default=None,
                     help="binary of the tools mailsync-old / mailsync-plain-old")
+    ap.add_argument("--jobs", type=int, default=2, help="mailsync --jobs")
     ap.add_argument("--cold", action="store_true", help="also one cold-cache rep (drops caches)")
     ap.add_argument("--tools", default="mailsync,rsync-seed,rsync-fast")
     ap.add_argument("--remote-user", default="mailbench")
@@ -293,10 +318,25 @@ def main():
                                    for x in ("src", "dst", "state"))
                 for d in (src, dst, state):
                     shutil.rmtree(d, ignore_errors=True)
+            freed = time.time()
+            for tool in tools:
+                src, dst, state = (os.path.join(a.work, "%s-%s" % (x, tool))
+                                   for x in ("src", "dst", "state"))
                 sh(["cp", "-al", base, src])
                 os.makedirs(dst)
                 shutil.chown(dst, a.remote_user, a.remote_user)
                 dirs[tool] = (src, dst, state)
+            # ext4 without a journal (this host) skips, on every inode allocation, each free
+            # inode of the group freed less than 60 s ago (300 s while its inode-table block
+            # is dirty), one buffer-cache lookup each: right after the previous rep's copies
+            # (3 x 160,000 inodes) are removed, every file creation of the next initial copy
+            # scans past them (perf: 36 % of a copy's CPU). Clean blocks, then let them age.
+            settle()
+            wait = RECENT_FREE - (time.time() - freed)
+            if wait > 0 and a.reps > 0:
+                print("waiting %.0f s for the inodes freed by the previous rep to age" % wait,
+                      flush=True)
+                time.sleep(wait)
             phases = [(p, False) for p in a.phases.split(",")]
             if a.cold and rep == a.reps - 1:
                 # Cold cache (caches dropped before every run), on the same copies: a no-change
@@ -313,14 +353,19 @@ def main():
                         src, dst, state = dirs[tool]
                         # No tool pays for the previous one's writeback (mailsync fsyncs, and
                         # an fsync on ext4 waits for other dirty data too; rsync never fsyncs).
-                        subprocess.run(["sync"])
+                        waited, left = settle()
                         if cold:
                             drop_caches()
                         r = run_tool(tool, src, dst, a, sshd, state, tl, tr)
+                        # The writeback this run left behind (rsync never fsyncs; mailsync
+                        # made its files durable before it returned): timed apart, so that
+                        # "wall + flush" is the time until the copy is on disk.
+                        r["flush"], _ = settle()
+                        r["durable"] = r["wall"] + r["flush"]
                         key = (tool, phase, "cold" if cold else "warm")
                         results.setdefault(key, []).append(r)
-                        print("%-10s %-8s %-4s rep %d: %s; %s" % (
-                            tool, phase, key[2], rep, r, load()), flush=True)
+                        print("%-10s %-8s %-4s rep %d: %s; %s; settled %.1fs, dirty %d KiB" % (
+                            tool, phase, key[2], rep, r, load(), waited, left), flush=True)
             for tool in tools:
                 src, dst, _ = dirs[tool]
                 # Check: the copy equals the source (names, sizes, mtimes; contents too
@@ -354,8 +399,10 @@ def main():
     summary = {"messages": nmsg, "bytes": int(size), "tag": tag, "results": {},
                "remote_user": a.remote_user, "load_at_end": load()}
     for (tool, phase, cache), rs in sorted(results.items()):
-        med = {k: statistics.median([r[k] for r in rs if r[k] is not None])
-               for k in ("wall", "cpu", "wire", "rss_local_kb", "rss_remote_kb")}
+        med = {k: statistics.median([r[k] for r in rs if r.get(k) is not None] or [0])
+               for k in ("wall", "cpu", "wire", "rss_local_kb", "rss_remote_kb", "flush",
+                         "durable")}
+        med["walls"] = [round(r["wall"], 2) for r in rs]
         summary["results"]["%s/%s/%s" % (tool, phase, cache)] = dict(med, n=len(rs))
     out = os.path.join(a.work, "results-%s.json" % tag)
     with open(out, "w") as f:

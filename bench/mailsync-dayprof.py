@@ -10,10 +10,12 @@ an initial copy to a local destination (local transport: `mailsync serve` as a c
 two no-change runs (so that every cached listing is stable), then a `cp -al` of the source
 mutated by `mailsync-gen.py mutate --seed 7` (the benchmark's day). Each trial copies the
 destination (`cp -al`) and the state directory, then times one day run; binaries take turns.
-Before each trial: `rm -rf` of the previous copy, `sync`, 6 s pause (ext4 without a journal
-treats inodes freed less than 5 s ago, 300 s while their inode-table block is dirty, as
-"recently deleted" and scans past them on every file creation: freed inodes left by the
-harness itself would weigh on the run), copy, `sync`.
+Before each trial: `rm -rf` of the previous copy, `sync`, a pause (`--pause`, default 6 s),
+copy, `sync`. ext4 without a journal treats inodes freed less than 60 s ago (300 s while
+their inode-table block is dirty) as "recently deleted" and scans past them on every file
+creation: with the default pause the directories freed by the previous trial's `rm -rf`
+still weigh on the receiver's file creations (round 5 profile: ~10 % of the CPU); use
+`--pause 65` for figures, the default for quick A/Bs where both binaries pay alike.
 Prints per binary the median wall and CPU (both ends: the receiver is a child) and the
 phases of the run (MAILSYNC_PHASES=1: milliseconds summed over domains, both workers).
 `--perf NAME`: one more trial of that binary under `perf record -g --call-graph dwarf`.
@@ -35,12 +37,28 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GEN = os.path.join(HERE, "mailsync-gen.py")
 
 
-def cmd(binary, src, dst, state):
+SSH = None  # (Sshd, remote user) with --ssh
+
+
+def load_bench():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("msbench", os.path.join(HERE, "mailsync-bench.py"))
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+
+def cmd(binary, src, dst, state, jobs=2, compress=False):
     doms = sorted(d for d in os.listdir(src) if not d.startswith("."))
-    c = [binary, "--root", src, "--state-dir", state, "--jobs", "2", "--json", "--no-progress"]
+    c = [binary, "--root", src, "--state-dir", state, "--jobs", str(jobs), "--json",
+         "--no-progress"] + (["--compress"] if compress else [])
+    if SSH:
+        sshd, user = SSH
+        c += ["--remote-root", dst, "-i", sshd.key, "--known-hosts", sshd.kh, "--port",
+              str(sshd.port), "--user", user, "--remote-command", "%s serve --no-fence" % binary]
     for d in doms:
         c += ["--domain", d]
-    return c + ["bench-node", dst]
+    return c + (["bench-node", "127.0.0.1"] if SSH else ["bench-node", dst])
 
 
 def run(c, env=None, prefix=()):
@@ -69,17 +87,46 @@ def phases(stderr):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True)
-    ap.add_argument("--bin", action="append", required=True, help="NAME=PATH")
+    ap.add_argument("--bin", action="append", required=True,
+                    help="NAME=PATH[@JOBS] (--jobs of that binary's runs, default 2)")
+    ap.add_argument("--ssh", action="store_true",
+                    help="over a loopback sshd as mailsync-bench.py runs it (remote user "
+                         "mailbench; fixture under --work/ssh-TAG)")
+    ap.add_argument("--compress", action="store_true")
+    ap.add_argument("--pause", type=float, default=6.0,
+                    help="seconds between removing the previous trial's copy and the next")
+    ap.add_argument("--perf-all", action="store_true",
+                    help="--perf records the whole system (both ends, sshd), no call graphs")
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--work", default="/var/tmp/mailsync-bench/prof")
     ap.add_argument("--perf", default=None, help="NAME of a binary to profile once")
     a = ap.parse_args()
-    bins = [b.split("=", 1) for b in a.bin]
+    bins = []
+    for b in a.bin:
+        n, p = b.split("=", 1)
+        p, _, j = p.partition("@")
+        bins.append((n, p, int(j or 2)))
+    global SSH
     fix = os.path.join(a.work, os.path.basename(a.base.rstrip("/")))
+    sshd = None
+    if a.ssh:
+        sshd = load_bench().Sshd(a.work)
+        SSH = (sshd, "mailbench")
+        fix = os.path.join(a.work, "ssh-" + os.path.basename(a.base.rstrip("/")))
+    try:
+        trials(a, bins, fix)
+    finally:
+        if sshd:
+            sshd.stop()
+
+
+def trials(a, bins, fix):
     src, dst, state, day = (os.path.join(fix, x) for x in ("src", "dst", "state", "srcday"))
     if not os.path.isdir(day):
         shutil.rmtree(fix, ignore_errors=True)
         os.makedirs(dst)
+        if SSH:
+            shutil.chown(dst, SSH[1], SSH[1])
         subprocess.run(["cp", "-al", a.base, src], check=True)
         for i in range(3):
             w, c, rep, _ = run(cmd(bins[0][1], src, dst, state))
@@ -91,22 +138,23 @@ def main():
         os.rename(day + ".tmp", day)
     t = os.path.join(fix, "t")
     results = collections.defaultdict(list)
-    plan = [(n, p, ()) for _ in range(a.trials) for n, p in bins]
+    plan = [(n, p, j, ()) for _ in range(a.trials) for n, p, j in bins]
     if a.perf:
         out = os.path.join(a.work, "perf-%s.data" % a.perf)
-        plan.append((a.perf + "+perf", dict(bins)[a.perf],
-                     ("perf", "record", "-F", "1999", "--call-graph", "dwarf,16384", "-o", out)))
-    for name, path, prefix in plan:
+        n, p, j = [b for b in bins if b[0] == a.perf][0]
+        how = ("-a", "-F", "999") if a.perf_all else ("-F", "1999", "--call-graph", "dwarf,16384")
+        plan.append((a.perf + "+perf", p, j, ("perf", "record") + how + ("-o", out, "--")))
+    for name, path, jobs, prefix in plan:
         shutil.rmtree(t, ignore_errors=True)
         subprocess.run(["sync"])
-        time.sleep(6)
+        time.sleep(a.pause)
         os.makedirs(t)
         subprocess.run(["cp", "-al", dst, os.path.join(t, "dst")], check=True)
         subprocess.run(["cp", "-a", state, os.path.join(t, "state")], check=True)
         subprocess.run(["sync"])
         env = dict(os.environ, MAILSYNC_PHASES="1")
-        w, c, rep, err = run(cmd(path, day, os.path.join(t, "dst"), os.path.join(t, "state")),
-                             env=env, prefix=prefix)
+        w, c, rep, err = run(cmd(path, day, os.path.join(t, "dst"), os.path.join(t, "state"),
+                                 jobs, a.compress), env=env, prefix=prefix)
         results[name].append((w, c))
         print("%-10s wall %.2fs cpu %.2fs sent %d renames %d deletes %d; %s" % (
             name, w, c, rep["files_sent"], rep["renames"], rep["deletes"], phases(err)),

@@ -19,8 +19,8 @@ def main():
         print("%s cache%s:" % (cache.capitalize(),
               "" if not setup else "; `ssh host true` = %.2f s (paid once per connection by every tool)" % setup["wall"]))
         print()
-        print("| phase | tool | wall s | CPU s (both ends) | wire bytes | peak RSS local / remote KiB | wall vs rsync-fast | wire vs rsync-seed |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| phase | tool | wall s (per rep) | durable s (wall + its writeback) | CPU s (both ends) | wire bytes | peak RSS local / remote KiB | wall vs rsync-fast | durable vs rsync-fast | wire vs rsync-seed |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for phase in ("initial", "nochange", "day", "day2"):
             fast = r.get("rsync-fast/%s/%s" % (phase, cache))
             seed = r.get("rsync-seed/%s/%s" % (phase, cache))
@@ -30,10 +30,12 @@ def main():
                 if not x:
                     continue
                 wr = "%.2f" % (x["wall"] / fast["wall"]) if fast else ""
+                dr = "%.2f" % (x["durable"] / fast["durable"]) if fast and fast.get("durable") else ""
                 ww = "%.2f" % (x["wire"] / seed["wire"]) if seed and seed["wire"] else ""
-                print("| %s | %s | %.2f | %.2f | %d | %d / %d | %s | %s |" % (
-                    phase, tool, x["wall"], x["cpu"], x["wire"], x["rss_local_kb"],
-                    x["rss_remote_kb"], wr, ww))
+                walls = " (%s)" % ", ".join("%.2f" % w for w in x["walls"]) if x.get("walls") else ""
+                print("| %s | %s | %.2f%s | %.2f | %.2f | %d | %d / %d | %s | %s | %s |" % (
+                    phase, tool, x["wall"], walls, x.get("durable", 0), x["cpu"], x["wire"],
+                    x["rss_local_kb"], x["rss_remote_kb"], wr, dr, ww))
     e = r.get("mailsync/empty-tree/warm")
     if e:
         print()

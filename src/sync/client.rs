@@ -5,7 +5,7 @@ use super::manifest::{self, Manifest, Record};
 use super::ops::{encode_op, tag, Applier};
 use super::plan::{plan, Op, Rules};
 use super::scan::{self, Cache, Filter, Scan};
-use super::wire::{t, Conn, Dec, Enc, CAP_PREPARE, CHUNK, MAGIC, VERSION};
+use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
 use crate::names::Domain;
 use std::collections::{BTreeSet, HashSet};
@@ -70,8 +70,6 @@ pub struct Session {
     pub conn: Conn,
     pub remote_node: String,
     pub remote: String,
-    /// The receiver takes PREPARE hints.
-    pub prepare_hints: bool,
     /// Keeps the transport (child process, SSH session) alive.
     pub keep: Option<Box<dyn super::transport::Transport>>,
     /// The record of the previous domain being written (durably) while the next one
@@ -117,7 +115,10 @@ impl Session {
         }
         let _version = d.u32()?;
         let remote_node = d.string()?;
-        let caps = if d.at_end() { 0 } else { d.uv()? };
+        // Capabilities (none used now).
+        if !d.at_end() {
+            let _caps = d.uv()?;
+        }
         if compress {
             conn.compress()?;
         }
@@ -125,7 +126,6 @@ impl Session {
             conn,
             remote_node,
             remote,
-            prepare_hints: caps & CAP_PREPARE != 0,
             keep,
             saving: Saving::default(),
         })
@@ -217,17 +217,15 @@ pub fn sync_domain(
     opts: &SendOptions,
     domain: &Domain,
 ) -> Result<DomainReport> {
-    sync_prepared(sess, opts, domain, None, None)
+    sync_prepared(sess, opts, domain, None)
 }
 
-/// [`sync_domain`] with this end's view made beforehand by [`prepare`]; `next`: the domain
-/// that follows on this session (the receiver is told, to scan it meanwhile).
+/// [`sync_domain`] with this end's view made beforehand by [`prepare`].
 pub fn sync_prepared(
     sess: &mut Session,
     opts: &SendOptions,
     domain: &Domain,
     prepared: Option<Prepared>,
-    next: Option<&Domain>,
 ) -> Result<DomainReport> {
     let start = Instant::now();
     let wire0 = sess.conn.wire_bytes();
@@ -238,7 +236,7 @@ pub fn sync_prepared(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let r = sync_domain_inner(sess, opts, domain, prepared, next, &mut rep);
+    let r = sync_domain_inner(sess, opts, domain, prepared, &mut rep);
     rep.wire_bytes = sess.conn.wire_bytes() - wire0;
     rep.seconds = start.elapsed().as_secs_f64();
     rep.finished = now_unix();
@@ -262,7 +260,6 @@ fn sync_domain_inner(
     opts: &SendOptions,
     domain: &Domain,
     prepared: Option<Prepared>,
-    next: Option<&Domain>,
     rep: &mut DomainReport,
 ) -> Result<()> {
     let base = opts.root.join(domain.as_str());
@@ -317,12 +314,6 @@ fn sync_domain_inner(
         _ => 1,
     };
     sess.conn.send_flush(t::LIST_REQ, &[mode])?;
-    if let Some(next) = next.filter(|_| sess.prepare_hints && !opts.dry_run) {
-        // Read by the receiver as its operations loop starts: it scans the next domain
-        // while it applies this one.
-        sess.conn
-            .send_flush(t::PREPARE, &domain_request(opts, next, &pair).buf)?;
-    }
     let mut listed: Vec<Entry> = Vec::new();
     let mut removed: HashSet<String> = HashSet::new();
     let mut remote_record: Vec<Entry> = Vec::new();
@@ -763,7 +754,7 @@ impl Marks {
     }
 }
 
-/// The DOMAIN request (also the PREPARE hint): name, this end's directory entry (mode and
+/// The DOMAIN request: name, this end's directory entry (mode and
 /// owner for a new directory), dry run, node pair, excludes.
 fn domain_request(opts: &SendOptions, domain: &Domain, pair: &str) -> Enc {
     let base = opts.root.join(domain.as_str());

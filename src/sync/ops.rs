@@ -512,6 +512,22 @@ impl Applier {
         Ok(())
     }
 
+    /// A Maildir's `tmp/` (created when missing; never a symlink).
+    fn tmp_dir(&self, td: PathBuf) -> Result<PathBuf> {
+        match fs::symlink_metadata(&td) {
+            Ok(m) if m.file_type().is_dir() => Ok(td),
+            Ok(_) => Err(Error::bad_input(format!(
+                "{}: not a directory",
+                td.display()
+            ))),
+            Err(_) => {
+                fs::create_dir(&td)
+                    .map_err(|err| Error::io(format!("cannot create {}", td.display()), err))?;
+                Ok(td)
+            }
+        }
+    }
+
     /// Write a file from `chunks`. Messages go to the Maildir's `tmp/` and are made durable
     /// and renamed in batches; other files are replaced at once (under the uidlist lock for
     /// Dovecot's control files).
@@ -565,19 +581,12 @@ impl Applier {
                 format!("{folder}/tmp")
             };
             let td = self.base.join(&rel);
-            match fs::symlink_metadata(&td) {
-                Ok(m) if m.file_type().is_dir() => td,
-                Ok(_) => {
-                    return Err(Error::bad_input(format!(
-                        "{}: not a directory",
-                        td.display()
-                    )))
-                }
-                Err(_) => {
-                    fs::create_dir(&td)
-                        .map_err(|err| Error::io(format!("cannot create {}", td.display()), err))?;
-                    td
-                }
+            if self.known_dirs.contains(&rel) {
+                td
+            } else {
+                let td = self.tmp_dir(td)?;
+                self.known_dirs.insert(rel);
+                td
             }
         } else {
             dest.parent().unwrap_or(Path::new(".")).to_path_buf()

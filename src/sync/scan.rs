@@ -43,6 +43,20 @@ impl Filter {
         Filter { excludes }
     }
 
+    /// [`Filter::skip`] for `name` in the directory `dir` (the path is made only for a
+    /// pattern that needs it).
+    pub fn skip_in(&self, dir: &str, name: &str, is_dir: bool) -> bool {
+        if self.excludes.iter().any(|p| p.contains('/')) {
+            let path = if dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dir}/{name}")
+            };
+            return self.skip(&path, name, is_dir);
+        }
+        self.skip("", name, is_dir)
+    }
+
     /// True when `name` (at `path`) must not be replicated.
     pub fn skip(&self, path: &str, name: &str, is_dir: bool) -> bool {
         if name.starts_with(TMP_PREFIX) || name == ".mailsync" {
@@ -355,15 +369,13 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
             }
             _ => {
                 new.dirty = true;
-                let prev: HashMap<&str, &Entry> = match &cached {
-                    Some(c) if is_msg_dir => c
-                        .files
-                        .iter()
-                        .map(|f| (super::entry::file_name(&f.path), f))
-                        .collect(),
-                    _ => HashMap::new(),
+                // Message files listed before are immutable: moved over from the cache
+                // (no stat, no copy), found by name in its sorted listing.
+                let prev = match cached {
+                    Some(c) if is_msg_dir => c.files,
+                    _ => Vec::new(),
                 };
-                list_dir(domain_dir, &abs, &rel, filter, &prev, &mut out)
+                list_dir(domain_dir, &abs, &rel, filter, prev, &mut out)
             }
         };
         new.dirs.insert(
@@ -434,16 +446,30 @@ fn stat_entry(abs: &Path, rel: &str, out: &mut Scan) -> Option<Entry> {
     }
 }
 
+/// List one directory. `prev`: the previous listing of a message directory, sorted by
+/// path (message files are immutable: a name listed before is taken from it, moved, with
+/// no stat and no copy); empty otherwise.
 fn list_dir(
     domain_dir: &Path,
     abs: &Path,
     rel: &str,
     filter: &Filter,
-    prev: &HashMap<&str, &Entry>,
+    mut prev: Vec<Entry>,
     out: &mut Scan,
 ) -> (Vec<Entry>, Vec<String>) {
     let mut files = Vec::new();
     let mut subdirs = Vec::new();
+    let join = |name: &str| {
+        if rel.is_empty() {
+            name.to_string()
+        } else {
+            let mut p = String::with_capacity(rel.len() + 1 + name.len());
+            p.push_str(rel);
+            p.push('/');
+            p.push_str(name);
+            p
+        }
+    };
     let rd = match fs::read_dir(abs) {
         Ok(rd) => rd,
         Err(e) => {
@@ -452,6 +478,8 @@ fn list_dir(
             return (files, subdirs);
         }
     };
+    // Files to take from `prev` or stat: (name, is a regular file).
+    let mut found: Vec<(String, bool)> = Vec::new();
     for item in rd {
         let item = match item {
             Ok(i) => i,
@@ -469,40 +497,51 @@ fn list_dir(
             ));
             continue;
         };
-        let path = if rel.is_empty() {
-            name.clone()
-        } else {
-            format!("{rel}/{name}")
-        };
         let ft = match item.file_type() {
             Ok(ft) => ft,
             Err(e) => {
-                out.errors.push(format!("cannot stat {path}: {e}"));
+                out.errors.push(format!("cannot stat {}: {e}", join(&name)));
                 continue;
             }
         };
         if name.starts_with(super::scan::TMP_PREFIX) {
-            out.leftovers.push(path);
+            out.leftovers.push(join(&name));
             continue;
         }
-        if filter.skip(&path, &name, ft.is_dir()) {
+        if filter.skip_in(rel, &name, ft.is_dir()) {
             continue;
         }
         if ft.is_dir() {
             subdirs.push(name);
         } else if ft.is_file() || ft.is_symlink() {
-            if ft.is_file() {
-                if let Some(p) = prev.get(name.as_str()) {
-                    files.push((*p).clone());
-                    continue;
-                }
+            found.push((name, ft.is_file()));
+        }
+    }
+    // A merge of the names found with the previous listing, both sorted by name (the
+    // previous listing is sorted by path: one directory, so by name too).
+    if !prev.is_empty() {
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if !prev.windows(2).all(|w| w[0].path <= w[1].path) {
+            prev.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        }
+    }
+    let mut prev = prev.into_iter().peekable();
+    files.reserve_exact(found.len());
+    for (name, is_file) in found {
+        let before = |p: &Entry| super::entry::file_name(&p.path) < name.as_str();
+        while prev.next_if(before).is_some() {}
+        if is_file {
+            if let Some(p) = prev.next_if(|p| super::entry::file_name(&p.path) == name) {
+                files.push(p);
+                continue;
             }
-            if let Some(e) = stat_entry(&domain_dir.join(&path), &path, out) {
-                if e.kind == Kind::Dir {
-                    subdirs.push(name);
-                } else {
-                    files.push(e);
-                }
+        }
+        let path = join(&name);
+        if let Some(e) = stat_entry(&domain_dir.join(&path), &path, out) {
+            if e.kind == Kind::Dir {
+                subdirs.push(name);
+            } else {
+                files.push(e);
             }
         }
     }

@@ -5,7 +5,7 @@ use super::entry::Entry;
 use super::manifest::{self, Manifest, Record};
 use super::ops::Applier;
 use super::scan::{self, Cache, Filter};
-use super::wire::{t, Conn, Dec, Enc, CAP_PREPARE, CHUNK, MAGIC, VERSION};
+use super::wire::{t, Conn, Dec, Enc, CAPS, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
 use crate::names::{Domain, Strictness};
 use std::collections::HashSet;
@@ -55,13 +55,11 @@ pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
     e.bytes(MAGIC)
         .uv(u64::from(VERSION))
         .str(&opts.node)
-        .uv(CAP_PREPARE);
+        .uv(CAPS);
     conn.send_flush(t::HELLO_OK, &e.buf)?;
     if compress {
         conn.compress()?;
     }
-    // The next domain, being scanned ahead (on a PREPARE hint).
-    let mut ahead: Option<Ahead> = None;
     let r = loop {
         let (ty, payload) = match conn.recv() {
             Ok(f) => f,
@@ -71,20 +69,17 @@ pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
             t::BYE => break Ok(()),
             t::DOMAIN => {
                 let payload = payload.to_vec();
-                if let Err(e) = serve_domain(conn, &mut opts, &payload, &mut ahead) {
+                if let Err(e) = serve_domain(conn, &mut opts, &payload) {
                     break Err(e);
                 }
             }
             _ => break Err(Error::bad_input("protocol error: unexpected frame")),
         }
     };
-    if let Some(h) = ahead.take() {
-        let _ = h.join();
-    }
     r
 }
 
-/// A DOMAIN (or PREPARE) request.
+/// A DOMAIN request.
 struct Request {
     name: String,
     dir_entry: Entry,
@@ -120,9 +115,6 @@ struct View {
     record: Result<Option<Record>>,
 }
 
-/// A domain scanned ahead: the request it was made for, and the view (None: not usable).
-type Ahead = std::thread::JoinHandle<(Request, Option<View>)>;
-
 /// Scan a domain and load its record (no change to anything: the scan cache is saved by
 /// the caller, after the fencing check).
 fn view(
@@ -146,45 +138,14 @@ fn view(
     }
 }
 
-/// Start scanning the domain of a PREPARE hint (an existing domain directory only).
-fn prepare_ahead(opts: &ServeOptions, payload: &[u8]) -> Result<Ahead> {
-    let req = parse_request(payload)?;
-    let root = opts.root.clone();
-    let state_dir = opts.state_dir.clone();
-    Ok(std::thread::spawn(move || {
-        let Ok(domain) = Domain::parse(&req.name, Strictness::Admin) else {
-            return (req, None);
-        };
-        let base = root.join(domain.as_str());
-        if !std::fs::symlink_metadata(&base).is_ok_and(|m| m.file_type().is_dir()) {
-            return (req, None);
-        }
-        let v = view(&base, &state_dir, &domain, &req);
-        (req, Some(v))
-    }))
-}
-
 fn send_error_info(conn: &mut Conn, msg: &str) -> Result<()> {
     let mut e = Enc::new();
     e.u8(1).str(msg).str("").u8(0).u8(0);
     conn.send_flush(t::DOMAIN_INFO, &e.buf)
 }
 
-fn serve_domain(
-    conn: &mut Conn,
-    opts: &mut ServeOptions,
-    payload: &[u8],
-    ahead: &mut Option<Ahead>,
-) -> Result<()> {
+fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Result<()> {
     let req = parse_request(payload)?;
-    // A view made ahead for this very request (same domain, pair, excludes, mode).
-    let ready = ahead.take().and_then(|h| h.join().ok()).and_then(|(r, v)| {
-        let same = r.name == req.name
-            && r.pair == req.pair
-            && r.excludes == req.excludes
-            && r.dry_run == req.dry_run;
-        v.filter(|v| same && !v.listing.missing)
-    });
     let Request {
         name,
         dir_entry,
@@ -240,17 +201,11 @@ fn serve_domain(
     let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
     let mut marks = super::client::Marks::new();
-    if ready.is_some() {
-        marks.mark("ahead");
-    }
     let View {
         listing,
         cache,
         record,
-    } = match ready {
-        Some(v) => v,
-        None => view(&base, &opts.state_dir, &domain, &req),
-    };
+    } = view(&base, &opts.state_dir, &domain, &req);
     if !dry_run && cache.dirty {
         let _ = cache.save(&cache_path, &listing.entries);
     }
@@ -362,11 +317,6 @@ fn serve_domain(
             t::END_OPS => {
                 marks.mark("ops");
                 break;
-            }
-            t::PREPARE => {
-                if ahead.is_none() {
-                    *ahead = Some(prepare_ahead(opts, payload)?);
-                }
             }
             _ => return Err(Error::bad_input("protocol error: unexpected frame in ops")),
         }

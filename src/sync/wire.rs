@@ -42,15 +42,14 @@ pub mod t {
     pub const ABORT: u8 = 17;
     pub const BYE: u8 = 18;
     pub const ERROR: u8 = 19;
-    /// A hint, sent while the receiver applies a domain's operations: the next DOMAIN
-    /// request, so that the receiver scans that domain meanwhile. Only sent to a receiver
-    /// that announced [`super::CAP_PREPARE`] in HELLO_OK.
-    pub const PREPARE: u8 = 20;
+    // 20 was PREPARE (a hint: the next DOMAIN request, scanned by the receiver while it
+    // applied the current one; removed in round 5: no gain over SSH on a 2-core host, twice
+    // the receiver's memory). Receivers no longer announce it, so no sender sends it.
 }
 
 /// Capabilities (a varint after the fixed HELLO / HELLO_OK fields, which an older peer
-/// does not read): the receiver understands [`t::PREPARE`].
-pub const CAP_PREPARE: u64 = 1;
+/// does not read). Bit 0 was PREPARE (see above): none is defined now.
+pub const CAPS: u64 = 0;
 
 /// Payload builder.
 #[derive(Default)]
