@@ -215,10 +215,11 @@ rate_run() { # name port users-file rate
 # sends a bare `SELECT 1` at RATE (4 connections, prepared) over the same unix socket while
 # ratebench drives the static nginx reply at RATE, i.e. the same HTTP load and the same
 # number of PostgreSQL round trips as the service, with none of our code. Reported as the
-# latency of pgbench's round trips (after the warm-up), beside the static reply's.
+# latency of pgbench's round trips (after the warm-up), beside the static reply's; and
+# pgbench alone (no HTTP load): the latency of the round trip by itself.
 printf 'SELECT 1;\n' >"$ROOT/select1.sql"
 chmod 644 "$ROOT/select1.sql"
-floor_run() {
+floor_run() { # beside|alone
     local out
     settle
     rm -f "$ROOT"/pgb.*
@@ -226,8 +227,10 @@ floor_run() {
         -R "$RATE" -T $((DURATION + WARMUP + 2)) -M prepared -l --log-prefix="$ROOT/pgb" mail >/dev/null 2>&1 &
     local pgb=$!
     sleep 1
-    out=$(RATEBENCH_WARMUP=$WARMUP "$ROOT/ratebench" "127.0.0.1:$NG_STATIC" "$RATE" "$DURATION" "$ROOT/md5.tsv" 64)
-    echo "rate nginx-static-beside-pgbench@$RATE $out" | tee -a "$RES"
+    if [ "$1" = beside ]; then
+        out=$(RATEBENCH_WARMUP=$WARMUP "$ROOT/ratebench" "127.0.0.1:$NG_STATIC" "$RATE" "$DURATION" "$ROOT/md5.tsv" 64)
+        echo "rate nginx-static-beside-pgbench@$RATE $out" | tee -a "$RES"
+    fi
     wait "$pgb" || true
     out=$(/usr/bin/python3 - "$ROOT" "$WARMUP" <<'PY'
 import glob, sys
@@ -243,7 +246,9 @@ q = lambda x: lat[min(n - 1, int(n * x))]
 print(f"sent={n} p50={q(.5):.3f}ms p90={q(.9):.3f}ms p99={q(.99):.3f}ms p99.9={q(.999):.3f}ms max={lat[-1]:.3f}ms")
 PY
 )
-    echo "rate pgbench-select1-beside-static@$RATE rate=$RATE $out failed=0" | tee -a "$RES"
+    local name=pgbench-select1-alone
+    [ "$1" = beside ] && name=pgbench-select1-beside-static
+    echo "rate $name@$RATE rate=$RATE $out failed=0" | tee -a "$RES"
 }
 for run in $(seq 1 "$RUNS"); do
     echo "== run $run/$RUNS ($(uptime | sed 's/.*load/load/'))"
@@ -251,7 +256,8 @@ for run in $(seq 1 "$RUNS"); do
         rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
         rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
         rate_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv" "$RATE"
-        floor_run
+        floor_run beside
+        floor_run alone
         continue
     fi
     wrk_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv"
@@ -262,7 +268,8 @@ for run in $(seq 1 "$RUNS"); do
     rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
     rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
     rate_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv" "$RATE"
-    floor_run
+    floor_run beside
+    floor_run alone
     rate_run mailauth-sha512 "$MA_PORT" "$ROOT/sha.tsv" "$SHA_RATE"
     rate_run seed-perl-md5 "$NG_SEED" "$ROOT/md5.tsv" "$SEED_RATE"
 done
