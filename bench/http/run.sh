@@ -232,7 +232,7 @@ floor_run() { # beside|alone
         echo "rate nginx-static-beside-pgbench@$RATE $out" | tee -a "$RES"
     fi
     wait "$pgb" || true
-    out=$(/usr/bin/python3 - "$ROOT" "$WARMUP" <<'PY'
+    out=$(/usr/bin/python3 - "$ROOT" "$WARMUP" "$DURATION" <<'PY'
 import glob, sys
 rows = []
 for f in glob.glob(sys.argv[1] + '/pgb.*'):
@@ -240,7 +240,7 @@ for f in glob.glob(sys.argv[1] + '/pgb.*'):
         p = line.split()  # client tx time_us script epoch epoch_us [lag_us]
         rows.append((int(p[4]) + int(p[5]) / 1e6, (int(p[2]) + (int(p[6]) if len(p) > 6 else 0)) / 1000))
 t0 = min(t for t, _ in rows) + 1 + float(sys.argv[2])  # pgbench started 1 s before ratebench
-lat = sorted(l for t, l in rows if t >= t0)
+lat = sorted(l for t, l in rows if t0 <= t < t0 + float(sys.argv[3]))
 n = len(lat)
 q = lambda x: lat[min(n - 1, int(n * x))]
 print(f"sent={n} p50={q(.5):.3f}ms p90={q(.9):.3f}ms p99={q(.99):.3f}ms p99.9={q(.999):.3f}ms max={lat[-1]:.3f}ms")
