@@ -791,33 +791,46 @@ fn ssh_args<'a>(s: &'a support::sshd::Sshd, port: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// A sync of `e.a` to `e.b` over the test sshd (`mailsync serve --no-fence` on the far end):
+/// `--domain` for each of `domains`, then `extra` options, then the node pair and the SSH
+/// options.
+fn ssh_sync_args(
+    e: &Env,
+    s: &support::sshd::Sshd,
+    domains: &[&str],
+    extra: &[&str],
+) -> Vec<String> {
+    let port = s.port.to_string();
+    let mut args: Vec<String> = vec![
+        "--root".into(),
+        e.a.to_str().unwrap().into(),
+        "--remote-root".into(),
+        e.b.to_str().unwrap().into(),
+        "--state-dir".into(),
+        e.sa.to_str().unwrap().into(),
+        "--remote-command".into(),
+        format!("{BIN} serve --no-fence"),
+    ];
+    for d in domains {
+        args.extend(["--domain".to_string(), d.to_string()]);
+    }
+    args.extend(extra.iter().map(|x| x.to_string()));
+    args.extend(["node-a".to_string(), "127.0.0.1".to_string()]);
+    args.extend(ssh_args(s, &port).into_iter().map(String::from));
+    args
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn over_ssh_copies_and_checks_host_keys() {
     let s = support::sshd::sshd();
     let e = env();
     populate(&e.a, 10);
-    let port = s.port.to_string();
-    let remote_cmd = format!("{BIN} serve --no-fence");
-    let (a, sa, b) = (
-        e.a.to_str().unwrap(),
-        e.sa.to_str().unwrap(),
-        e.b.to_str().unwrap(),
-    );
-    let mut args = vec![
-        "--root",
-        a,
-        "--remote-root",
-        b,
-        "--domain",
-        D,
-        "--state-dir",
-        sa,
-        "--remote-command",
-        &remote_cmd,
-        "node-a",
-        "127.0.0.1",
-    ];
-    args.extend(ssh_args(s, &port));
+    let owned = ssh_sync_args(&e, s, &[D], &[]);
+    let args = strs(&owned);
     let v = ok(sync(&args));
     assert!(n(&v, "wire_bytes") > n(&v, "bytes_sent") / 2);
     assert_equal(&e.a, &e.b);
@@ -902,36 +915,13 @@ fn over_ssh_parallel_domains() {
     for other in ["two.example.ru", "three.example.ru"] {
         copy_domain(&e.a, other);
     }
-    let port = s.port.to_string();
-    let remote_cmd = format!("{BIN} serve --no-fence");
-    let (a, sa, b) = (
-        e.a.to_str().unwrap(),
-        e.sa.to_str().unwrap(),
-        e.b.to_str().unwrap(),
+    let owned = ssh_sync_args(
+        &e,
+        s,
+        &[D, "two.example.ru", "three.example.ru"],
+        &["--jobs", "3", "--compress"],
     );
-    let mut args = vec![
-        "--root",
-        a,
-        "--remote-root",
-        b,
-        "--domain",
-        D,
-        "--domain",
-        "two.example.ru",
-        "--domain",
-        "three.example.ru",
-        "--jobs",
-        "3",
-        "--state-dir",
-        sa,
-        "--remote-command",
-        &remote_cmd,
-        "--compress",
-        "node-a",
-        "127.0.0.1",
-    ];
-    args.extend(ssh_args(s, &port));
-    let v = ok(sync(&args));
+    let v = ok(sync(&strs(&owned)));
     assert_eq!(n(&v, "domains"), 3);
     assert_equal(&e.a, &e.b);
     let (x, _) = snapshot(&e.a.join("three.example.ru"));
@@ -958,31 +948,15 @@ fn over_ssh_one_session_carries_many_domains_pipelined() {
     for other in names {
         copy_domain(&e.a, other);
     }
-    let port = s.port.to_string();
-    let remote_cmd = format!("{BIN} serve --no-fence");
-    let (a, sa, b) = (
-        e.a.to_str().unwrap(),
-        e.sa.to_str().unwrap(),
-        e.b.to_str().unwrap(),
-    );
+    let domains: Vec<&str> = std::iter::once(D).chain(names).collect();
     for compress in [false, true, false] {
-        let mut args = vec!["--root", a, "--remote-root", b, "--domain", D];
-        for nm in names {
-            args.extend(["--domain", nm]);
-        }
-        args.extend([
-            "--jobs",
-            "1",
-            "--state-dir",
-            sa,
-            "--remote-command",
-            &remote_cmd,
-        ]);
-        if compress {
-            args.push("--compress");
-        }
-        args.extend(["node-a", "127.0.0.1"]);
-        args.extend(ssh_args(s, &port));
+        let extra: &[&str] = if compress {
+            &["--jobs", "1", "--compress"]
+        } else {
+            &["--jobs", "1"]
+        };
+        let owned = ssh_sync_args(&e, s, &domains, extra);
+        let args = strs(&owned);
         let v = ok(sync(&args));
         assert_eq!(n(&v, "domains"), 5);
         for nm in names.iter().chain([&D]) {
