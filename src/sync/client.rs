@@ -195,6 +195,11 @@ pub fn prepare(opts: &SendOptions, domain: &Domain, pair: Option<&str>) -> Prepa
     }
 }
 
+/// The intent log of `domain`: paths sent in a run that has not completed.
+fn sent_path(opts: &SendOptions, domain: &Domain) -> PathBuf {
+    manifest::path_for(&opts.state_dir, domain.as_str(), "sent")
+}
+
 /// Our record, held as "these local entries, plus what differs" (no second copy), and the
 /// paths this end sent in runs that did not complete (an intent log written before the
 /// operations go out: they came from here, so they are ours to delete).
@@ -206,8 +211,8 @@ fn load_record(
 ) -> (String, Result<Option<Record>>, BTreeSet<String>) {
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
     let own = Manifest::load_against(&manifest_path, pair, local);
-    let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
-    (pair.to_string(), own, load_sent(&sent_path, pair))
+    let sent = load_sent(&sent_path(opts, domain), pair);
+    (pair.to_string(), own, sent)
 }
 
 /// Synchronise one domain. Transport failures are errors (the session is unusable); all
@@ -293,7 +298,7 @@ fn sync_domain_inner(
         }
     };
     let own_digest = own.as_ref().map(|m| m.digest.clone());
-    let sent_path = manifest::path_for(&opts.state_dir, domain.as_str(), "sent");
+    let sent_path = sent_path(opts, domain);
     marks.mark("record");
 
     let (remote_digest, remote_has_record, _remote_missing) = {

@@ -60,23 +60,17 @@ pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
     if compress {
         conn.compress()?;
     }
-    let r = loop {
-        let (ty, payload) = match conn.recv() {
-            Ok(f) => f,
-            Err(e) => break Err(e),
-        };
+    loop {
+        let (ty, payload) = conn.recv()?;
         match ty {
-            t::BYE => break Ok(()),
+            t::BYE => return Ok(()),
             t::DOMAIN => {
                 let payload = payload.to_vec();
-                if let Err(e) = serve_domain(conn, &mut opts, &payload) {
-                    break Err(e);
-                }
+                serve_domain(conn, &mut opts, &payload)?;
             }
-            _ => break Err(Error::bad_input("protocol error: unexpected frame")),
+            _ => return Err(Error::bad_input("protocol error: unexpected frame")),
         }
-    };
-    r
+    }
 }
 
 /// A DOMAIN request.
@@ -119,18 +113,13 @@ struct View {
 /// the caller, after the fencing check).
 fn view(
     base: &std::path::Path,
-    state_dir: &std::path::Path,
-    domain: &Domain,
+    cache_path: &std::path::Path,
+    manifest_path: &std::path::Path,
     req: &Request,
 ) -> View {
     let filter = Filter::new(req.excludes.clone(), true);
-    let old = Cache::load(&manifest::path_for(state_dir, domain.as_str(), "scan"));
-    let (listing, cache) = scan::scan(base, &filter, old);
-    let record = Manifest::load_against(
-        &manifest::path_for(state_dir, domain.as_str(), "manifest"),
-        &req.pair,
-        &listing.entries,
-    );
+    let (listing, cache) = scan::scan(base, &filter, Cache::load(cache_path));
+    let record = Manifest::load_against(manifest_path, &req.pair, &listing.entries);
     View {
         listing,
         cache,
@@ -205,7 +194,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
         listing,
         cache,
         record,
-    } = view(&base, &opts.state_dir, &domain, &req);
+    } = view(&base, &cache_path, &manifest_path, &req);
     if !dry_run && cache.dirty {
         let _ = cache.save(&cache_path, &listing.entries);
     }

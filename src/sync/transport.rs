@@ -218,7 +218,7 @@ pub fn ssh(
 /// `libssh2_channel_flush_ex`, which *discards the data received and not yet read* on the
 /// stream, and writes are sent as they are made (nothing to flush). With a flush after each
 /// phase, a reply that arrived before the flush (the receiver answers as soon as it has a
-/// request, while the sender still writes a hint) would be lost and both ends would wait.
+/// request, while the sender may still be writing) would be lost and both ends would wait.
 struct NoFlush(ssh2::Stream);
 
 impl std::io::Write for NoFlush {
