@@ -430,42 +430,59 @@ fn database_down_or_hung_lets_nobody_in() {
     // Only storage-02 here: the test's own instance on a free port pair.
     let ports = storage::common_ports(&["127.0.0.3"]);
     let s2 = Storage::start("storage-02", "127.0.0.3", ports.0, ports.1);
-    let svc = MailauthServe::start(&config(&db.url, ports, ""));
-    let nginx = Nginx::start(&NginxOptions {
-        auth_http: format!("{}/auth", svc.addr),
-        secret: None,
-        smtp_none: false,
-    });
     let user = "bob@other.example.test";
-    let a = imap_login(nginx.imap, user, "hunter2");
-    assert!(a.starts_with("a1 OK"), "{a}\n{}", svc.log());
-    assert!(landed(&s2, "imap-login", user, 1));
-    // Hung database: answers within the bound, temporary failure.
-    pg.hang();
-    let start = std::time::Instant::now();
-    let a = imap_login(nginx.imap, user, "hunter2");
-    assert!(a.starts_with("a1 NO [UNAVAILABLE]"), "{a}");
-    assert!(
-        start.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        start.elapsed()
-    );
-    let p = pop3_login(nginx.pop3, user, "hunter2");
-    assert!(p.starts_with("-ERR [SYS/TEMP]"), "{p}");
-    pg.resume();
-    // Stopped database.
-    pg.stop();
-    for pass in ["hunter2", "wrong"] {
-        let a = imap_login(nginx.imap, user, pass);
-        assert!(a.starts_with("a1 NO [UNAVAILABLE]"), "{a}");
+    let mut logins = 0;
+    // Strict (a ping per login), then with a lease on the directory's last answer (the
+    // default is 0.1 s): a cached login is refused from at most `db_lease` after the
+    // database stops answering.
+    for lease in [0.0, 0.3] {
+        let text = config(&db.url, ports, "").replace(
+            "user_ttl = 2\n",
+            &format!("user_ttl = 60\ndb_lease = {lease}\n"),
+        );
+        let svc = MailauthServe::start(&text);
+        let nginx = Nginx::start(&NginxOptions {
+            auth_http: format!("{}/auth", svc.addr),
+            secret: None,
+            smtp_none: false,
+        });
+        // Twice: the second login is one from the cache.
+        for _ in 0..2 {
+            let a = imap_login(nginx.imap, user, "hunter2");
+            assert!(a.starts_with("a1 OK"), "{a}\n{}", svc.log());
+            logins += 1;
+        }
+        assert!(landed(&s2, "imap-login", user, logins));
+        // Hung database: answers within the bound, temporary failure.
+        pg.hang();
+        std::thread::sleep(Duration::from_secs_f64(lease));
+        let start = std::time::Instant::now();
+        let a = imap_login(nginx.imap, user, "hunter2");
+        assert!(a.starts_with("a1 NO [UNAVAILABLE]"), "lease {lease}: {a}");
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            start.elapsed()
+        );
+        let p = pop3_login(nginx.pop3, user, "hunter2");
+        assert!(p.starts_with("-ERR [SYS/TEMP]"), "{p}");
+        pg.resume();
+        // Stopped database.
+        pg.stop();
+        std::thread::sleep(Duration::from_secs_f64(lease));
+        for pass in ["hunter2", "wrong"] {
+            let a = imap_login(nginx.imap, user, pass);
+            assert!(a.starts_with("a1 NO [UNAVAILABLE]"), "lease {lease}: {a}");
+        }
+        assert_eq!(s2.logins("imap-login", user), logins);
+        // Back: logins work again (the pool reconnects).
+        pg.start();
+        assert!(wait_until(Duration::from_secs(10), || imap_login(
+            nginx.imap, user, "hunter2"
+        )
+        .starts_with("a1 OK")));
+        logins += 1;
     }
-    assert_eq!(s2.logins("imap-login", user), 1);
-    // Back: logins work again (the pool reconnects).
-    pg.start();
-    assert!(wait_until(Duration::from_secs(10), || imap_login(
-        nginx.imap, user, "hunter2"
-    )
-    .starts_with("a1 OK")));
 }
 
 /// The Dovecot 2.4 path, run in Dovecot 2.3: the Lua passdb/userdb script of

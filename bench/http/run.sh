@@ -5,9 +5,11 @@
 #
 #   bench/http/run.sh            (as root on Debian 12: postgresql 15, nginx + perl module,
 #                                 libdbd-pg-perl, wrk, rustc; CARGO_TARGET_DIR honoured)
-# mailauth runs twice: as configured by default (login cache on, `user_ttl` 10 s) and with
+# mailauth runs three times: as configured by default (login cache on, `user_ttl` 5 s, a
+# cached login trusted while the directory answered a ping sent at most `db_lease` 0.1 s
+# ago), strict (`db_lease = 0`: a ping sent after each request arrived) and with
 # `user_ttl = 0` (one lookup query per request, as before the cache).
-# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth, mailauth without cache, the PostgreSQL floor) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
+# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth by default, strict and without cache, the PostgreSQL floor; ONLY="static default strict nocache floor" picks some) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
 # (the fixed rates must stay below each handler's capacity, or the latency is queueing)
 #
 # Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
@@ -133,6 +135,12 @@ sed 's/^\[auth.http\]$/[auth.http]\nuser_ttl = 0/' "$ROOT/mailcluster.toml" >"$R
 "$MAILAUTH" --config "$ROOT/mailcluster-nocache.toml" serve --log stderr --listen "127.0.0.1:$MA_NC_PORT" \
     >/dev/null 2>"$ROOT/mailauth-nocache.log" &
 PIDS+=($!)
+# The cached service with a ping per login (`db_lease = 0`).
+MA_ST_PORT=$(free_port)
+sed 's/^\[auth.http\]$/[auth.http]\ndb_lease = 0/' "$ROOT/mailcluster.toml" >"$ROOT/mailcluster-strict.toml"
+"$MAILAUTH" --config "$ROOT/mailcluster-strict.toml" serve --log stderr --listen "127.0.0.1:$MA_ST_PORT" \
+    >/dev/null 2>"$ROOT/mailauth-strict.log" &
+PIDS+=($!)
 
 NG_STATIC=$(free_port) NG_SEED=$(free_port)
 # Two nginx instances: the ceiling must not share worker processes with the perl handler,
@@ -178,6 +186,7 @@ env BENCH_PGDB=mail;" \
 for i in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$MA_PORT) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$NG_SEED) 2>/dev/null \
         && (exec 3<>/dev/tcp/127.0.0.1/$MA_NC_PORT) 2>/dev/null \
+        && (exec 3<>/dev/tcp/127.0.0.1/$MA_ST_PORT) 2>/dev/null \
         && (exec 3<>/dev/tcp/127.0.0.1/$NG_STATIC) 2>/dev/null && break
     sleep 0.05
 done
@@ -190,6 +199,7 @@ check() { # one request, must be OK
 check "$MA_PORT" u1@d2.example.test pw1
 check "$MA_PORT" sha1@d2.example.test pwsha
 check "$MA_NC_PORT" u1@d2.example.test pw1
+check "$MA_ST_PORT" u1@d2.example.test pw1
 check "$NG_SEED" u1@d2.example.test pw1
 check "$NG_STATIC" x y
 
@@ -253,11 +263,12 @@ PY
 for run in $(seq 1 "$RUNS"); do
     echo "== run $run/$RUNS ($(uptime | sed 's/.*load/load/'))"
     if [ -n "${QUICK:-}" ]; then # only the MD5 latency goal, against its ceiling
-        rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
-        rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
-        rate_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv" "$RATE"
-        floor_run beside
-        floor_run alone
+        want() { [[ " ${ONLY:-static default strict nocache floor} " == *" $1 "* ]]; }
+        want static && rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
+        want default && rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
+        want strict && rate_run mailauth-md5-strict "$MA_ST_PORT" "$ROOT/md5.tsv" "$RATE"
+        want nocache && rate_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv" "$RATE"
+        want floor && floor_run beside && floor_run alone
         continue
     fi
     wrk_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv"
@@ -267,6 +278,7 @@ for run in $(seq 1 "$RUNS"); do
     wrk_run seed-perl-md5 "$NG_SEED" "$ROOT/md5.tsv"
     rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
     rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
+    rate_run mailauth-md5-strict "$MA_ST_PORT" "$ROOT/md5.tsv" "$RATE"
     rate_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv" "$RATE"
     floor_run beside
     floor_run alone
@@ -274,7 +286,7 @@ for run in $(seq 1 "$RUNS"); do
     rate_run seed-perl-md5 "$NG_SEED" "$ROOT/md5.tsv" "$SEED_RATE"
 done
 
-echo "== mailauth (cached) counters: $(curl -s "http://127.0.0.1:$MA_PORT/metrics" | grep -E '^mailauth_(user_cache_hits_total|auth_total\{result="ok"\}) ' | tr '\n' ' ')"
+echo "== mailauth (cached) counters: $(curl -s "http://127.0.0.1:$MA_PORT/metrics" | grep -E '^mailauth_(user_cache_hits_total|cache_refreshes_total|directory_lease_misses_total|auth_total\{result="ok"\}) ' | tr '\n' ' ')"
 echo "== medians of $RUNS runs (CONC=$CONC, DURATION=${DURATION}s, $(nproc) CPUs, $(uptime | sed 's/.*load/load/'))"
 /usr/bin/python3 - "$RES" <<'PY'
 import re, statistics, sys

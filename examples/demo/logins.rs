@@ -204,7 +204,7 @@ pub fn dovecot(story: &mut Story, cluster: &Cluster) -> Result<()> {
 }
 
 /// The proxy host's `mailauth serve` (nginx `auth_http`), reading both storages' databases.
-pub fn proxy_service(cluster: &Cluster, urls: &[String]) -> Result<Service> {
+pub fn proxy_service(cluster: &Cluster, urls: &[String]) -> Result<std::sync::Arc<Service>> {
     let mut text = "node = \"mail.domain.ru\"\ndb_timeout = 1\n".to_string();
     for (i, url) in urls.iter().enumerate() {
         text.push_str(&format!(
@@ -220,7 +220,7 @@ pub fn proxy_service(cluster: &Cluster, urls: &[String]) -> Result<Service> {
     );
     let path = cluster.base.join(format!("proxy-{}.toml", urls.len()));
     std::fs::write(&path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    Service::new(&Config::load(&path)?)
+    Service::start(&Config::load(&path)?)
 }
 
 /// One nginx `auth_http` request, as nginx's mail proxy sends it.

@@ -61,7 +61,7 @@ impl ServeArgs {
 
 /// Run the daemon (never returns unless it cannot start).
 pub fn serve(config: &Config, args: &ServeArgs) -> Result<()> {
-    let service = Arc::new(Service::new(config)?);
+    let service = Service::start(config)?;
     let mut listen = args.listen.clone();
     if listen.is_empty() {
         listen = service.settings.http.listen.clone();
@@ -114,6 +114,7 @@ pub struct Metrics {
     outcomes: [AtomicU64; 6],
     backup_routes: AtomicU64,
     user_cache_hits: AtomicU64,
+    cache_refreshes: AtomicU64,
     bad_secret: AtomicU64,
 }
 
@@ -170,6 +171,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 const ROUTE_CACHE_MAX: usize = 50_000;
 const USER_CACHE_MAX: usize = 100_000;
+/// Cache entries waiting for a refresh at most (more are left to expire).
+const REFRESH_QUEUE: usize = 1024;
+
+/// A cache entry in use and past half its life, to be read again from the directory by the
+/// refresher thread (off the requests' path).
+enum Refresh {
+    /// A mailbox record of the login cache (key: the address).
+    User(crate::names::Address),
+    Route(crate::names::Domain),
+}
 
 /// Everything a request needs, shared by the worker threads.
 pub struct Service {
@@ -179,7 +190,10 @@ pub struct Service {
     /// A stored value in the default scheme, checked for unknown users (equal timing).
     decoy: String,
     ports: PortsConfig,
-    pool: DirectoryPool,
+    pool: Arc<DirectoryPool>,
+    /// `[auth.http] db_lease`: how old an answered ping may be for a cached login.
+    db_lease: Duration,
+    refresh: std::sync::mpsc::SyncSender<Refresh>,
     throttle: Throttle,
     gate: HashGate,
     health: HealthChecker,
@@ -192,7 +206,9 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(config: &Config) -> Result<Service> {
+    /// The service, with its background threads (directory pings for `db_lease`, cache
+    /// refreshes), which end when the last reference to it is dropped.
+    pub fn start(config: &Config) -> Result<Arc<Service>> {
         let settings: AuthSection = config.section("auth")?;
         let mut overrides = HashMap::new();
         for (name, ip) in &settings.nodes {
@@ -204,15 +220,23 @@ impl Service {
             })?;
             overrides.insert(name.to_ascii_lowercase(), parsed);
         }
-        let pool = DirectoryPool::new(config, settings.http.db_connections.clamp(1, 1024))?;
+        let pool = Arc::new(DirectoryPool::new(
+            config,
+            settings.http.db_connections.clamp(1, 1024),
+        )?);
+        let db_lease = settings.http.db_lease();
+        DirectoryPool::keep_answering(&pool, db_lease)?;
+        let (refresh, refresh_queue) = std::sync::mpsc::sync_channel(REFRESH_QUEUE);
         let auth = Authenticator::new(config.clone())?;
         let decoy = crate::auth::scheme::generate(b"decoy password", auth.default_scheme())
             .unwrap_or_default();
-        Ok(Service {
+        let service = Arc::new(Service {
             auth,
             decoy,
             ports: config.ports.clone(),
             pool,
+            db_lease,
+            refresh,
             throttle: Throttle::new(settings.throttle.clone()),
             gate: HashGate::new(
                 settings.throttle.hash_concurrency,
@@ -228,7 +252,51 @@ impl Service {
             users: TtlCache::new(settings.http.user_ttl(), USER_CACHE_MAX),
             metrics: Metrics::default(),
             settings,
-        })
+        });
+        let weak = Arc::downgrade(&service);
+        std::thread::Builder::new()
+            .name("cache-refresh".into())
+            .spawn(move || {
+                // Ends when the service (holding the sender) is gone.
+                for job in refresh_queue {
+                    match weak.upgrade() {
+                        Some(svc) => svc.refresh(job),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| Error::temporary(format!("cannot start the cache refresher: {e}")))?;
+        Ok(service)
+    }
+
+    /// Read a cache entry again from the directory: a mailbox still active replaces its
+    /// entry (with a new life), one gone or disabled is dropped (its next login asks the
+    /// directory); a route likewise. A failure leaves the entry to expire.
+    fn refresh(&self, job: Refresh) {
+        self.metrics.cache_refreshes.fetch_add(1, Ordering::Relaxed);
+        let result = match job {
+            Refresh::User(address) => self
+                .pool
+                .with(|dir| dir.mailbox(&address.local, &address.domain))
+                .map(|found| {
+                    let key = address.to_string();
+                    match found {
+                        Some(m) if m.is_active() => self.users.put(key, m),
+                        _ => self.users.remove(&key),
+                    }
+                }),
+            Refresh::Route(domain) => {
+                self.pool
+                    .with(|dir| dir.route(&domain))
+                    .map(|found| match found {
+                        Some(r) => self.routes.put(domain, r),
+                        None => self.routes.remove(&domain),
+                    })
+            }
+        };
+        if let Err(e) = result {
+            log::debug!("cache refresh: {e}");
+        }
     }
 
     /// A domain's route: from the cache, else from `dir` (and cached).
@@ -252,14 +320,24 @@ impl Service {
     /// that the directory answers before trusting it, and asks the directory again when the
     /// password does not match: a changed password works at once, and every failure is
     /// decided on the directory's current record.
+    /// Entries past half their life are queued for a refresh.
     fn cached_login(
         &self,
-        address: &str,
-        domain: &crate::names::Domain,
+        address: &crate::names::Address,
+        key: &str,
     ) -> Option<(MailboxRecord, DomainRecord)> {
-        let mailbox = self.users.get(address)?;
-        let route = self.routes.get(domain)?;
+        let (mailbox, user_due) = self.users.get_or_due(key)?;
+        let (route, route_due) = self.routes.get_or_due(&address.domain)?;
         self.metrics.user_cache_hits.fetch_add(1, Ordering::Relaxed);
+        // A full queue leaves the entry to expire (then the login asks the directory).
+        if user_due {
+            let _ = self.refresh.try_send(Refresh::User(address.clone()));
+        }
+        if route_due {
+            let _ = self
+                .refresh
+                .try_send(Refresh::Route(address.domain.clone()));
+        }
         Some((mailbox, route))
     }
 
@@ -430,9 +508,10 @@ impl Service {
         let _ = writeln!(out, "# TYPE mailauth_auth_backup_routes_total counter\nmailauth_auth_backup_routes_total {}", m.backup_routes.load(Ordering::Relaxed));
         let _ = writeln!(
             out,
-            "# TYPE mailauth_user_cache_hits_total counter\nmailauth_user_cache_hits_total {}\n# TYPE mailauth_user_cache_entries gauge\nmailauth_user_cache_entries {}",
+            "# TYPE mailauth_user_cache_hits_total counter\nmailauth_user_cache_hits_total {}\n# TYPE mailauth_user_cache_entries gauge\nmailauth_user_cache_entries {}\n# TYPE mailauth_cache_refreshes_total counter\nmailauth_cache_refreshes_total {}",
             m.user_cache_hits.load(Ordering::Relaxed),
-            self.users.len()
+            self.users.len(),
+            m.cache_refreshes.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
@@ -445,6 +524,7 @@ impl Service {
             out,
             "# TYPE mailauth_directory_connections gauge\nmailauth_directory_connections {live}"
         );
+        let _ = writeln!(out, "# HELP mailauth_directory_lease_misses_total Cached logins that waited for a directory ping (no answer within db_lease).\n# TYPE mailauth_directory_lease_misses_total counter\nmailauth_directory_lease_misses_total {}", self.pool.lease_misses());
         let (pairs, ips) = self.throttle.sizes();
         let _ = writeln!(out, "# TYPE mailauth_throttle_entries gauge\nmailauth_throttle_entries{{kind=\"pair\"}} {pairs}\nmailauth_throttle_entries{{kind=\"ip\"}} {ips}");
         out.push_str("# HELP mailauth_backend_up Last health check of a storage service (1 = greeted).\n# TYPE mailauth_backend_up gauge\n");

@@ -59,12 +59,17 @@ pub struct HttpConfig {
     pub route_ttl: f64,
     /// Seconds the mailbox record of a successful login is kept, so that the next logins of
     /// that user within this time need no lookup query (0 = none). A cached record is used
-    /// only once the directory has answered a trivial statement sent after the request
-    /// arrived (a database that is down or hung lets nobody in); a password that does not
-    /// match the cached record is checked against the directory's current one. A mailbox
-    /// disabled (or a password changed) takes effect within this time for logins with the
-    /// old password.
+    /// only while the directory answers (`db_lease`); a password that does not match the
+    /// cached record is checked against the directory's current one. A mailbox disabled
+    /// (or a password changed) takes effect within this time for logins with the old
+    /// password. Records in use are read again in the background past half their life.
     pub user_ttl: f64,
+    /// Seconds: a cached login is granted only if the directory answered a trivial
+    /// statement sent at most this long ago (a background thread sends one every quarter
+    /// of it while logins come in). A directory that fails (an error) lets nobody in from
+    /// the moment it is seen; one that hangs, from at most this long after. 0 = strict: a
+    /// statement sent after each request arrived (one database round trip per login).
+    pub db_lease: f64,
     /// One log line per request.
     pub log_requests: bool,
 }
@@ -86,6 +91,7 @@ impl Default for HttpConfig {
             resolve_ttl: 60.0,
             route_ttl: 2.0,
             user_ttl: 5.0,
+            db_lease: 0.1,
             log_requests: true,
         }
     }
@@ -124,6 +130,13 @@ impl HttpConfig {
             Duration::from_secs_f64(self.user_ttl.min(3600.0))
         } else {
             Duration::from_secs(5)
+        }
+    }
+    pub fn db_lease(&self) -> Duration {
+        if self.db_lease.is_finite() && self.db_lease >= 0.0 {
+            Duration::from_secs_f64(self.db_lease.min(10.0))
+        } else {
+            Duration::from_millis(100)
         }
     }
     pub fn resolve_ttl(&self) -> Duration {

@@ -311,14 +311,14 @@ fn run(svc: &Service, req: &Request, ctx: &mut Ctx, log: &mut Logged) -> Step<Re
             })
             .map_err(|e| (Outcome::TempFail, e.to_string()))
     };
-    // A recent successful login of this user: its record from the cache, trusted only once
-    // the directory answers a trivial statement now (a database that is down or hung lets
-    // nobody in), and only for the password it holds (any other is checked on the
-    // directory's current record).
-    let (mut mailbox, mut route, mut cached) = match svc.cached_login(&key, &domain) {
+    // A recent successful login of this user: its record from the cache, trusted only while
+    // the directory answers (a trivial statement it answered, sent at most `db_lease` ago;
+    // a database that is down or hung lets nobody in), and only for the password it holds
+    // (any other is checked on the directory's current record).
+    let (mut mailbox, mut route, mut cached) = match svc.cached_login(&address, &key) {
         Some((m, r)) => {
             svc.pool
-                .answers_now()
+                .answered_within(svc.db_lease)
                 .map_err(|e| (Outcome::TempFail, e.to_string()))?;
             (Some(m), Some(r), true)
         }

@@ -16,11 +16,14 @@ use crate::config::{Config, Role};
 use crate::directory::{self, Directory};
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// After a temporary failure, try a directory last for this long.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+/// [`DirectoryPool::keep_answering`] pings only while someone asked this recently.
+const DEMAND_FOR: Duration = Duration::from_secs(10);
 
 /// Connections of one directory.
 #[derive(Default)]
@@ -53,6 +56,11 @@ struct Pings {
     /// The last ping that ended, and whether a directory answered it.
     done: u64,
     answered: bool,
+    /// When the newest answered ping was sent; None after a ping or a query that no
+    /// directory answered (see [`DirectoryPool::answered_within`]).
+    answered_sent: Option<Instant>,
+    /// When [`DirectoryPool::answered_within`] was last called.
+    asked: Option<Instant>,
 }
 
 /// A pool of directory connections.
@@ -60,6 +68,8 @@ pub struct DirectoryPool {
     sources: Vec<Source>,
     pings: Mutex<Pings>,
     ping_done: Condvar,
+    /// Calls of [`DirectoryPool::answered_within`] that found no fresh answer and waited.
+    lease_misses: AtomicU64,
     timeout: Duration,
     max_size: usize,
 }
@@ -167,6 +177,7 @@ impl DirectoryPool {
             sources,
             pings: Mutex::new(Pings::default()),
             ping_done: Condvar::new(),
+            lease_misses: AtomicU64::new(0),
             timeout: config.db_timeout(),
             max_size: max_size.max(1),
         })
@@ -207,6 +218,7 @@ impl DirectoryPool {
                 pings.in_flight = true;
                 let this = pings.started;
                 drop(pings);
+                let sent = Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     self.with(|dir| dir.ping())
                 }));
@@ -214,12 +226,75 @@ impl DirectoryPool {
                 pings.in_flight = false;
                 pings.done = this;
                 pings.answered = matches!(result, Ok(Ok(())));
+                pings.answered_sent = pings.answered.then_some(sent);
                 self.ping_done.notify_all();
                 continue;
             }
             pings = wait_until(&self.ping_done, pings, deadline)
                 .ok_or_else(|| Error::temporary("no directory answered in time"))?;
         }
+    }
+
+    /// Has a directory answered a ping sent at most `lease` ago? If not (or `lease` is
+    /// zero), wait for one sent from now on, as [`DirectoryPool::answers_now`]. A ping or a
+    /// query that no directory answered ends the lease at once; a directory that hangs
+    /// lets callers through for at most `lease` after the last ping it answered was sent.
+    /// [`DirectoryPool::keep_answering`] keeps the lease fresh, so that callers need not wait.
+    pub fn answered_within(&self, lease: Duration) -> Result<()> {
+        if !lease.is_zero() {
+            let mut pings = lock(&self.pings);
+            let now = Instant::now();
+            pings.asked = Some(now);
+            if pings
+                .answered_sent
+                .is_some_and(|sent| now.saturating_duration_since(sent) <= lease)
+            {
+                return Ok(());
+            }
+            self.lease_misses.fetch_add(1, Ordering::Relaxed);
+        }
+        self.answers_now()
+    }
+
+    /// Calls of [`DirectoryPool::answered_within`] that had to wait for a ping (for /metrics).
+    pub fn lease_misses(&self) -> u64 {
+        self.lease_misses.load(Ordering::Relaxed)
+    }
+
+    /// Send a ping every `lease / 4` while [`DirectoryPool::answered_within`] was asked
+    /// within the last 10 s (an idle service sends none), in a thread of its own that ends
+    /// with the pool.
+    pub fn keep_answering(pool: &Arc<DirectoryPool>, lease: Duration) -> Result<()> {
+        if lease.is_zero() {
+            return Ok(());
+        }
+        let every = (lease / 4).max(Duration::from_millis(1));
+        let weak: Weak<DirectoryPool> = Arc::downgrade(pool);
+        std::thread::Builder::new()
+            .name("directory-ping".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(pool) = weak.upgrade() else {
+                    return;
+                };
+                let due = {
+                    let pings = lock(&pool.pings);
+                    let now = Instant::now();
+                    let wanted = pings
+                        .asked
+                        .is_some_and(|t| now.saturating_duration_since(t) < DEMAND_FOR);
+                    let fresh = pings
+                        .answered_sent
+                        .is_some_and(|t| now.saturating_duration_since(t) < every);
+                    wanted && !fresh && !pings.in_flight
+                };
+                if due {
+                    // A failure is recorded in the lease; the callers report it.
+                    let _ = pool.answers_now();
+                }
+            })
+            .map(drop)
+            .map_err(|e| Error::temporary(format!("cannot start the directory ping thread: {e}")))
     }
 
     /// Take a connection of `source`: an idle one, else a new one when none is being opened
@@ -326,6 +401,8 @@ impl DirectoryPool {
                 }
             }
         }
+        // Nobody answered: a lease on earlier answers ends now.
+        lock(&self.pings).answered_sent = None;
         Err(last
             .map(|e| {
                 if e.is_temporary() {
@@ -391,6 +468,32 @@ mod tests {
         let config = Config::parse(text, Path::new("t.toml")).unwrap();
         let gone = DirectoryPool::new(&config, 1).unwrap();
         assert!(gone.answers_now().unwrap_err().is_temporary());
+    }
+
+    #[test]
+    fn a_lease_spares_pings_until_it_ends_or_nobody_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Arc::new(pool(dir.path(), 1));
+        let started = || lock(&pool.pings).started;
+        let long = Duration::from_secs(600);
+        pool.answered_within(long).unwrap(); // nothing answered yet: a ping
+        pool.answered_within(long).unwrap(); // within the lease: none
+        assert_eq!(started(), 1);
+        pool.answered_within(Duration::ZERO).unwrap(); // strict: always one
+        assert_eq!(started(), 2);
+        std::thread::sleep(Duration::from_millis(20));
+        pool.answered_within(Duration::from_millis(10)).unwrap(); // lease over
+        assert_eq!(started(), 3);
+        // A query no directory answered ends the lease at once.
+        let r: Result<()> = pool.with(|_| Err(Error::temporary("gone")));
+        assert!(r.is_err());
+        pool.answered_within(long).unwrap();
+        assert_eq!(started(), 4);
+        // The background pings keep a short lease fresh while callers ask.
+        DirectoryPool::keep_answering(&pool, Duration::from_millis(40)).unwrap();
+        pool.answered_within(Duration::from_millis(40)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(started() >= 6, "{}", started());
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! everything (a cache miss costs one directory query, never a wrong answer). Each entry
 //! lives between 3/4 of the TTL and the TTL, at random, so that entries made together (a
 //! restart, a burst of logins) do not all expire, and ask the directory, together.
+//! [`TtlCache::get_or_due`] also tells the one caller that finds an entry past half its life
+//! that it is due for a refresh, so that entries in use are renewed in the background
+//! before they expire (never kept beyond their life: a refresh is a new entry).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -13,8 +16,14 @@ use std::time::{Duration, Instant};
 pub struct TtlCache<K, V> {
     ttl: Duration,
     max: usize,
-    /// Each value with its expiry.
-    map: Mutex<HashMap<K, (V, Instant)>>,
+    map: Mutex<HashMap<K, Entry<V>>>,
+}
+
+struct Entry<V> {
+    value: V,
+    expires: Instant,
+    /// From then on, the next reader is told to refresh the entry (then None).
+    refresh_at: Option<Instant>,
 }
 
 impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
@@ -27,7 +36,7 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry<V>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -39,8 +48,30 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
             return None;
         }
         let map = self.lock();
-        let (v, expires) = map.get(key)?;
-        (Instant::now() < *expires).then(|| v.clone())
+        let e = map.get(key)?;
+        (Instant::now() < e.expires).then(|| e.value.clone())
+    }
+
+    /// The value, and whether this caller is the one to refresh it (the entry is past half
+    /// its life; each entry says so once).
+    pub fn get_or_due<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<(V, bool)>
+    where
+        K: Borrow<Q>,
+    {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let mut map = self.lock();
+        let e = map.get_mut(key)?;
+        let now = Instant::now();
+        if now >= e.expires {
+            return None;
+        }
+        let due = e.refresh_at.is_some_and(|t| now >= t);
+        if due {
+            e.refresh_at = None;
+        }
+        Some((e.value.clone(), due))
     }
 
     pub fn put(&self, key: K, value: V) {
@@ -50,13 +81,18 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
         let mut map = self.lock();
         let now = Instant::now();
         if map.len() >= self.max && !map.contains_key(&key) {
-            map.retain(|_, (_, expires)| now < *expires);
+            map.retain(|_, e| now < e.expires);
             if map.len() >= self.max {
                 map.clear();
             }
         }
         let life = self.ttl.mul_f64(0.75 + rand::random::<f64>() / 4.0);
-        map.insert(key, (value, now + life));
+        let entry = Entry {
+            value,
+            expires: now + life,
+            refresh_at: Some(now + life / 2),
+        };
+        map.insert(key, entry);
     }
 
     pub fn remove<Q: Hash + Eq + ?Sized>(&self, key: &Q)
@@ -96,6 +132,14 @@ mod tests {
         assert_eq!(c.get(&"c"), None);
         c.remove(&"c");
         assert!(c.is_empty());
+        // Past half its life an entry is due for a refresh, once; a new put renews it.
+        c.put("d", 4);
+        assert_eq!(c.get_or_due(&"d"), Some((4, false)));
+        std::thread::sleep(Duration::from_millis(45));
+        assert_eq!(c.get_or_due(&"d"), Some((4, true)));
+        assert_eq!(c.get_or_due(&"d"), Some((4, false)));
+        c.put("d", 5);
+        assert_eq!(c.get_or_due(&"d"), Some((5, false)));
         let off = TtlCache::new(Duration::ZERO, 10);
         off.put("a", 1);
         assert_eq!(off.get(&"a"), None);
