@@ -9,7 +9,7 @@
 # cached login trusted while the directory answered a ping sent at most `db_lease` 0.1 s
 # ago), strict (`db_lease = 0`: a ping sent after each request arrived) and with
 # `user_ttl = 0` (one lookup query per request, as before the cache).
-# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth by default, strict and without cache, the PostgreSQL floor; ONLY="static default strict nocache floor" picks some) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
+# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth by default, strict and without cache, the PostgreSQL floor; ONLY="static default strict nocache floor" picks some) WORKERS=32 HTTP_EXTRA="key = value" (more [auth.http] settings, default instance only) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
 # (the fixed rates must stay below each handler's capacity, or the latency is queueing)
 #
 # Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
@@ -116,7 +116,7 @@ db_timeout = 5
 name = "bench"
 url = "host=$ROOT/pg/sock port=$PGPORT user=mail dbname=mail"
 [auth.http]
-workers = 32
+workers = ${WORKERS:-32}
 [auth.health]
 # no storages run in this benchmark; the check is a cached lookup per request anyway
 enabled = false
@@ -126,18 +126,24 @@ hash_concurrency = 2
 storage-01 = "127.0.0.2"
 storage-02 = "127.0.0.3"
 TOML
+# HTTP_EXTRA: more [auth.http] settings for the default instance only (the others are derived
+# from the base file above).
+cp "$ROOT/mailcluster.toml" "$ROOT/mailcluster-base.toml"
+if [ -n "${HTTP_EXTRA:-}" ]; then
+    /usr/bin/python3 -c 'import sys; p=sys.argv[1]; s=open(p).read(); open(p,"w").write(s.replace("[auth.http]\n", "[auth.http]\n" + sys.argv[2] + "\n", 1))' "$ROOT/mailcluster.toml" "$HTTP_EXTRA"
+fi
 "$MAILAUTH" --config "$ROOT/mailcluster.toml" serve --log stderr --listen "127.0.0.1:$MA_PORT" \
     >/dev/null 2>"$ROOT/mailauth.log" &
 PIDS+=($!)
 # The same service without the login cache (`user_ttl = 0`): one lookup query per request.
 MA_NC_PORT=$(free_port)
-sed 's/^\[auth.http\]$/[auth.http]\nuser_ttl = 0/' "$ROOT/mailcluster.toml" >"$ROOT/mailcluster-nocache.toml"
+sed 's/^\[auth.http\]$/[auth.http]\nuser_ttl = 0/' "$ROOT/mailcluster-base.toml" >"$ROOT/mailcluster-nocache.toml"
 "$MAILAUTH" --config "$ROOT/mailcluster-nocache.toml" serve --log stderr --listen "127.0.0.1:$MA_NC_PORT" \
     >/dev/null 2>"$ROOT/mailauth-nocache.log" &
 PIDS+=($!)
 # The cached service with a ping per login (`db_lease = 0`).
 MA_ST_PORT=$(free_port)
-sed 's/^\[auth.http\]$/[auth.http]\ndb_lease = 0/' "$ROOT/mailcluster.toml" >"$ROOT/mailcluster-strict.toml"
+sed 's/^\[auth.http\]$/[auth.http]\ndb_lease = 0/' "$ROOT/mailcluster-base.toml" >"$ROOT/mailcluster-strict.toml"
 "$MAILAUTH" --config "$ROOT/mailcluster-strict.toml" serve --log stderr --listen "127.0.0.1:$MA_ST_PORT" \
     >/dev/null 2>"$ROOT/mailauth-strict.log" &
 PIDS+=($!)

@@ -174,7 +174,7 @@ const USER_CACHE_MAX: usize = 100_000;
 /// Cache entries waiting for a refresh at most (more are left to expire).
 const REFRESH_QUEUE: usize = 1024;
 
-/// A cache entry in use and past half its life, to be read again from the directory by the
+/// A cache entry in use and past 3/4 of its life, to be read again from the directory by the
 /// refresher thread (off the requests' path).
 enum Refresh {
     /// A mailbox record of the login cache (key: the address).
@@ -320,7 +320,7 @@ impl Service {
     /// that the directory answers before trusting it, and asks the directory again when the
     /// password does not match: a changed password works at once, and every failure is
     /// decided on the directory's current record.
-    /// Entries past half their life are queued for a refresh.
+    /// Entries past 3/4 of their life are queued for a refresh.
     fn cached_login(
         &self,
         address: &crate::names::Address,

@@ -62,7 +62,7 @@ pub struct HttpConfig {
     /// only while the directory answers (`db_lease`); a password that does not match the
     /// cached record is checked against the directory's current one. A mailbox disabled
     /// (or a password changed) takes effect within this time for logins with the old
-    /// password. Records in use are read again in the background past half their life.
+    /// password. Records in use are read again in the background past 3/4 of their life.
     pub user_ttl: f64,
     /// Seconds: a cached login is granted only if the directory answered a trivial
     /// statement sent at most this long ago (a background thread sends one every quarter
