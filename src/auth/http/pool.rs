@@ -59,6 +59,9 @@ struct Pings {
     /// When the newest answered ping was sent; None after a ping or a query that no
     /// directory answered (see [`DirectoryPool::answered_within`]).
     answered_sent: Option<Instant>,
+    /// When a query or a ping last found no directory answering: a ping sent before then
+    /// cannot renew the lease.
+    failed: Option<Instant>,
     /// When [`DirectoryPool::answered_within`] was last called.
     asked: Option<Instant>,
 }
@@ -226,7 +229,12 @@ impl DirectoryPool {
                 pings.in_flight = false;
                 pings.done = this;
                 pings.answered = matches!(result, Ok(Ok(())));
-                pings.answered_sent = pings.answered.then_some(sent);
+                if !pings.answered {
+                    pings.failed = Some(Instant::now());
+                    pings.answered_sent = None;
+                } else if pings.failed.map_or(true, |failed| sent > failed) {
+                    pings.answered_sent = Some(sent);
+                }
                 self.ping_done.notify_all();
                 continue;
             }
@@ -402,7 +410,10 @@ impl DirectoryPool {
             }
         }
         // Nobody answered: a lease on earlier answers ends now.
-        lock(&self.pings).answered_sent = None;
+        let mut pings = lock(&self.pings);
+        pings.failed = Some(Instant::now());
+        pings.answered_sent = None;
+        drop(pings);
         Err(last
             .map(|e| {
                 if e.is_temporary() {
