@@ -44,8 +44,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 GEN = os.path.join(HERE, "mailsync-gen.py")
 TIMEFMT = "%e %U %S %M"
-# Seconds after which ext4 (no journal) no longer treats a freed inode as "recently deleted".
-RECENT_FREE = 65
+# Seconds after which ext4 (no journal) no longer treats a freed inode as "recently deleted":
+# 60 s, but 360 s while the inode's inode-table block is dirty, and the next copies' own
+# creations dirty those blocks again (round 6: with 65 s, copies made after the first one of
+# a rep took up to 3.5x the CPU). Default of --age.
+RECENT_FREE = 365
 
 
 def sh(cmd, **kw):
@@ -264,6 +267,9 @@ def main():
                     help="no-change runs per rep (cheap; medians)")
     ap.add_argument("--rotate", type=int, default=0,
                     help="start the tools' turn order at this offset")
+    ap.add_argument("--age", type=float, default=RECENT_FREE,
+                    help="seconds between removing a rep's copies and the next rep's initial "
+                         "copies (freed inodes must stop being 'recently deleted')")
     ap.add_argument("--quick-check", action="store_true",
                     help="check copies by size and mtime, not by content")
     a = ap.parse_args()
@@ -332,7 +338,7 @@ def main():
             # (3 x 160,000 inodes) are removed, every file creation of the next initial copy
             # scans past them (perf: 36 % of a copy's CPU). Clean blocks, then let them age.
             settle()
-            wait = RECENT_FREE - (time.time() - freed)
+            wait = a.age - (time.time() - freed)
             if wait > 0 and a.reps > 0:
                 print("waiting %.0f s for the inodes freed by the previous rep to age" % wait,
                       flush=True)

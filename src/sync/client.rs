@@ -2,7 +2,7 @@
 
 use super::entry::{needs_uidlist_lock, Entry, Kind};
 use super::manifest::{self, Manifest, Record};
-use super::ops::{encode_op, tag, Applier};
+use super::ops::{encode_op, tag, Applier, Chunks};
 use super::plan::{plan, Op, Rules};
 use super::scan::{self, Cache, Filter, Scan};
 use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
@@ -603,27 +603,29 @@ fn sync_domain_inner(
             let exists = std::fs::symlink_metadata(&target).is_ok();
             let mut failed = None;
             let mut ended = false;
-            let mut chunks = std::iter::from_fn(|| {
-                if ended {
-                    return None;
-                }
-                match sess.conn.expect(t::DATA) {
-                    Ok([]) => {
-                        ended = true;
-                        None
+            let mut chunks = super::ops::VecChunks {
+                cur: Vec::new(),
+                iter: std::iter::from_fn(|| {
+                    if ended {
+                        return None;
                     }
-                    Ok(p) => Some(Ok(p.to_vec())),
-                    Err(e) => {
-                        ended = true;
-                        failed = Some(e.message().to_string());
-                        None
+                    match sess.conn.expect(t::DATA) {
+                        Ok([]) => {
+                            ended = true;
+                            None
+                        }
+                        Ok(p) => Some(Ok(p.to_vec())),
+                        Err(e) => {
+                            ended = true;
+                            failed = Some(e.message().to_string());
+                            None
+                        }
                     }
-                }
-            });
+                }),
+            };
             if !parent_ok || exists {
-                for c in chunks.by_ref() {
-                    let _ = c;
-                }
+                chunks.drain();
+                drop(chunks);
                 if let Some(m) = failed {
                     return Err(Error::temporary(m));
                 }
@@ -633,9 +635,8 @@ fn sync_domain_inner(
                 continue;
             }
             let r = applier.put(entry.clone(), &mut chunks);
-            for c in chunks.by_ref() {
-                let _ = c;
-            }
+            chunks.drain();
+            drop(chunks);
             if let Some(m) = failed {
                 return Err(Error::temporary(m));
             }

@@ -23,6 +23,53 @@ pub mod tag {
     pub const RMDIR: u8 = 7;
 }
 
+/// The data of one file, piece by piece, borrowed (no copy per piece).
+pub trait Chunks {
+    /// The next piece; `None` at the end (also after an error).
+    fn next_chunk(&mut self) -> Option<Result<&[u8]>>;
+    /// Consume what is left (keeps a stream in step after a failure).
+    fn drain(&mut self) {
+        while let Some(c) = self.next_chunk() {
+            let _ = c;
+        }
+    }
+}
+
+/// A file whose data is one slice (inline in an OPS frame).
+pub struct OneChunk<'a>(pub Option<&'a [u8]>);
+
+impl Chunks for OneChunk<'_> {
+    fn next_chunk(&mut self) -> Option<Result<&[u8]>> {
+        self.0.take().map(Ok)
+    }
+}
+
+/// Owned pieces from an iterator (the `--adopt` path).
+pub struct VecChunks<I> {
+    pub iter: I,
+    pub cur: Vec<u8>,
+}
+
+impl<I: Iterator<Item = Result<Vec<u8>>>> Chunks for VecChunks<I> {
+    fn next_chunk(&mut self) -> Option<Result<&[u8]>> {
+        match self.iter.next()? {
+            Ok(v) => {
+                self.cur = v;
+                Some(Ok(&self.cur))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// Message data is written in pieces of this size. One `write()` of a whole 100 KiB message
+/// makes Linux (6.x, ext4 with large folios) ask for one page-cache folio of that order; on
+/// a host whose memory is full of page cache and fragmented, each such allocation ran
+/// direct compaction in the receiver's thread (~20 % of its CPU on an initial copy,
+/// BENCHMARKS.md round 6). Pieces of 16 KiB (order 2) never stalled there, and cost a few
+/// more system calls. Elsewhere it only means a few more writes.
+const WRITE_PIECE: usize = 16 << 10;
+
 /// Encode a non-Put operation.
 pub fn encode_op(op: &Op, e: &mut Enc) {
     match op {
@@ -390,7 +437,7 @@ impl Applier {
             tag::PUT_INLINE => {
                 let e = Entry::decode(d)?;
                 let data = d.bytes()?;
-                let r = self.put(e, &mut std::iter::once(Ok(data.to_vec())));
+                let r = self.put(e, &mut OneChunk(Some(data)));
                 self.done(r);
             }
             tag::PUT_STREAM => {
@@ -531,16 +578,12 @@ impl Applier {
     /// Write a file from `chunks`. Messages go to the Maildir's `tmp/` and are made durable
     /// and renamed in batches; other files are replaced at once (under the uidlist lock for
     /// Dovecot's control files).
-    pub fn put(
-        &mut self,
-        mut e: Entry,
-        chunks: &mut dyn Iterator<Item = Result<Vec<u8>>>,
-    ) -> Result<()> {
+    pub fn put(&mut self, mut e: Entry, chunks: &mut dyn Chunks) -> Result<()> {
         let dest = self.path(&e.path)?;
         if let Ok(m) = fs::symlink_metadata(&dest) {
             if m.file_type().is_dir() {
                 // Drain the data, then fail.
-                for c in &mut *chunks {
+                while let Some(c) = chunks.next_chunk() {
                     c?;
                 }
                 return Err(Error::bad_input(format!(
@@ -551,7 +594,7 @@ impl Applier {
         }
         let is_message = message_key(&e.path).is_some();
         if e.kind == Kind::Symlink {
-            for c in &mut *chunks {
+            while let Some(c) = chunks.next_chunk() {
                 c?;
             }
             self.flush();
@@ -595,20 +638,20 @@ impl Applier {
         let mut file = fsops::create_new(&tmp)?;
         let mut size = 0u64;
         let result = (|| {
-            for c in &mut *chunks {
+            while let Some(c) = chunks.next_chunk() {
                 let c = c?;
                 size += c.len() as u64;
-                file.write_all(&c)
-                    .map_err(|err| Error::io(format!("writing {}", tmp.display()), err))?;
+                for piece in c.chunks(WRITE_PIECE) {
+                    file.write_all(piece)
+                        .map_err(|err| Error::io(format!("writing {}", tmp.display()), err))?;
+                }
             }
             e.size = size;
             fsops::set_attrs(&file, &e)
         })();
         if let Err(err) = result {
             // Drain what is left so the stream stays in step.
-            for c in &mut *chunks {
-                let _ = c;
-            }
+            chunks.drain();
             let _ = fs::remove_file(&tmp);
             return Err(err);
         }

@@ -3,7 +3,7 @@
 
 use super::entry::Entry;
 use super::manifest::{self, Manifest, Record};
-use super::ops::Applier;
+use super::ops::{Applier, Chunks};
 use super::scan::{self, Cache, Filter};
 use super::wire::{t, Conn, Dec, Enc, CAPS, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
@@ -273,15 +273,16 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     // Operations.
     let mut applier = Applier::new(base.clone(), listing.entries);
     loop {
-        let (ty, payload) = conn.recv()?;
+        let (ty, _) = conn.recv()?;
         match ty {
             t::ABORT => {
                 applier.flush();
                 return Ok(());
             }
             t::OPS => {
-                let payload = payload.to_vec();
-                let mut d = Dec::new(&payload);
+                // The frame's buffer, taken from the connection (no copy), given back after.
+                let frame = conn.take_frame();
+                let mut d = Dec::new(frame.get(1..).unwrap_or_default());
                 while !d.at_end() {
                     if let Some(entry) = applier.apply_record(&mut d)? {
                         // Stream: DATA frames until an empty one.
@@ -293,15 +294,14 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                         };
                         let r = applier.put(entry, &mut chunks);
                         // Make sure the stream is consumed to its end.
-                        for c in chunks.by_ref() {
-                            let _ = c;
-                        }
+                        chunks.drain();
                         if let Some(err) = failed {
                             return Err(err);
                         }
                         applier.done(r);
                     }
                 }
+                conn.give_back(frame);
             }
             t::END_OPS => {
                 marks.mark("ops");
@@ -387,9 +387,8 @@ struct DataFrames<'a> {
     failed: &'a mut Option<Error>,
 }
 
-impl Iterator for DataFrames<'_> {
-    type Item = Result<Vec<u8>>;
-    fn next(&mut self) -> Option<Self::Item> {
+impl Chunks for DataFrames<'_> {
+    fn next_chunk(&mut self) -> Option<Result<&[u8]>> {
         if self.done {
             return None;
         }
@@ -398,7 +397,7 @@ impl Iterator for DataFrames<'_> {
                 self.done = true;
                 None
             }
-            Ok(p) => Some(Ok(p.to_vec())),
+            Ok(p) => Some(Ok(p)),
             Err(e) => {
                 self.done = true;
                 *self.failed = Some(Error::new(e.kind(), e.message().to_string()));

@@ -347,6 +347,19 @@ impl Conn {
         Ok((ty, &self.rbuf[1..]))
     }
 
+    /// The buffer of the frame last received (its type byte first), taken without a copy;
+    /// hand it back with [`Conn::give_back`] to reuse its allocation.
+    pub fn take_frame(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.rbuf)
+    }
+
+    /// Return a buffer from [`Conn::take_frame`] (kept if larger than the current one).
+    pub fn give_back(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > self.rbuf.capacity() {
+            self.rbuf = buf;
+        }
+    }
+
     /// Receive a frame of an expected type.
     pub fn expect(&mut self, ty: u8) -> Result<&[u8]> {
         let (got, payload) = self.recv()?;
