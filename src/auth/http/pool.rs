@@ -66,6 +66,14 @@ struct Pings {
     asked: Option<Instant>,
 }
 
+impl Pings {
+    /// No directory answered: the lease on earlier answers ends now.
+    fn lost(&mut self) {
+        self.failed = Some(Instant::now());
+        self.answered_sent = None;
+    }
+}
+
 /// A pool of directory connections.
 pub struct DirectoryPool {
     sources: Vec<Source>,
@@ -230,8 +238,7 @@ impl DirectoryPool {
                 pings.done = this;
                 pings.answered = matches!(result, Ok(Ok(())));
                 if !pings.answered {
-                    pings.failed = Some(Instant::now());
-                    pings.answered_sent = None;
+                    pings.lost();
                 } else if pings.failed.map_or(true, |failed| sent > failed) {
                     pings.answered_sent = Some(sent);
                 }
@@ -409,11 +416,7 @@ impl DirectoryPool {
                 }
             }
         }
-        // Nobody answered: a lease on earlier answers ends now.
-        let mut pings = lock(&self.pings);
-        pings.failed = Some(Instant::now());
-        pings.answered_sent = None;
-        drop(pings);
+        lock(&self.pings).lost();
         Err(last
             .map(|e| {
                 if e.is_temporary() {

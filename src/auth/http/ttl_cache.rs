@@ -44,17 +44,20 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
     where
         K: Borrow<Q>,
     {
-        if self.ttl.is_zero() {
-            return None;
-        }
-        let map = self.lock();
-        let e = map.get(key)?;
-        (Instant::now() < e.expires).then(|| e.value.clone())
+        self.read(key, false).map(|(v, _)| v)
     }
 
     /// The value, and whether this caller is the one to refresh it (the entry is past 3/4 of
     /// its life; each entry says so once).
     pub fn get_or_due<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<(V, bool)>
+    where
+        K: Borrow<Q>,
+    {
+        self.read(key, true)
+    }
+
+    /// A live entry's value, and whether it is due for a refresh (claimed, when `claim`).
+    fn read<Q: Hash + Eq + ?Sized>(&self, key: &Q, claim: bool) -> Option<(V, bool)>
     where
         K: Borrow<Q>,
     {
@@ -67,7 +70,7 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
         if now >= e.expires {
             return None;
         }
-        let due = e.refresh_at.is_some_and(|t| now >= t);
+        let due = claim && e.refresh_at.is_some_and(|t| now >= t);
         if due {
             e.refresh_at = None;
         }
