@@ -2,7 +2,7 @@
 
 use super::entry::{needs_uidlist_lock, Entry, Kind};
 use super::manifest::{self, Manifest, Record};
-use super::ops::{encode_op, tag, Applier, Chunks};
+use super::ops::{encode_op, tag, Applier, Chunks, DataFrames};
 use super::plan::{plan, Op, Rules};
 use super::scan::{self, Cache, Filter, Scan};
 use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
@@ -601,33 +601,14 @@ fn sync_domain_inner(
                     .parent()
                     .is_some_and(|p| std::fs::create_dir_all(p).is_ok());
             let exists = std::fs::symlink_metadata(&target).is_ok();
-            let mut failed = None;
-            let mut ended = false;
-            let mut chunks = super::ops::VecChunks {
-                cur: Vec::new(),
-                iter: std::iter::from_fn(|| {
-                    if ended {
-                        return None;
-                    }
-                    match sess.conn.expect(t::DATA) {
-                        Ok([]) => {
-                            ended = true;
-                            None
-                        }
-                        Ok(p) => Some(Ok(p.to_vec())),
-                        Err(e) => {
-                            ended = true;
-                            failed = Some(e.message().to_string());
-                            None
-                        }
-                    }
-                }),
-            };
+            // A connection failure mid-file fails the put (nothing half-written is kept)
+            // and then the domain: the stream is out of step.
+            let lost = |e: Error| Error::temporary(e.message().to_string());
+            let mut chunks = DataFrames::new(&mut sess.conn);
             if !parent_ok || exists {
                 chunks.drain();
-                drop(chunks);
-                if let Some(m) = failed {
-                    return Err(Error::temporary(m));
+                if let Some(e) = chunks.failed.take() {
+                    return Err(lost(e));
                 }
                 if !exists {
                     rep.error(format!("adopting {}: cannot create its directory", f));
@@ -636,9 +617,8 @@ fn sync_domain_inner(
             }
             let r = applier.put(entry.clone(), &mut chunks);
             chunks.drain();
-            drop(chunks);
-            if let Some(m) = failed {
-                return Err(Error::temporary(m));
+            if let Some(e) = chunks.failed.take() {
+                return Err(lost(e));
             }
             match r {
                 Ok(()) => {

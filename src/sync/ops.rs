@@ -3,7 +3,7 @@
 use super::entry::{message_key, parent, Entry, Kind};
 use super::fsops::{self, check_parents, check_rel, LockSource, UidlistLock};
 use super::plan::Op;
-use super::wire::{Dec, Enc};
+use super::wire::{t, Conn, Dec, Enc};
 use crate::error::{Error, Result};
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
@@ -44,20 +44,41 @@ impl Chunks for OneChunk<'_> {
     }
 }
 
-/// Owned pieces from an iterator (the `--adopt` path).
-pub struct VecChunks<I> {
-    pub iter: I,
-    pub cur: Vec<u8>,
+/// The DATA frames of one streamed file, borrowed from the connection's buffer, up to the
+/// empty frame that ends it. A failure ends the stream: the reader gets it, and a copy stays
+/// in `failed` for the caller (which must stop: the stream is out of step).
+pub struct DataFrames<'a> {
+    conn: &'a mut Conn,
+    done: bool,
+    pub failed: Option<Error>,
 }
 
-impl<I: Iterator<Item = Result<Vec<u8>>>> Chunks for VecChunks<I> {
+impl<'a> DataFrames<'a> {
+    pub fn new(conn: &'a mut Conn) -> DataFrames<'a> {
+        DataFrames {
+            conn,
+            done: false,
+            failed: None,
+        }
+    }
+}
+
+impl Chunks for DataFrames<'_> {
     fn next_chunk(&mut self) -> Option<Result<&[u8]>> {
-        match self.iter.next()? {
-            Ok(v) => {
-                self.cur = v;
-                Some(Ok(&self.cur))
+        if self.done {
+            return None;
+        }
+        match self.conn.expect(t::DATA) {
+            Ok([]) => {
+                self.done = true;
+                None
             }
-            Err(e) => Some(Err(e)),
+            Ok(p) => Some(Ok(p)),
+            Err(e) => {
+                self.done = true;
+                self.failed = Some(Error::new(e.kind(), e.message().to_string()));
+                Some(Err(e))
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::entry::Entry;
 use super::manifest::{self, Manifest, Record};
-use super::ops::{Applier, Chunks};
+use super::ops::{Applier, Chunks, DataFrames};
 use super::scan::{self, Cache, Filter};
 use super::wire::{t, Conn, Dec, Enc, CAPS, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
@@ -286,16 +286,11 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                 while !d.at_end() {
                     if let Some(entry) = applier.apply_record(&mut d)? {
                         // Stream: DATA frames until an empty one.
-                        let mut failed: Option<Error> = None;
-                        let mut chunks = DataFrames {
-                            conn,
-                            done: false,
-                            failed: &mut failed,
-                        };
+                        let mut chunks = DataFrames::new(conn);
                         let r = applier.put(entry, &mut chunks);
                         // Make sure the stream is consumed to its end.
                         chunks.drain();
-                        if let Some(err) = failed {
+                        if let Some(err) = chunks.failed.take() {
                             return Err(err);
                         }
                         applier.done(r);
@@ -376,33 +371,6 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                 return Ok(());
             }
             _ => return Err(Error::bad_input("protocol error: unexpected frame")),
-        }
-    }
-}
-
-/// Iterator over DATA frames of one streamed file.
-struct DataFrames<'a> {
-    conn: &'a mut Conn,
-    done: bool,
-    failed: &'a mut Option<Error>,
-}
-
-impl Chunks for DataFrames<'_> {
-    fn next_chunk(&mut self) -> Option<Result<&[u8]>> {
-        if self.done {
-            return None;
-        }
-        match self.conn.expect(t::DATA) {
-            Ok([]) => {
-                self.done = true;
-                None
-            }
-            Ok(p) => Some(Ok(p)),
-            Err(e) => {
-                self.done = true;
-                *self.failed = Some(Error::new(e.kind(), e.message().to_string()));
-                Some(Err(e))
-            }
         }
     }
 }
