@@ -121,10 +121,9 @@ fn main() {
             mailcluster::cli::exit(PROG, run_passwd_file(&cli.common, a))
         }
         Command::Serve(a) => {
-            logging::init(PROG, a.log_target(), cli.verbose);
-            let result = cli
-                .common
-                .load()
+            logging::init_daemon(PROG, a.log_target(), cli.verbose);
+            let result = mailcluster::cli::exit_on_stop_signals(PROG)
+                .and_then(|()| cli.common.load())
                 .and_then(|config| mailcluster::auth::http::serve(&config, a))
                 .map(|()| 0);
             mailcluster::cli::exit(PROG, result)

@@ -111,7 +111,28 @@ pub fn exit(prog: &str, result: Result<i32>) -> ! {
         Err(err) => report(prog, &err),
     };
     let _ = std::io::Write::flush(&mut std::io::stdout());
+    log::logger().flush();
     std::process::exit(code)
+}
+
+/// For a daemon that runs until it is stopped: on SIGTERM or SIGINT, log it, write out
+/// the log records still queued ([`crate::logging::init_daemon`]) and exit 0.
+pub fn exit_on_stop_signals(prog: &'static str) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| Error::io("installing the SIGTERM/SIGINT handler", e))?;
+    std::thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                log::info!("{prog}: stopping on {name}");
+                log::logger().flush();
+                std::process::exit(0);
+            }
+        })
+        .map(drop)
+        .map_err(|e| Error::io("starting the signal thread", e))
 }
 
 /// Print `text` and a newline on stdout. A reader that went away (`mailsync --json | head`)

@@ -61,6 +61,32 @@ fn resolve(target: LogTarget) -> Option<bool> {
 /// level for stderr. If syslog is unavailable, logging is off (a captured answer must not
 /// be corrupted); never panics. A second call does nothing.
 pub fn init(program: &'static str, target: LogTarget, verbose: bool) {
+    install(program, target, verbose, false);
+}
+
+/// [`init`] for a daemon answering requests: records are handed to a writer thread through
+/// a bounded queue, so that a slow log (a busy syslog socket, a stalled disk) never holds up
+/// a request. If the queue is full the record is dropped and counted (see
+/// [`dropped_records`]); the writer reports the count once it catches up. Call
+/// `log::logger().flush()` before exiting ([`crate::cli::exit`] does).
+pub fn init_daemon(program: &'static str, target: LogTarget, verbose: bool) {
+    install(program, target, verbose, true);
+}
+
+/// Records dropped because the writer thread of [`init_daemon`] fell behind.
+pub fn dropped_records() -> u64 {
+    background::DROPPED.load(Ordering::Relaxed)
+}
+
+fn install(program: &'static str, target: LogTarget, verbose: bool, in_background: bool) {
+    let set = |logger: Box<dyn log::Log>| -> bool {
+        let logger = if in_background {
+            background::Background::start(logger)
+        } else {
+            logger
+        };
+        log::set_boxed_logger(logger).is_ok()
+    };
     if ACTIVE.load(Ordering::Relaxed) != NONE {
         return;
     }
@@ -83,7 +109,7 @@ pub fn init(program: &'static str, target: LogTarget, verbose: bool) {
             };
             match syslog::unix(formatter) {
                 Ok(logger) => {
-                    if log::set_boxed_logger(Box::new(syslog::BasicLogger::new(logger))).is_ok() {
+                    if set(Box::new(syslog::BasicLogger::new(logger))) {
                         log::set_max_level(level);
                         ACTIVE.store(SYSLOG, Ordering::Relaxed);
                     }
@@ -103,9 +129,234 @@ pub fn init(program: &'static str, target: LogTarget, verbose: bool) {
             }
             builder.format_timestamp(None);
             builder.format_target(false);
-            if builder.try_init().is_ok() {
+            let logger = builder.build();
+            let max = logger.filter();
+            if set(Box::new(logger)) {
+                log::set_max_level(max);
                 ACTIVE.store(STDERR, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+mod background {
+    //! The writer thread of [`super::init_daemon`].
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// Records waiting for the writer at most (~150 bytes each: under a megabyte).
+    const QUEUE: usize = 4096;
+    /// How long `flush` waits for the writer (a stuck log must not stop an exit).
+    const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+    pub(super) static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+    enum Job {
+        Record {
+            level: log::Level,
+            target: String,
+            text: String,
+            /// Records dropped before this one was queued (reported before it).
+            dropped_before: u64,
+        },
+        Flush(SyncSender<()>),
+    }
+
+    pub(super) struct Background {
+        /// None when the writer thread could not be started: records are written in place.
+        queue: Option<SyncSender<Job>>,
+        /// The logger that writes (its `enabled` filters are asked from any thread).
+        inner: Arc<dyn log::Log>,
+    }
+
+    impl Background {
+        pub(super) fn start(inner: Box<dyn log::Log>) -> Box<dyn log::Log> {
+            let inner: Arc<dyn log::Log> = Arc::from(inner);
+            let (queue, jobs) = sync_channel(QUEUE);
+            let writer = Arc::clone(&inner);
+            let started = std::thread::Builder::new()
+                .name("log-writer".into())
+                .spawn(move || write_all(&*writer, jobs))
+                .is_ok();
+            Box::new(Background {
+                queue: started.then_some(queue),
+                inner,
+            })
+        }
+    }
+
+    fn write(inner: &dyn log::Log, level: log::Level, target: &str, text: std::fmt::Arguments) {
+        inner.log(
+            &log::Record::builder()
+                .level(level)
+                .target(target)
+                .args(text)
+                .build(),
+        );
+    }
+
+    fn write_all(inner: &dyn log::Log, jobs: Receiver<Job>) {
+        let mut reported = 0;
+        for job in jobs {
+            match job {
+                Job::Record {
+                    level,
+                    target,
+                    text,
+                    dropped_before,
+                } => {
+                    if dropped_before > reported {
+                        let lost = dropped_before - reported;
+                        let text = format_args!("{lost} log records dropped: the log was too slow");
+                        write(inner, log::Level::Warn, &target, text);
+                        reported = dropped_before;
+                    }
+                    write(inner, level, &target, format_args!("{text}"));
+                }
+                Job::Flush(done) => {
+                    inner.flush();
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// `try_send` retried until `wait` passes (`SyncSender` has no timed send).
+    fn send_within(queue: &SyncSender<Job>, mut job: Job, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            match queue.try_send(job) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(j)) if Instant::now() < deadline => {
+                    job = j;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(TrySendError::Full(_)) => return false,
+            }
+        }
+    }
+
+    impl log::Log for Background {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            self.inner.enabled(metadata)
+        }
+
+        fn log(&self, record: &log::Record<'_>) {
+            if !self.inner.enabled(record.metadata()) {
+                return;
+            }
+            let Some(queue) = &self.queue else {
+                return self.inner.log(record);
+            };
+            let job = Job::Record {
+                level: record.level(),
+                target: record.target().to_string(),
+                text: record.args().to_string(),
+                dropped_before: DROPPED.load(Ordering::Relaxed),
+            };
+            match queue.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Disconnected(_)) => self.inner.log(record),
+            }
+        }
+
+        /// Wait (a bounded time) until the records logged so far are written.
+        fn flush(&self) {
+            let Some(queue) = &self.queue else {
+                return self.inner.flush();
+            };
+            let (done, written) = sync_channel(1);
+            if send_within(queue, Job::Flush(done), FLUSH_WAIT) {
+                let _ = written.recv_timeout(FLUSH_WAIT);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::sync::{Condvar, Mutex};
+
+        /// A logger that writes nothing until the test opens its gate.
+        #[derive(Default)]
+        struct Gated {
+            open: Mutex<bool>,
+            opened: Condvar,
+            lines: Mutex<Vec<String>>,
+        }
+
+        impl Gated {
+            fn open(&self) {
+                *self.open.lock().unwrap() = true;
+                self.opened.notify_all();
+            }
+        }
+
+        struct Shared(Arc<Gated>);
+
+        impl log::Log for Shared {
+            fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+                m.level() <= log::Level::Info
+            }
+            fn log(&self, r: &log::Record<'_>) {
+                let mut open = self.0.open.lock().unwrap();
+                while !*open {
+                    open = self.0.opened.wait(open).unwrap();
+                }
+                self.0.lines.lock().unwrap().push(r.args().to_string());
+            }
+            fn flush(&self) {}
+        }
+
+        fn record(logger: &dyn log::Log, level: log::Level, text: &str) {
+            logger.log(
+                &log::Record::builder()
+                    .level(level)
+                    .args(format_args!("{text}"))
+                    .build(),
+            );
+        }
+
+        #[test]
+        fn a_stuck_writer_holds_nobody_up_and_drops_are_reported() {
+            let gated = Arc::new(Gated::default());
+            let logger = Background::start(Box::new(Shared(Arc::clone(&gated))));
+            let dropped_before = DROPPED.load(Ordering::Relaxed);
+            // The writer is stuck on the first record: the queue fills, the rest is
+            // dropped and counted, and no caller waits.
+            for i in 0..QUEUE + 100 {
+                record(&*logger, log::Level::Info, &format!("line {i}"));
+            }
+            record(&*logger, log::Level::Debug, "filtered out");
+            let dropped = DROPPED.load(Ordering::Relaxed) - dropped_before;
+            assert!(dropped >= 90, "{dropped}");
+            gated.open();
+            logger.flush();
+            record(&*logger, log::Level::Info, "after");
+            logger.flush();
+            let lines = gated.lines.lock().unwrap();
+            // What was queued, in order, then the count of the dropped ones, then "after".
+            let kept = lines.len() - 2;
+            assert_eq!(
+                kept as u64 + dropped,
+                QUEUE as u64 + 100,
+                "every record kept or counted"
+            );
+            let in_order = lines[..kept]
+                .iter()
+                .enumerate()
+                .all(|(i, l)| *l == format!("line {i}"));
+            assert!(in_order);
+            let report = format!("{dropped} log records dropped: the log was too slow");
+            assert_eq!(lines[kept], report);
+            assert_eq!(lines[kept + 1], "after");
         }
     }
 }

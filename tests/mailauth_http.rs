@@ -86,8 +86,9 @@ fn directory_down_never_grants() {
     });
     let answer = imap_login(nginx_unix.imap, "alice@branch.example.test", "secret");
     assert!(answer.starts_with("a1 NO [UNAVAILABLE]"), "{answer}");
-    assert!(svc.log().contains("result=tempfail"), "{}", svc.log());
-    assert!(!svc.log().contains("secret"), "password in the log");
+    let log = svc.log_with("result=tempfail");
+    assert!(log.contains("result=tempfail"), "{log}");
+    assert!(!log.contains("secret"), "password in the log");
 }
 
 #[test]
@@ -246,6 +247,22 @@ fn shared_secret_is_required_when_configured() {
         metrics.contains("mailauth_http_bad_secret_total 4"),
         "{metrics}"
     );
+}
+
+/// Request log lines are written after the answer by a writer thread; SIGTERM writes out
+/// the queued ones and exits 0.
+#[test]
+fn sigterm_writes_out_the_log_and_exits_cleanly() {
+    let mut svc = MailauthServe::start(&broken_directory_config());
+    for _ in 0..20 {
+        let r = svc.auth(&alice_request());
+        assert_ne!(header(&r, "Auth-Status"), Some("OK"));
+    }
+    assert_eq!(svc.terminate(), Some(0));
+    let log = svc.log();
+    assert_eq!(log.matches("result=tempfail").count(), 20, "{log}");
+    assert!(log.contains("stopping on SIGTERM"), "{log}");
+    assert!(!log.contains("secret"), "password in the log");
 }
 
 /// nginx-snippets/mail-proxy.conf as printed (ports, certificate paths and the module path

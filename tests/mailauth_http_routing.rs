@@ -198,7 +198,7 @@ fn logins_land_on_the_primary_and_fail_when_they_should() {
     // Both storages down for lonely.example.test: a temporary failure, nobody in.
     let a = imap_login(nginx.imap, "lou@lonely.example.test", "secret");
     assert!(a.starts_with("a1 NO [UNAVAILABLE]"), "{a}");
-    let log = e.svc.log();
+    let log = e.svc.log_with("result=ok node=storage-01");
     assert!(log.contains("result=ok node=storage-01"), "{log}");
     assert!(
         !log.contains("hunter2") && !log.contains("secret\""),
@@ -405,7 +405,7 @@ fn a_guessing_burst_is_slowed_then_refused_but_the_owner_gets_in() {
     // ...then refused without a check, even with the right password.
     let r = attempt("192.0.2.66", "secret", 4);
     assert_ne!(header(&r, "Auth-Status"), Some("OK"), "{r:?}");
-    assert!(e.svc.log().contains("result=blocked"));
+    assert!(e.svc.log_with("result=blocked").contains("result=blocked"));
     // Past ~10 attempts of one connection: no more Auth-Wait (nginx closes it).
     let r = attempt("192.0.2.66", "guess9", 11);
     assert_eq!(header(&r, "Auth-Wait"), None, "{r:?}");

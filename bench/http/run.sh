@@ -9,7 +9,7 @@
 # cached login trusted while the directory answered a ping sent at most `db_lease` 0.1 s
 # ago), strict (`db_lease = 0`: a ping sent after each request arrived) and with
 # `user_ttl = 0` (one lookup query per request, as before the cache).
-# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth by default, strict and without cache, the PostgreSQL floor; ONLY="static default strict nocache floor" picks some) WORKERS=32 HTTP_EXTRA="key = value" (more [auth.http] settings, default instance only) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
+# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth by default, strict and without cache, the PostgreSQL floor; ONLY="static default strict nocache floor b" picks some) MAILAUTH_B=PATH (another build on the default configuration, run "b" in QUICK mode, right after the default one) WORKERS=32 HTTP_EXTRA="key = value" (more [auth.http] settings, default instance only) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
 # (the fixed rates must stay below each handler's capacity, or the latency is queueing)
 #
 # Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
@@ -148,6 +148,16 @@ sed 's/^\[auth.http\]$/[auth.http]\ndb_lease = 0/' "$ROOT/mailcluster-base.toml"
     >/dev/null 2>"$ROOT/mailauth-strict.log" &
 PIDS+=($!)
 
+# MAILAUTH_B=PATH: another mailauth binary on the default configuration (QUICK runs "b",
+# between the others: a side-by-side comparison of two builds in one run).
+MA_B_PORT=
+if [ -n "${MAILAUTH_B:-}" ]; then
+    MA_B_PORT=$(free_port)
+    "$MAILAUTH_B" --config "$ROOT/mailcluster-base.toml" serve --log stderr --listen "127.0.0.1:$MA_B_PORT" \
+        >/dev/null 2>"$ROOT/mailauth-b.log" &
+    PIDS+=($!)
+fi
+
 NG_STATIC=$(free_port) NG_SEED=$(free_port)
 # Two nginx instances: the ceiling must not share worker processes with the perl handler,
 # which blocks its worker for the length of each request (two connects and two queries).
@@ -193,6 +203,7 @@ for i in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$MA_PORT) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$NG_SEED) 2>/dev/null \
         && (exec 3<>/dev/tcp/127.0.0.1/$MA_NC_PORT) 2>/dev/null \
         && (exec 3<>/dev/tcp/127.0.0.1/$MA_ST_PORT) 2>/dev/null \
+        && { [ -z "$MA_B_PORT" ] || (exec 3<>/dev/tcp/127.0.0.1/$MA_B_PORT) 2>/dev/null; } \
         && (exec 3<>/dev/tcp/127.0.0.1/$NG_STATIC) 2>/dev/null && break
     sleep 0.05
 done
@@ -208,6 +219,7 @@ check "$MA_NC_PORT" u1@d2.example.test pw1
 check "$MA_ST_PORT" u1@d2.example.test pw1
 check "$NG_SEED" u1@d2.example.test pw1
 check "$NG_STATIC" x y
+[ -z "$MA_B_PORT" ] || check "$MA_B_PORT" u1@d2.example.test pw1
 
 RES="$ROOT/results.txt"
 : >"$RES"
@@ -269,9 +281,10 @@ PY
 for run in $(seq 1 "$RUNS"); do
     echo "== run $run/$RUNS ($(uptime | sed 's/.*load/load/'))"
     if [ -n "${QUICK:-}" ]; then # only the MD5 latency goal, against its ceiling
-        want() { [[ " ${ONLY:-static default strict nocache floor} " == *" $1 "* ]]; }
+        want() { [[ " ${ONLY:-static default strict nocache floor b} " == *" $1 "* ]]; }
         want static && rate_run nginx-static "$NG_STATIC" "$ROOT/md5.tsv" "$RATE"
         want default && rate_run mailauth-md5 "$MA_PORT" "$ROOT/md5.tsv" "$RATE"
+        [ -z "$MA_B_PORT" ] || { want b && rate_run mailauth-md5-b "$MA_B_PORT" "$ROOT/md5.tsv" "$RATE"; }
         want strict && rate_run mailauth-md5-strict "$MA_ST_PORT" "$ROOT/md5.tsv" "$RATE"
         want nocache && rate_run mailauth-md5-nocache "$MA_NC_PORT" "$ROOT/md5.tsv" "$RATE"
         want floor && floor_run beside && floor_run alone

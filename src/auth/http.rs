@@ -441,11 +441,12 @@ impl Service {
                         start.elapsed().as_secs_f64() * 1000.0,
                         if l.why.is_empty() { String::new() } else { format!(" why={}", crate::names::printable(&l.why)) },
                     );
-                    if l.outcome == nginx::Outcome::TempFail {
-                        log::warn!("{line}");
+                    let level = if l.outcome == nginx::Outcome::TempFail {
+                        log::Level::Warn
                     } else {
-                        log::info!("{line}");
-                    }
+                        log::Level::Info
+                    };
+                    return response.log_after(level, line);
                 }
                 response
             }
@@ -476,12 +477,13 @@ impl Service {
         } else {
             api::handle(&self.auth, &req.path, &req.body)
         };
-        if self.settings.http.log_requests {
-            log::info!("api path={} peer={peer} status={}", req.path, answer.status);
-        }
         let mut r = Response::new(answer.status);
         r.content_type = answer.content_type;
         r.body = answer.body;
+        if self.settings.http.log_requests {
+            let line = format!("api path={} peer={peer} status={}", req.path, answer.status);
+            return r.log_after(log::Level::Info, line);
+        }
         r
     }
 
@@ -525,6 +527,7 @@ impl Service {
             "# TYPE mailauth_directory_connections gauge\nmailauth_directory_connections {live}"
         );
         let _ = writeln!(out, "# HELP mailauth_directory_lease_misses_total Cached logins that waited for a directory ping (no answer within db_lease).\n# TYPE mailauth_directory_lease_misses_total counter\nmailauth_directory_lease_misses_total {}", self.pool.lease_misses());
+        let _ = writeln!(out, "# HELP mailauth_log_records_dropped_total Log records dropped because the log (syslog, a file) was too slow to take them.\n# TYPE mailauth_log_records_dropped_total counter\nmailauth_log_records_dropped_total {}", crate::logging::dropped_records());
         let (pairs, ips) = self.throttle.sizes();
         let _ = writeln!(out, "# TYPE mailauth_throttle_entries gauge\nmailauth_throttle_entries{{kind=\"pair\"}} {pairs}\nmailauth_throttle_entries{{kind=\"ip\"}} {ips}");
         out.push_str("# HELP mailauth_backend_up Last health check of a storage service (1 = greeted).\n# TYPE mailauth_backend_up gauge\n");

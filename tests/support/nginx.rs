@@ -212,8 +212,37 @@ impl MailauthServe {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log once it holds `needle` (or after 10 s): a request's log line is written
+    /// after its answer is sent, so it may land just after the client has read the answer.
+    pub fn log_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Send SIGTERM and wait (at most 10 s) for the exit; its status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// `GET /auth` with these headers (nginx's shape; values sent raw).

@@ -165,6 +165,9 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// A log line written once the response is sent and the connection closed, so that a
+    /// slow log (a busy syslog socket, a disk stall) never delays an answer.
+    pub log_line: Option<(log::Level, String)>,
 }
 
 impl Response {
@@ -174,6 +177,7 @@ impl Response {
             headers: Vec::new(),
             content_type: "text/plain; charset=utf-8",
             body: Vec::new(),
+            log_line: None,
         }
     }
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Response {
@@ -187,6 +191,11 @@ impl Response {
     pub fn json(mut self, body: impl Into<Vec<u8>>) -> Response {
         self.content_type = "application/json";
         self.body = body.into();
+        self
+    }
+    /// Log `line` at `level` after the response is sent (see [`Response::log_line`]).
+    pub fn log_after(mut self, level: log::Level, line: String) -> Response {
+        self.log_line = Some((level, line));
         self
     }
     /// A request we refuse to parse. The `Auth-Status` makes it a clean failure for nginx.
@@ -581,7 +590,7 @@ pub fn run(bound: Bound, workers: usize, limits: Limits, handler: Arc<Handler>) 
 fn worker(listener: &Listener, handler: &Handler, limits: &Limits) {
     loop {
         match listener.accept() {
-            Ok(mut conn) => serve_one(&mut conn, handler, limits),
+            Ok(conn) => serve_one(conn, handler, limits),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
             Err(e) => {
@@ -593,9 +602,10 @@ fn worker(listener: &Listener, handler: &Handler, limits: &Limits) {
     }
 }
 
-fn serve_one(conn: &mut Conn, handler: &Handler, limits: &Limits) {
+/// Read one request, answer it, close the connection, then write the response's log line.
+fn serve_one(mut conn: Conn, handler: &Handler, limits: &Limits) {
     let start = Instant::now();
-    let response = match read_request(conn, limits) {
+    let response = match read_request(&mut conn, limits) {
         Ok(req) => {
             let peer = conn.peer();
             // A panic in a handler must not take the worker (and its queue) down.
@@ -617,6 +627,10 @@ fn serve_one(conn: &mut Conn, handler: &Handler, limits: &Limits) {
     let _ = conn.set_write_timeout(left);
     let _ = conn.write_all(&response.to_bytes());
     let _ = conn.flush();
+    drop(conn);
+    if let Some((level, line)) = response.log_line {
+        log::log!(level, "{line}");
+    }
 }
 
 #[cfg(test)]
