@@ -147,8 +147,12 @@ mod background {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    /// Records waiting for the writer at most (~150 bytes each: under a megabyte).
-    const QUEUE: usize = 4096;
+    /// Records waiting for the writer at most (~150 bytes each: a few megabytes).
+    const QUEUE: usize = 16384;
+    /// The writer looks for records this often. It never sleeps *in* the queue: a receiver
+    /// blocked there would make every record's sender take the queue's wake-up lock and
+    /// wake it, and a sender preempted while holding that lock stalls all the others.
+    const POLL: Duration = Duration::from_millis(20);
     /// How long `flush` waits for the writer (a stuck log must not stop an exit).
     const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
@@ -198,9 +202,18 @@ mod background {
         );
     }
 
+    /// Every [`POLL`], write what is queued; end when every sender is gone.
     fn write_all(inner: &dyn log::Log, jobs: Receiver<Job>) {
         let mut reported = 0;
-        for job in jobs {
+        loop {
+            let job = match jobs.try_recv() {
+                Ok(job) => job,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+            };
             match job {
                 Job::Record {
                     level,

@@ -8,10 +8,12 @@
 //! background thread, checking every target it has been asked about, and logs once per
 //! change of state.
 
+use crate::auth::locks::{lock, read, write};
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// The mail protocols nginx proxies.
@@ -162,18 +164,32 @@ pub struct Target {
     pub proto: Protocol,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct State {
     up: bool,
     checked: Instant,
-    last_asked: Instant,
+    /// When a request last asked, in seconds since `Shared::epoch` (written under the read
+    /// lock by every request, so an atomic).
+    last_asked: AtomicU64,
     reason: String,
 }
 
+/// Read by every request ([`HealthChecker::is_up`]), written by the checks: a read-write
+/// lock, so that requests never wait for each other.
 struct Shared {
     config: HealthConfig,
-    states: Mutex<HashMap<Target, State>>,
+    epoch: Instant,
+    states: RwLock<HashMap<Target, State>>,
+    /// The background thread sleeps on `wake` (with `sleep`) until the next check is due
+    /// or a new target is asked about.
+    sleep: Mutex<()>,
     wake: Condvar,
+}
+
+impl Shared {
+    fn secs(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_secs()
+    }
 }
 
 /// A cache of backend health, refreshed by a background thread.
@@ -187,7 +203,9 @@ impl HealthChecker {
     pub fn start(config: HealthConfig) -> HealthChecker {
         let shared = Arc::new(Shared {
             config,
-            states: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            states: RwLock::new(HashMap::new()),
+            sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
         if shared.config.enabled {
@@ -211,16 +229,18 @@ impl HealthChecker {
         }
         let now = Instant::now();
         {
-            let mut states = lock(&self.shared.states);
-            if let Some(state) = states.get_mut(target) {
-                state.last_asked = now;
+            let states = read(&self.shared.states);
+            if let Some(state) = states.get(target) {
+                state
+                    .last_asked
+                    .store(self.shared.secs(now), Ordering::Relaxed);
                 return state.up;
             }
         }
         let result = check_greeting(target.addr, target.proto, self.shared.config.timeout());
         record(&self.shared, target, result, Instant::now());
         self.shared.wake.notify_all();
-        lock(&self.shared.states)
+        read(&self.shared.states)
             .get(target)
             .map(|s| s.up)
             .unwrap_or(false)
@@ -228,7 +248,7 @@ impl HealthChecker {
 
     /// The last known state of every target: (target, up, reason when down).
     pub fn snapshot(&self) -> Vec<(Target, bool, String)> {
-        let states = lock(&self.shared.states);
+        let states = read(&self.shared.states);
         let mut out: Vec<_> = states
             .iter()
             .map(|(t, s)| (t.clone(), s.up, s.reason.clone()))
@@ -238,15 +258,11 @@ impl HealthChecker {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Store a result; log when the state of a known target changes (or a new one is down).
 fn record(shared: &Shared, target: &Target, result: std::result::Result<(), String>, now: Instant) {
     let up = result.is_ok();
     let reason = result.err().unwrap_or_default();
-    let mut states = lock(&shared.states);
+    let mut states = write(&shared.states);
     match states.get_mut(target) {
         Some(state) => {
             if state.up != up {
@@ -284,7 +300,7 @@ fn record(shared: &Shared, target: &Target, result: std::result::Result<(), Stri
                 State {
                     up,
                     checked: now,
-                    last_asked: now,
+                    last_asked: AtomicU64::new(shared.secs(now)),
                     reason,
                 },
             );
@@ -298,9 +314,12 @@ fn background(weak: std::sync::Weak<Shared>) {
         let interval = shared.config.interval();
         let now = Instant::now();
         let due: Vec<Target> = {
-            let mut states = lock(&shared.states);
-            let forget = shared.config.forget_after();
-            states.retain(|_, s| now.duration_since(s.last_asked) < forget);
+            let mut states = write(&shared.states);
+            let forget = shared.config.forget_after().as_secs();
+            let now_secs = shared.secs(now);
+            states.retain(|_, s| {
+                now_secs.saturating_sub(s.last_asked.load(Ordering::Relaxed)) < forget.max(1)
+            });
             states
                 .iter()
                 .filter(|(_, s)| now.duration_since(s.checked) >= interval)
@@ -322,7 +341,7 @@ fn background(weak: std::sync::Weak<Shared>) {
         }
         // Sleep until the next check is due (or a new target arrives).
         let next = {
-            let states = lock(&shared.states);
+            let states = read(&shared.states);
             let now = Instant::now();
             states
                 .values()
@@ -331,7 +350,7 @@ fn background(weak: std::sync::Weak<Shared>) {
                 .unwrap_or(interval)
                 .max(Duration::from_millis(10))
         };
-        let guard = lock(&shared.states);
+        let guard = lock(&shared.sleep);
         let _ = shared.wake.wait_timeout(guard, next);
         drop(shared);
     }

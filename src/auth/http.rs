@@ -16,6 +16,7 @@ pub mod verify;
 use crate::auth::api;
 use crate::auth::authenticator::Authenticator;
 use crate::auth::health::{HealthChecker, Protocol, Target};
+use crate::auth::locks::{read, write};
 use crate::auth::throttle::{HashGate, Throttle};
 use crate::config::{Config, PortsConfig};
 use crate::directory::{DomainRecord, MailboxRecord};
@@ -27,7 +28,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use ttl_cache::TtlCache;
@@ -126,7 +127,8 @@ const PATHS: [&str; 7] = [
 struct Resolver {
     overrides: HashMap<String, IpAddr>,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (IpAddr, Instant)>>,
+    /// Read by every request: a read-write lock, so that requests never wait for each other.
+    cache: RwLock<HashMap<String, (IpAddr, Instant)>>,
 }
 
 impl Resolver {
@@ -138,7 +140,7 @@ impl Resolver {
             return Ok(ip);
         }
         let now = Instant::now();
-        if let Some((ip, at)) = lock(&self.cache).get(node) {
+        if let Some((ip, at)) = read(&self.cache).get(node) {
             if now.duration_since(*at) < self.ttl {
                 return Ok(*ip);
             }
@@ -151,12 +153,12 @@ impl Resolver {
             .ok_or_else(|| format!("node {node} has no address"));
         match found {
             Ok(ip) => {
-                lock(&self.cache).insert(node.to_string(), (ip, now));
+                write(&self.cache).insert(node.to_string(), (ip, now));
                 Ok(ip)
             }
             Err(e) => {
                 // A stale address beats none while DNS is down.
-                if let Some((ip, _)) = lock(&self.cache).get(node) {
+                if let Some((ip, _)) = read(&self.cache).get(node) {
                     return Ok(*ip);
                 }
                 Err(e)
@@ -165,14 +167,12 @@ impl Resolver {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 const ROUTE_CACHE_MAX: usize = 50_000;
 const USER_CACHE_MAX: usize = 100_000;
 /// Cache entries waiting for a refresh at most (more are left to expire).
 const REFRESH_QUEUE: usize = 1024;
+/// How often the refresher looks for entries to refresh.
+const REFRESH_POLL: Duration = Duration::from_millis(50);
 
 /// A cache entry in use and past 3/4 of its life, to be read again from the directory by the
 /// refresher thread (off the requests' path).
@@ -246,7 +246,7 @@ impl Service {
             resolver: Resolver {
                 overrides,
                 ttl: settings.http.resolve_ttl(),
-                cache: Mutex::new(HashMap::new()),
+                cache: RwLock::new(HashMap::new()),
             },
             routes: TtlCache::new(settings.http.route_ttl(), ROUTE_CACHE_MAX),
             users: TtlCache::new(settings.http.user_ttl(), USER_CACHE_MAX),
@@ -256,13 +256,22 @@ impl Service {
         let weak = Arc::downgrade(&service);
         std::thread::Builder::new()
             .name("cache-refresh".into())
-            .spawn(move || {
-                // Ends when the service (holding the sender) is gone.
-                for job in refresh_queue {
-                    match weak.upgrade() {
+            .spawn(move || loop {
+                // It polls instead of sleeping in the queue: a receiver blocked there makes
+                // each sender take the queue's wake-up lock, and a request thread preempted
+                // while holding it would stall the others. Ends with the service.
+                match refresh_queue.try_recv() {
+                    Ok(job) => match weak.upgrade() {
                         Some(svc) => svc.refresh(job),
                         None => return,
+                    },
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                        std::thread::sleep(REFRESH_POLL);
                     }
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
                 }
             })
             .map_err(|e| Error::temporary(format!("cannot start the cache refresher: {e}")))?;
@@ -556,14 +565,14 @@ mod tests {
         let r = Resolver {
             overrides,
             ttl: Duration::from_secs(60),
-            cache: Mutex::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
         };
         assert_eq!(r.resolve("storage-01").unwrap().to_string(), "10.0.0.1");
         assert_eq!(r.resolve("192.0.2.7").unwrap().to_string(), "192.0.2.7");
         // A name through the system resolver (/etc/hosts), then from the cache.
         let ip = r.resolve("localhost").unwrap();
         assert!(ip.is_loopback(), "{ip}");
-        assert!(lock(&r.cache).contains_key("localhost"));
+        assert!(read(&r.cache).contains_key("localhost"));
         assert!(r.resolve("no-such-node.invalid").is_err());
     }
 }

@@ -7,5 +7,6 @@ pub mod checkpassword;
 pub mod health;
 pub mod http;
 pub mod iterate;
+pub mod locks;
 pub mod scheme;
 pub mod throttle;

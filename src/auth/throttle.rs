@@ -17,11 +17,16 @@
 //!   `wait_attempts` attempts of one connection (nginx keeps memory per attempt).
 //! * Password hashing runs under a semaphore ([`HashGate`], `hash_concurrency` slots): argon2
 //!   takes tens of MB and bcrypt/SHA-crypt real CPU each.
+//! * The tables are sharded by client address ([`Shards`]; a pair lives in its address's
+//!   shard), so a thread stalled in one shard holds up no login from other addresses.
 
+use crate::auth::locks::lock;
+use crate::auth::locks::{Shards, SHARDS};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -132,7 +137,7 @@ pub struct Throttle {
     config: ThrottleConfig,
     window: Duration,
     keys: RandomState,
-    tables: Mutex<Tables>,
+    tables: Shards<Tables>,
 }
 
 /// The key for per-address counting: IPv4 as is, IPv6 by its /64 (one customer's prefix).
@@ -152,17 +157,13 @@ fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Throttle {
     pub fn new(config: ThrottleConfig) -> Throttle {
         Throttle {
             window: config.window(),
             config,
             keys: RandomState::new(),
-            tables: Mutex::new(Tables {
+            tables: Shards::new(|| Tables {
                 pairs: HashMap::new(),
                 ips: HashMap::new(),
             }),
@@ -176,7 +177,8 @@ impl Throttle {
     /// Is this login refused without checking the password?
     pub fn blocked(&self, user: &str, ip: IpAddr) -> Option<Block> {
         let now = Instant::now();
-        let mut t = lock(&self.tables);
+        let ipk = ip_key(ip);
+        let mut t = self.tables.lock(&ipk);
         if self.config.pair_limit > 0 {
             if let Some(e) = t.pairs.get_mut(&(user.to_string(), ip)) {
                 e.prune(now, self.window);
@@ -186,7 +188,7 @@ impl Throttle {
             }
         }
         if self.config.ip_limit > 0 {
-            if let Some(e) = t.ips.get_mut(&ip_key(ip)) {
+            if let Some(e) = t.ips.get_mut(&ipk) {
                 e.prune(now, self.window);
                 if e.distinct.len() >= self.config.ip_limit {
                     return Some(Block::Ip);
@@ -202,8 +204,10 @@ impl Throttle {
         let now = Instant::now();
         let pw_hash = self.keys.hash_one(password);
         let user_pw_hash = self.keys.hash_one((user, password));
-        let mut t = lock(&self.tables);
-        let max = self.config.max_entries.max(16);
+        let ipk = ip_key(ip);
+        let mut t = self.tables.lock(&ipk);
+        // The bound on each table, per shard.
+        let max = (self.config.max_entries.max(16) / SHARDS).max(1);
         let window = self.window;
         let key = (user.to_string(), ip);
         if !t.pairs.contains_key(&key) && t.pairs.len() >= max {
@@ -213,7 +217,6 @@ impl Throttle {
         pair.prune(now, window);
         pair.add(pw_hash, now, self.config.pair_limit.max(1) + 1);
         let count = pair.recent.len() as u32;
-        let ipk = ip_key(ip);
         if !t.ips.contains_key(&ipk) && t.ips.len() >= max {
             evict(&mut t.ips, now, window, max);
         }
@@ -225,7 +228,10 @@ impl Throttle {
 
     /// A successful login clears the pair's history (not the address's).
     pub fn success(&self, user: &str, ip: IpAddr) {
-        lock(&self.tables).pairs.remove(&(user.to_string(), ip));
+        self.tables
+            .lock(&ip_key(ip))
+            .pairs
+            .remove(&(user.to_string(), ip));
     }
 
     /// The Auth-Wait to send after `failures` failures, on the connection's `attempt`-th
@@ -243,8 +249,12 @@ impl Throttle {
 
     /// Numbers of remembered pairs and addresses (for /metrics).
     pub fn sizes(&self) -> (usize, usize) {
-        let t = lock(&self.tables);
-        (t.pairs.len(), t.ips.len())
+        let (mut pairs, mut ips) = (0, 0);
+        self.tables.each(|t| {
+            pairs += t.pairs.len();
+            ips += t.ips.len();
+        });
+        (pairs, ips)
     }
 }
 
@@ -273,9 +283,14 @@ fn evict<K: Clone + Eq + std::hash::Hash>(
     }
 }
 
-/// A counting semaphore bounding concurrent password hashing.
+/// A counting semaphore bounding concurrent password hashing. Taking and giving back a
+/// slot is one atomic operation while slots are free; only a caller that finds none waits
+/// (on a condition variable, with a deadline).
 pub struct HashGate {
-    free: Mutex<usize>,
+    free: AtomicUsize,
+    /// Callers waiting for a slot (a release wakes one only when there are).
+    waiting: AtomicUsize,
+    lock: Mutex<()>,
     cv: Condvar,
     wait: Duration,
 }
@@ -301,36 +316,58 @@ impl HashGate {
             Duration::from_secs(5)
         };
         HashGate {
-            free: Mutex::new(slots),
+            free: AtomicUsize::new(slots),
+            waiting: AtomicUsize::new(0),
+            lock: Mutex::new(()),
             cv: Condvar::new(),
             wait,
         }
     }
 
+    fn try_take(&self) -> bool {
+        self.free
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// Take a slot, waiting at most the configured time. None = overloaded (answer a
     /// temporary failure).
     pub fn acquire(&self) -> Option<HashPermit<'_>> {
+        if self.try_take() {
+            return Some(HashPermit { gate: self });
+        }
         let deadline = Instant::now() + self.wait;
-        let mut free = lock(&self.free);
-        while *free == 0 {
+        let mut guard = lock(&self.lock);
+        // Announce the wait before the last look, so that a release either sees the waiter
+        // (and wakes it) or happens before that look (which then takes its slot).
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let taken = loop {
+            if self.try_take() {
+                break true;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return None;
+                break false;
             }
-            free = match self.cv.wait_timeout(free, left) {
+            guard = match self.cv.wait_timeout(guard, left) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
-        }
-        *free -= 1;
-        Some(HashPermit { gate: self })
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        drop(guard);
+        taken.then_some(HashPermit { gate: self })
     }
 }
 
 impl Drop for HashPermit<'_> {
     fn drop(&mut self) {
-        *lock(&self.gate.free) += 1;
-        self.gate.cv.notify_one();
+        self.gate.free.fetch_add(1, Ordering::SeqCst);
+        if self.gate.waiting.load(Ordering::SeqCst) > 0 {
+            // Under the lock: a waiter between its last look and its wait holds it.
+            let _guard = lock(&self.gate.lock);
+            self.gate.cv.notify_one();
+        }
     }
 }
 
@@ -430,5 +467,24 @@ mod tests {
         assert!(g.acquire().is_none());
         drop(p);
         assert!(g.acquire().is_some());
+        // Many threads: never more than the slots at once, and every waiter is woken.
+        let g = HashGate::new(2, 30.0);
+        let inside = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..2000 {
+                        let permit = g.acquire();
+                        assert!(permit.is_some());
+                        let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(n, Ordering::SeqCst);
+                        std::hint::spin_loop();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert!(most.load(Ordering::SeqCst) <= 2);
     }
 }

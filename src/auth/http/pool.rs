@@ -12,6 +12,7 @@
 //! machine that stalled every request for tens of milliseconds (see BENCHMARKS.md). A
 //! bounded pool also bounds how many queries run at once on the database.
 
+use crate::auth::locks::lock;
 use crate::config::{Config, Role};
 use crate::directory::{self, Directory};
 use crate::error::{Error, Result};
@@ -62,8 +63,34 @@ struct Pings {
     /// When a query or a ping last found no directory answering: a ping sent before then
     /// cannot renew the lease.
     failed: Option<Instant>,
-    /// When [`DirectoryPool::answered_within`] was last called.
-    asked: Option<Instant>,
+}
+
+/// An `Option<Instant>` readable without a lock (nanoseconds since a fixed start).
+struct Stamp {
+    epoch: Instant,
+    /// 0: none; else 1 + nanoseconds since `epoch`.
+    nanos: AtomicU64,
+}
+
+impl Stamp {
+    fn new(epoch: Instant) -> Stamp {
+        Stamp {
+            epoch,
+            nanos: AtomicU64::new(0),
+        }
+    }
+    fn set(&self, t: Option<Instant>) {
+        let n = t.map_or(0, |t| {
+            1 + u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(0)
+        });
+        self.nanos.store(n, Ordering::SeqCst);
+    }
+    fn get(&self) -> Option<Instant> {
+        match self.nanos.load(Ordering::SeqCst) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+        }
+    }
 }
 
 impl Pings {
@@ -78,15 +105,16 @@ impl Pings {
 pub struct DirectoryPool {
     sources: Vec<Source>,
     pings: Mutex<Pings>,
+    /// `Pings::answered_sent`, published for [`DirectoryPool::answered_within`] to read
+    /// without taking the lock (written under it).
+    lease_from: Stamp,
+    /// When [`DirectoryPool::answered_within`] was last called (to the second).
+    asked: Stamp,
     ping_done: Condvar,
     /// Calls of [`DirectoryPool::answered_within`] that found no fresh answer and waited.
     lease_misses: AtomicU64,
     timeout: Duration,
     max_size: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Wait on `cv` until it is signalled or `deadline` passes (None: passed before the wait).
@@ -187,6 +215,8 @@ impl DirectoryPool {
         Ok(DirectoryPool {
             sources,
             pings: Mutex::new(Pings::default()),
+            lease_from: Stamp::new(Instant::now()),
+            asked: Stamp::new(Instant::now()),
             ping_done: Condvar::new(),
             lease_misses: AtomicU64::new(0),
             timeout: config.db_timeout(),
@@ -242,6 +272,7 @@ impl DirectoryPool {
                 } else if pings.failed.map_or(true, |failed| sent > failed) {
                     pings.answered_sent = Some(sent);
                 }
+                self.lease_from.set(pings.answered_sent);
                 self.ping_done.notify_all();
                 continue;
             }
@@ -257,11 +288,17 @@ impl DirectoryPool {
     /// [`DirectoryPool::keep_answering`] keeps the lease fresh, so that callers need not wait.
     pub fn answered_within(&self, lease: Duration) -> Result<()> {
         if !lease.is_zero() {
-            let mut pings = lock(&self.pings);
+            // No lock on this path, taken by every cached login: a thread stalled while
+            // holding one would hold up all of them.
             let now = Instant::now();
-            pings.asked = Some(now);
-            if pings
-                .answered_sent
+            if self.asked.get().map_or(true, |t| {
+                now.saturating_duration_since(t) > Duration::from_secs(1)
+            }) {
+                self.asked.set(Some(now));
+            }
+            if self
+                .lease_from
+                .get()
                 .is_some_and(|sent| now.saturating_duration_since(sent) <= lease)
             {
                 return Ok(());
@@ -295,8 +332,9 @@ impl DirectoryPool {
                 let due = {
                     let pings = lock(&pool.pings);
                     let now = Instant::now();
-                    let wanted = pings
+                    let wanted = pool
                         .asked
+                        .get()
                         .is_some_and(|t| now.saturating_duration_since(t) < DEMAND_FOR);
                     let fresh = pings
                         .answered_sent
@@ -416,7 +454,11 @@ impl DirectoryPool {
                 }
             }
         }
-        lock(&self.pings).lost();
+        {
+            let mut pings = lock(&self.pings);
+            pings.lost();
+            self.lease_from.set(pings.answered_sent);
+        }
         Err(last
             .map(|e| {
                 if e.is_temporary() {

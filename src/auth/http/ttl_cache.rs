@@ -6,17 +6,19 @@
 //! [`TtlCache::get_or_due`] also tells the one caller that finds an entry past 3/4 of its life
 //! that it is due for a refresh, so that entries in use are renewed in the background
 //! before they expire (never kept beyond their life: a refresh is a new entry).
+//! The map is sharded ([`Shards`]): a reader stalled in one shard holds up no other.
 
+use crate::auth::locks::{Shards, SHARDS};
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct TtlCache<K, V> {
     ttl: Duration,
+    /// Entries per shard at most.
     max: usize,
-    map: Mutex<HashMap<K, Entry<V>>>,
+    map: Shards<HashMap<K, Entry<V>>>,
 }
 
 struct Entry<V> {
@@ -31,13 +33,9 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
     pub fn new(ttl: Duration, max: usize) -> TtlCache<K, V> {
         TtlCache {
             ttl,
-            max: max.max(1),
-            map: Mutex::new(HashMap::new()),
+            max: (max / SHARDS).max(1),
+            map: Shards::new(HashMap::new),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry<V>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<V>
@@ -64,7 +62,7 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
         if self.ttl.is_zero() {
             return None;
         }
-        let mut map = self.lock();
+        let mut map = self.map.lock(key);
         let e = map.get_mut(key)?;
         let now = Instant::now();
         if now >= e.expires {
@@ -81,7 +79,7 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
         if self.ttl.is_zero() {
             return;
         }
-        let mut map = self.lock();
+        let mut map = self.map.lock(&key);
         let now = Instant::now();
         if map.len() >= self.max && !map.contains_key(&key) {
             map.retain(|_, e| now < e.expires);
@@ -102,15 +100,17 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
     where
         K: Borrow<Q>,
     {
-        self.lock().remove(key);
+        self.map.lock(key).remove(key);
     }
 
     pub fn clear(&self) {
-        self.lock().clear();
+        self.map.each(|m| m.clear());
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        let mut n = 0;
+        self.map.each(|m| n += m.len());
+        n
     }
 
     pub fn is_empty(&self) -> bool {
@@ -124,13 +124,14 @@ mod tests {
 
     #[test]
     fn entries_expire_and_the_size_is_bounded() {
+        let c = TtlCache::new(Duration::from_millis(80), 2 * SHARDS);
+        for i in 0..10 * SHARDS {
+            c.put(i, i);
+            assert_eq!(c.get(&i), Some(i)); // a full shard starts over
+            assert!(c.len() <= 2 * SHARDS);
+        }
         let c = TtlCache::new(Duration::from_millis(80), 2);
-        c.put("a", 1);
-        c.put("b", 2);
-        assert_eq!(c.get(&"a"), Some(1));
-        c.put("c", 3); // full, nothing expired: starts over
-        assert_eq!(c.len(), 1);
-        assert_eq!(c.get(&"c"), Some(3));
+        c.put("c", 3);
         std::thread::sleep(Duration::from_millis(90));
         assert_eq!(c.get(&"c"), None);
         c.remove(&"c");
