@@ -153,6 +153,8 @@ mod background {
     /// blocked there would make every record's sender take the queue's wake-up lock and
     /// wake it, and a sender preempted while holding that lock stalls all the others.
     const POLL: Duration = Duration::from_millis(20);
+    /// After a second without records, it looks less often (an idle daemon stays quiet).
+    const IDLE_POLL: Duration = Duration::from_millis(250);
     /// How long `flush` waits for the writer (a stuck log must not stop an exit).
     const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
@@ -202,18 +204,22 @@ mod background {
         );
     }
 
-    /// Every [`POLL`], write what is queued; end when every sender is gone.
+    /// Every [`POLL`] ([`IDLE_POLL`] when idle), write what is queued; end when every
+    /// sender is gone.
     fn write_all(inner: &dyn log::Log, jobs: Receiver<Job>) {
         let mut reported = 0;
+        let mut idle_since = Instant::now();
         loop {
             let job = match jobs.try_recv() {
                 Ok(job) => job,
                 Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    std::thread::sleep(POLL);
+                    let idle = idle_since.elapsed() > Duration::from_secs(1);
+                    std::thread::sleep(if idle { IDLE_POLL } else { POLL });
                     continue;
                 }
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
             };
+            idle_since = Instant::now();
             match job {
                 Job::Record {
                     level,

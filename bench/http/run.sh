@@ -9,7 +9,7 @@
 # cached login trusted while the directory answered a ping sent at most `db_lease` 0.1 s
 # ago), strict (`db_lease = 0`: a ping sent after each request arrived) and with
 # `user_ttl = 0` (one lookup query per request, as before the cache).
-# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth by default, strict and without cache, the PostgreSQL floor; ONLY="static default strict nocache floor b" picks some) MAILAUTH_B=PATH (another build on the default configuration, run "b" in QUICK mode, right after the default one) WORKERS=32 HTTP_EXTRA="key = value" (more [auth.http] settings, default instance only) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
+# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth by default, strict and without cache, the PostgreSQL floor; ONLY="static default strict nocache floor b" picks some) MAILAUTH_B=PATH (another build on the default configuration, run "b" in QUICK mode, right after the default one; B_WORKERS=N gives it another thread count) WORKERS=32 HTTP_EXTRA="key = value" (more [auth.http] settings, default instance only) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
 # (the fixed rates must stay below each handler's capacity, or the latency is queueing)
 #
 # Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
@@ -153,7 +153,8 @@ PIDS+=($!)
 MA_B_PORT=
 if [ -n "${MAILAUTH_B:-}" ]; then
     MA_B_PORT=$(free_port)
-    "$MAILAUTH_B" --config "$ROOT/mailcluster-base.toml" serve --log stderr --listen "127.0.0.1:$MA_B_PORT" \
+    sed "s/^workers = .*/workers = ${B_WORKERS:-${WORKERS:-32}}/" "$ROOT/mailcluster-base.toml" >"$ROOT/mailcluster-b.toml"
+    "$MAILAUTH_B" --config "$ROOT/mailcluster-b.toml" serve --log stderr --listen "127.0.0.1:$MA_B_PORT" \
         >/dev/null 2>"$ROOT/mailauth-b.log" &
     PIDS+=($!)
 fi

@@ -172,7 +172,7 @@ const USER_CACHE_MAX: usize = 100_000;
 /// Cache entries waiting for a refresh at most (more are left to expire).
 const REFRESH_QUEUE: usize = 1024;
 /// How often the refresher looks for entries to refresh.
-const REFRESH_POLL: Duration = Duration::from_millis(50);
+const REFRESH_POLL: Duration = Duration::from_millis(100);
 
 /// A cache entry in use and past 3/4 of its life, to be read again from the directory by the
 /// refresher thread (off the requests' path).

@@ -165,8 +165,8 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     pub content_type: &'static str,
     pub body: Vec<u8>,
-    /// A log line written once the response is sent and the connection closed, so that a
-    /// slow log (a busy syslog socket, a disk stall) never delays an answer.
+    /// A log line written once the response is sent, so that a slow log (a busy syslog
+    /// socket, a disk stall) never delays an answer.
     pub log_line: Option<(log::Level, String)>,
 }
 
@@ -602,7 +602,7 @@ fn worker(listener: &Listener, handler: &Handler, limits: &Limits) {
     }
 }
 
-/// Read one request, answer it, close the connection, then write the response's log line.
+/// Read one request, answer it, log it, close the connection.
 fn serve_one(mut conn: Conn, handler: &Handler, limits: &Limits) {
     let start = Instant::now();
     let response = match read_request(&mut conn, limits) {
@@ -627,10 +627,13 @@ fn serve_one(mut conn: Conn, handler: &Handler, limits: &Limits) {
     let _ = conn.set_write_timeout(left);
     let _ = conn.write_all(&response.to_bytes());
     let _ = conn.flush();
-    drop(conn);
+    // Queued (the daemon's log has a writer thread: this does not wait for the log) before
+    // the client sees the connection end, so that a SIGTERM right after the answer still
+    // finds the line queued and writes it out.
     if let Some((level, line)) = response.log_line {
         log::log!(level, "{line}");
     }
+    drop(conn);
 }
 
 #[cfg(test)]
