@@ -117,6 +117,10 @@ def main():
     ap.add_argument("--perf-args", default=None,
                     help="arguments of `perf record` for --perf instead of the defaults, e.g. "
                          "\"-u mailbench -F 999 --call-graph dwarf,16384\" (the receivers)")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="sync and drop the page, dentry and inode caches before every trial "
+                         "(cold; the full benchmark's day run is partly cold: its four trees "
+                         "do not all fit in memory)")
     ap.add_argument("--batch", action="store_true",
                     help="make every trial's copy first, then wait --pause once (the inodes "
                          "the removals freed age: as in mailsync-bench.py, where no removal "
@@ -191,6 +195,10 @@ def trials(a, bins, fix):
             subprocess.run(["cp", "-al", dst, os.path.join(t, "dst")], check=True)
             subprocess.run(["cp", "-a", state, os.path.join(t, "state")], check=True)
             subprocess.run(["sync"])
+        if a.drop_caches:
+            subprocess.run(["sync"])
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
         env = dict(os.environ, MAILSYNC_PHASES="1")
         s0 = cpu_times()
         w, c, rep, err = run(cmd(path, day, os.path.join(tk, "dst"), os.path.join(tk, "state"),
