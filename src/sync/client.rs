@@ -476,15 +476,21 @@ fn sync_domain_inner(
     }
 
     // Record what is about to be sent, durably, before it goes out (the paths of earlier
-    // interrupted runs stay in the log): written by a helper thread while the first
-    // operations are read and encoded; the first frame sent waits for it (`Gate`).
+    // interrupted runs stay in the log).
     let new_paths = p.ops.iter().filter_map(|op| match op {
         Op::Put(e) | Op::Link { to: e, .. } => Some(e.path.as_str()),
         Op::Rename { to, .. } => Some(*to),
         _ => None,
     });
     let mut new_paths = new_paths.peekable();
-    let log_needed = new_paths.peek().is_some();
+    if new_paths.peek().is_some() {
+        save_sent(
+            &sent_path,
+            &pair,
+            sent_log.iter().map(String::as_str).chain(new_paths),
+        )?;
+    }
+    drop(sent_log);
 
     // Stream the operations. Files whose attributes changed since the scan are recorded
     // as read; vanished files are left out of the record.
@@ -503,67 +509,54 @@ fn sync_domain_inner(
     } else {
         None
     };
-    std::thread::scope(|s| -> Result<()> {
-        let log = log_needed.then(|| {
-            s.spawn(|| {
-                save_sent(
-                    &sent_path,
-                    &pair,
-                    sent_log.iter().map(String::as_str).chain(new_paths),
-                )
-            })
-        });
-        let mut gate = Gate {
-            conn: &mut sess.conn,
-            log,
-        };
-        for op in &p.ops {
-            match op {
-                Op::Put(entry) => {
-                    let i = local_entries
-                        .binary_search_by(|e| e.path.as_str().cmp(&entry.path))
-                        .ok();
-                    match send_put(&mut gate, &mut frame, &base, entry, lock_source.as_ref())? {
-                        Some(sent) => {
-                            rep.files_sent += 1;
-                            rep.bytes_sent += sent.size;
-                            if let Some(i) = i {
-                                if sent != **entry {
-                                    updates.push((i, sent));
-                                }
-                            }
-                        }
-                        None => {
-                            rep.vanished += 1;
-                            if let Some(i) = i {
-                                gone.push(i);
+    for op in &p.ops {
+        match op {
+            Op::Put(entry) => {
+                let i = local_entries
+                    .binary_search_by(|e| e.path.as_str().cmp(&entry.path))
+                    .ok();
+                match send_put(
+                    &mut sess.conn,
+                    &mut frame,
+                    &base,
+                    entry,
+                    lock_source.as_ref(),
+                )? {
+                    Some(sent) => {
+                        rep.files_sent += 1;
+                        rep.bytes_sent += sent.size;
+                        if let Some(i) = i {
+                            if sent != **entry {
+                                updates.push((i, sent));
                             }
                         }
                     }
-                }
-                other => {
-                    match other {
-                        Op::Rename { .. } => rep.renames += 1,
-                        Op::Link { .. } => rep.links += 1,
-                        Op::Delete(_) => rep.deletes += 1,
-                        _ => {}
+                    None => {
+                        rep.vanished += 1;
+                        if let Some(i) = i {
+                            gone.push(i);
+                        }
                     }
-                    encode_op(other, &mut frame);
                 }
             }
-            if frame.len() > FRAME_FILL {
-                gate.conn()?.send(t::OPS, &frame.buf)?;
-                frame.buf.clear();
+            other => {
+                match other {
+                    Op::Rename { .. } => rep.renames += 1,
+                    Op::Link { .. } => rep.links += 1,
+                    Op::Delete(_) => rep.deletes += 1,
+                    _ => {}
+                }
+                encode_op(other, &mut frame);
             }
         }
-        if !frame.is_empty() {
-            gate.conn()?.send(t::OPS, &frame.buf)?;
+        if frame.len() > FRAME_FILL {
+            sess.conn.send(t::OPS, &frame.buf)?;
+            frame.buf.clear();
         }
-        // Nothing more goes out before the log is durable.
-        gate.conn()?;
-        Ok(())
-    })?;
-    drop(sent_log);
+    }
+    if !frame.is_empty() {
+        sess.conn.send(t::OPS, &frame.buf)?;
+    }
     drop(frame);
     drop(lock_source);
     drop(p);
@@ -871,7 +864,7 @@ fn domain_request(opts: &SendOptions, domain: &Domain, pair: &str) -> Enc {
 /// Send one file. Returns the entry as sent (attributes at read time), or None when the
 /// file vanished (renamed by a reader since the scan: the next run picks up its new name).
 fn send_put(
-    gate: &mut Gate,
+    conn: &mut Conn,
     frame: &mut Enc,
     base: &Path,
     entry: &Entry,
@@ -926,26 +919,9 @@ fn send_put(
             return Ok(Some(sent));
         }
         // Grew while reading: stream what we have and the rest.
-        return stream_put(gate.conn()?, frame, &mut f, sent, data, &abs).map(Some);
+        return stream_put(conn, frame, &mut f, sent, data, &abs).map(Some);
     }
-    stream_put(gate.conn()?, frame, &mut f, sent, Vec::new(), &abs).map(Some)
-}
-
-/// The connection, for operations that may go out only once the intent log is durable:
-/// the first use waits for the thread writing it (and fails if it failed).
-struct Gate<'c, 's> {
-    conn: &'c mut Conn,
-    log: Option<std::thread::ScopedJoinHandle<'s, Result<()>>>,
-}
-
-impl Gate<'_, '_> {
-    fn conn(&mut self) -> Result<&mut Conn> {
-        if let Some(h) = self.log.take() {
-            h.join()
-                .map_err(|_| Error::internal("the thread writing the intent log failed"))??;
-        }
-        Ok(&mut *self.conn)
-    }
+    stream_put(conn, frame, &mut f, sent, Vec::new(), &abs).map(Some)
 }
 
 fn stream_put(
