@@ -5,7 +5,7 @@ use super::manifest::{self, Manifest, Record};
 use super::ops::{encode_op, tag, Applier, Chunks, DataFrames};
 use super::plan::{plan, Op, Rules};
 use super::scan::{self, Cache, Filter, Scan};
-use super::wire::{t, Conn, Dec, Enc, CAP_PIPELINE, CHUNK, MAGIC, VERSION};
+use super::wire::{t, Conn, Dec, Enc, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
 use crate::names::Domain;
 use std::collections::{BTreeSet, HashSet};
@@ -75,11 +75,6 @@ pub struct Session {
     /// The record of the previous domain being written (durably) while the next one
     /// starts; waited for before another is written and when the session closes.
     saving: Saving,
-    /// Capabilities the receiver announced (`wire::CAP_*`).
-    caps: u64,
-    /// The domain whose DOMAIN request was already sent (with the previous domain's
-    /// commit, pipelined): the receiver is working on it.
-    requested: Option<String>,
 }
 
 /// A record being written; waited for when dropped.
@@ -120,7 +115,10 @@ impl Session {
         }
         let _version = d.u32()?;
         let remote_node = d.string()?;
-        let caps = if d.at_end() { 0 } else { d.uv()? };
+        // Capabilities (none used now).
+        if !d.at_end() {
+            let _caps = d.uv()?;
+        }
         if compress {
             conn.compress()?;
         }
@@ -130,8 +128,6 @@ impl Session {
             remote,
             keep,
             saving: Saving::default(),
-            caps,
-            requested: None,
         })
     }
 
@@ -229,19 +225,15 @@ pub fn sync_domain(
     opts: &SendOptions,
     domain: &Domain,
 ) -> Result<DomainReport> {
-    sync_prepared(sess, opts, domain, None, None)
+    sync_prepared(sess, opts, domain, None)
 }
 
-/// [`sync_domain`] with this end's view made beforehand by [`prepare`]. `next`: the domain
-/// this session syncs next; when the receiver takes a pipelined commit, its request goes
-/// out with this domain's commit, so that the receiver scans it while it makes this one
-/// durable and records it.
+/// [`sync_domain`] with this end's view made beforehand by [`prepare`].
 pub fn sync_prepared(
     sess: &mut Session,
     opts: &SendOptions,
     domain: &Domain,
     prepared: Option<Prepared>,
-    next: Option<&Domain>,
 ) -> Result<DomainReport> {
     let start = Instant::now();
     let wire0 = sess.conn.wire_bytes();
@@ -252,7 +244,7 @@ pub fn sync_prepared(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let r = sync_domain_inner(sess, opts, domain, prepared, next, &mut rep);
+    let r = sync_domain_inner(sess, opts, domain, prepared, &mut rep);
     rep.wire_bytes = sess.conn.wire_bytes() - wire0;
     rep.seconds = start.elapsed().as_secs_f64();
     rep.finished = now_unix();
@@ -276,7 +268,6 @@ fn sync_domain_inner(
     opts: &SendOptions,
     domain: &Domain,
     prepared: Option<Prepared>,
-    next: Option<&Domain>,
     rep: &mut DomainReport,
 ) -> Result<()> {
     let base = opts.root.join(domain.as_str());
@@ -290,18 +281,9 @@ fn sync_domain_inner(
     let mut marks = Marks::new();
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
 
-    // Ask the remote (unless asked with the previous domain's commit).
-    match sess.requested.take() {
-        None => sess
-            .conn
-            .send_flush(t::DOMAIN, &domain_request(opts, domain, &pair).buf)?,
-        Some(d) if d == domain.as_str() => {}
-        Some(d) => {
-            return Err(Error::internal(format!(
-                "out of step: {d} was requested, not {domain}"
-            )))
-        }
-    }
+    // Ask the remote.
+    sess.conn
+        .send_flush(t::DOMAIN, &domain_request(opts, domain, &pair).buf)?;
     // Local scan (unless made beforehand), while the remote scans its side.
     let prepared = prepared.unwrap_or_else(|| prepare(opts, domain, Some(&pair)));
     marks.mark("scan");
@@ -568,38 +550,7 @@ fn sync_domain_inner(
     drop(remote_record);
     drop(listed);
     marks.mark("ops");
-    // Pipelined (the receiver takes it, nothing to fetch, nothing failed so far): the
-    // commit goes with the end of the operations, and the next domain's request with it;
-    // the receiver records only if every operation applied (after making them durable).
-    let pipelined = sess.caps & CAP_PIPELINE != 0 && fetch.is_empty() && rep.ok;
-    if pipelined {
-        // Flags: bit 0, the commit follows; bit 1, and the next request.
-        sess.conn
-            .send(t::END_OPS, &[if next.is_some() { 3 } else { 1 }])?;
-        send_commit(&mut sess.conn, &exclusions)?;
-        if let Some(next) = next {
-            sess.conn
-                .send(t::DOMAIN, &domain_request(opts, next, &pair).buf)?;
-            sess.requested = Some(next.to_string());
-        }
-        sess.conn.flush()?;
-    } else {
-        sess.conn.send_flush(t::END_OPS, &[])?;
-    }
-    let mut local_entries = local_entries;
-    for (i, e) in updates {
-        local_entries[i] = e;
-    }
-    if !gone.is_empty() {
-        gone.sort_unstable();
-        let mut i = 0;
-        local_entries.retain(|_| {
-            i += 1;
-            gone.binary_search(&(i - 1)).is_err()
-        });
-    }
-    // Pipelined, our record is made while the remote works.
-    let early = pipelined.then(|| Manifest::new(&pair, std::mem::take(&mut local_entries)));
+    sess.conn.send_flush(t::END_OPS, &[])?;
     {
         let p = sess.conn.expect(t::OPS_RESULT)?;
         let mut d = Dec::new(p);
@@ -615,29 +566,17 @@ fn sync_domain_inner(
         }
     }
     marks.mark("wait-apply");
-    if let Some(m) = early {
-        if !rep.ok {
-            // Some operation failed: the remote recorded nothing, and its answer says so.
-            sess.conn.expect(t::COMMIT_OK)?;
-            return Ok(());
-        }
-        let Some(remote_digest) = commit_result(sess, rep)? else {
-            return Ok(());
-        };
-        marks.mark("commit");
-        save_record(
-            sess,
-            rep,
-            m,
-            &remote_digest,
-            own_digest,
-            manifest_path,
-            sent_path,
-            domain,
-        );
-        marks.mark("save");
-        marks.report_to_stderr(domain.as_str());
-        return Ok(());
+    let mut local_entries = local_entries;
+    for (i, e) in updates {
+        local_entries[i] = e;
+    }
+    if !gone.is_empty() {
+        gone.sort_unstable();
+        let mut i = 0;
+        local_entries.retain(|_| {
+            i += 1;
+            gone.binary_search(&(i - 1)).is_err()
+        });
     }
 
     // Copy remote-only files back here.
@@ -717,32 +656,7 @@ fn sync_domain_inner(
     }
     // Commit: both ends record what is now in sync.
     exclusions.retain(|x| !adopted.contains(x));
-    send_commit(&mut sess.conn, &exclusions)?;
-    sess.conn.flush()?;
-    let Some(remote_digest) = commit_result(sess, rep)? else {
-        return Ok(());
-    };
-    marks.mark("commit");
-    // The local listing, with directories created for adopted files.
-    let m = Manifest::new(&pair, local_entries);
-    save_record(
-        sess,
-        rep,
-        m,
-        &remote_digest,
-        own_digest,
-        manifest_path,
-        sent_path,
-        domain,
-    );
-    marks.mark("save");
-    marks.report_to_stderr(domain.as_str());
-    Ok(())
-}
-
-/// The COMMIT frames: `more u8`, count, paths (split to stay under the frame bound), the
-/// last one `[0, 0]`. Not flushed.
-fn send_commit(conn: &mut Conn, exclusions: &[String]) -> Result<()> {
+    // COMMIT frames: `more u8`, count, paths (split to stay under the frame bound).
     for (i, chunk) in exclusions.chunks(10_000).enumerate() {
         let mut e = Enc::new();
         e.u8(1).uv(chunk.len() as u64);
@@ -750,49 +664,36 @@ fn send_commit(conn: &mut Conn, exclusions: &[String]) -> Result<()> {
             e.str(c);
         }
         if i == 0 || !chunk.is_empty() {
-            conn.send(t::COMMIT, &e.buf)?;
+            sess.conn.send(t::COMMIT, &e.buf)?;
         }
     }
-    conn.send(t::COMMIT, &[0, 0])
-}
-
-/// The COMMIT_OK answer: the remote's digest of its record, or None (in the report).
-fn commit_result(sess: &mut Session, rep: &mut DomainReport) -> Result<Option<String>> {
-    let p = sess.conn.expect(t::COMMIT_OK)?;
-    let mut d = Dec::new(p);
-    let status = d.u8()?;
-    let v = d.string()?;
-    if status != 0 {
-        rep.error(format!("remote could not record the sync: {v}"));
-        return Ok(None);
-    }
-    Ok(Some(v))
-}
-
-/// Our record, once the remote recorded the same (else none: the next run compares full
-/// listings). Written by a helper thread while the next domain starts (one at a time).
-/// Until it is, the old record stays, whose digest no longer matches the remote's: a run
-/// that found it so (after a crash) would compare full listings, as after any interrupted
-/// commit; the intent log is removed only once the record is durable.
-#[allow(clippy::too_many_arguments)]
-fn save_record(
-    sess: &mut Session,
-    rep: &mut DomainReport,
-    m: Manifest,
-    remote_digest: &str,
-    own_digest: Option<String>,
-    manifest_path: PathBuf,
-    sent_path: PathBuf,
-    domain: &Domain,
-) {
+    sess.conn.send_flush(t::COMMIT, &[0, 0])?;
+    let remote_digest = {
+        let p = sess.conn.expect(t::COMMIT_OK)?;
+        let mut d = Dec::new(p);
+        let status = d.u8()?;
+        let v = d.string()?;
+        if status != 0 {
+            rep.error(format!("remote could not record the sync: {v}"));
+            return Ok(());
+        }
+        v
+    };
+    marks.mark("commit");
+    // The local listing, with directories created for adopted files.
+    let m = Manifest::new(&pair, local_entries);
     if m.digest != remote_digest {
         rep.error(
             "the two ends disagree on what is in sync (a file changed during the run?); \
              the next run compares full listings",
         );
         let _ = std::fs::remove_file(&manifest_path);
-        return;
+        return Ok(());
     }
+    // Written by a helper thread while the next domain starts (one at a time). Until it
+    // is, the old record stays, whose digest no longer matches the remote's: a run that
+    // found it so (after a crash) would compare full listings, as after any interrupted
+    // commit; the intent log is removed only once the record is durable.
     sess.wait_saved();
     let unchanged = own_digest.as_deref() == Some(m.digest.as_str());
     let domain_name = domain.to_string();
@@ -805,6 +706,9 @@ fn save_record(
         }
         let _ = std::fs::remove_file(&sent_path);
     }));
+    marks.mark("save");
+    marks.report_to_stderr(domain.as_str());
+    Ok(())
 }
 
 /// Time spent in each phase of a domain, printed to stderr when `MAILSYNC_PHASES` is set

@@ -253,19 +253,7 @@ pub fn run(jobs: Vec<Job>, opts: &RunOptions) -> RunReport {
                     let rep = match (rep, current.as_mut()) {
                         (Some(r), _) => r,
                         (None, Some((_, sess))) => {
-                            // The next domain of this session: requested with this
-                            // one's commit (pipelined).
-                            let next_domain = next
-                                .as_ref()
-                                .filter(|(j, _)| j.target == job.target)
-                                .map(|(j, _)| &j.domain);
-                            match client::sync_prepared(
-                                sess,
-                                &opts.send,
-                                &job.domain,
-                                prepared,
-                                next_domain,
-                            ) {
+                            match client::sync_prepared(sess, &opts.send, &job.domain, prepared) {
                                 Ok(r) => r,
                                 Err(e) => {
                                     // The connection is unusable now.

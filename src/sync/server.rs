@@ -60,45 +60,17 @@ pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
     if compress {
         conn.compress()?;
     }
-    let mut finishing: Option<Finishing> = None;
-    let r = (|| loop {
+    loop {
         let (ty, payload) = conn.recv()?;
         match ty {
-            t::BYE => return finish(conn, &mut finishing),
+            t::BYE => return Ok(()),
             t::DOMAIN => {
                 let payload = payload.to_vec();
-                serve_domain(conn, &mut opts, &payload, &mut finishing)?;
+                serve_domain(conn, &mut opts, &payload)?;
             }
             _ => return Err(Error::bad_input("protocol error: unexpected frame")),
         }
-    })();
-    // Failed with a domain still being finished: let its thread end (its record is
-    // written atomically or not at all; the sender, never told, records nothing).
-    if let Some(f) = finishing.take() {
-        let _ = f.handle.join();
     }
-    r
-}
-
-/// The end of a domain (pipelined, see [`CAP_PIPELINE`]) being made durable and recorded
-/// by a helper thread while the next request is read and its domain scanned: the payloads
-/// of its OPS_RESULT and COMMIT_OK, sent before anything about the next domain.
-struct Finishing {
-    domain: String,
-    handle: std::thread::JoinHandle<(Vec<u8>, Vec<u8>)>,
-}
-
-/// Wait for the domain being finished, if any, and send its answers.
-fn finish(conn: &mut Conn, finishing: &mut Option<Finishing>) -> Result<()> {
-    if let Some(f) = finishing.take() {
-        let (ops_result, commit_ok) = f
-            .handle
-            .join()
-            .map_err(|_| Error::internal("the thread finishing a domain failed"))?;
-        conn.send(t::OPS_RESULT, &ops_result)?;
-        conn.send_flush(t::COMMIT_OK, &commit_ok)?;
-    }
-    Ok(())
 }
 
 /// A DOMAIN request.
@@ -155,24 +127,14 @@ fn view(
     }
 }
 
-fn send_error_info(conn: &mut Conn, finishing: &mut Option<Finishing>, msg: &str) -> Result<()> {
-    finish(conn, finishing)?;
+fn send_error_info(conn: &mut Conn, msg: &str) -> Result<()> {
     let mut e = Enc::new();
     e.u8(1).str(msg).str("").u8(0).u8(0);
     conn.send_flush(t::DOMAIN_INFO, &e.buf)
 }
 
-fn serve_domain(
-    conn: &mut Conn,
-    opts: &mut ServeOptions,
-    payload: &[u8],
-    finishing: &mut Option<Finishing>,
-) -> Result<()> {
+fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Result<()> {
     let req = parse_request(payload)?;
-    if finishing.as_ref().is_some_and(|f| f.domain == req.name) {
-        // The same domain again: its record first.
-        finish(conn, finishing)?;
-    }
     let Request {
         name,
         dir_entry,
@@ -186,7 +148,6 @@ fn serve_domain(
         Err(_) => {
             return send_error_info(
                 conn,
-                finishing,
                 &format!(
                     "{:?} is not a valid domain name",
                     crate::names::printable(name)
@@ -197,7 +158,7 @@ fn serve_domain(
     if let Some(fence) = opts.fence.as_mut() {
         if let Err(e) = fence(&domain) {
             log::warn!("refusing domain {domain}: {}", e.message());
-            return send_error_info(conn, finishing, e.message());
+            return send_error_info(conn, e.message());
         }
     }
     let base = opts.root.join(domain.as_str());
@@ -205,7 +166,6 @@ fn serve_domain(
         Ok(m) if !m.file_type().is_dir() => {
             return send_error_info(
                 conn,
-                finishing,
                 &format!(
                     "{} is not a directory (symlinks are not followed)",
                     base.display()
@@ -215,11 +175,7 @@ fn serve_domain(
         Ok(_) => {}
         Err(_) if !dry_run => {
             if let Err(e) = std::fs::create_dir(&base) {
-                return send_error_info(
-                    conn,
-                    finishing,
-                    &format!("cannot create {}: {e}", base.display()),
-                );
+                return send_error_info(conn, &format!("cannot create {}: {e}", base.display()));
             }
             let _ = std::os::unix::fs::lchown(&base, Some(dir_entry.uid), Some(dir_entry.gid));
             use std::os::unix::fs::PermissionsExt;
@@ -266,7 +222,6 @@ fn serve_domain(
         .u8(u8::from(record.is_some()))
         .u8(u8::from(listing.missing));
     marks.mark("prep");
-    finish(conn, finishing)?;
     conn.send_flush(t::DOMAIN_INFO, &e.buf)?;
 
     // Listing.
@@ -317,10 +272,8 @@ fn serve_domain(
 
     // Operations.
     let mut applier = Applier::new(base.clone(), listing.entries);
-    // END_OPS flags: bit 0, the commit follows at once (pipelined); bit 1, and then the
-    // next domain's request.
-    let flags = loop {
-        let (ty, p) = conn.recv()?;
+    loop {
+        let (ty, _) = conn.recv()?;
         match ty {
             t::ABORT => {
                 applier.flush();
@@ -347,54 +300,20 @@ fn serve_domain(
             }
             t::END_OPS => {
                 marks.mark("ops");
-                break p.first().copied().unwrap_or(0);
+                break;
             }
             _ => return Err(Error::bad_input("protocol error: unexpected frame in ops")),
         }
-    };
-    if flags & 1 != 0 {
-        // The commit follows at once. With the next request after it, the flush and the
-        // record are made by a helper thread and answered before anything about the next
-        // domain (see `finish`); else here and now.
-        let first = conn.expect(t::COMMIT)?.to_vec();
-        let keep_out = read_commit(conn, first)?;
-        let pair = pair.to_string();
-        let what = format!("serve {domain}");
-        let work = move || {
-            applier.flush();
-            let ops_result = ops_result(&applier);
-            marks.mark("flush");
-            let commit_ok = if applier.error_count == 0 {
-                save_record(
-                    applier,
-                    &pair,
-                    &keep_out,
-                    &manifest_path,
-                    old_digest.as_deref(),
-                )
-            } else {
-                let mut e = Enc::new();
-                e.u8(1).str("not recorded: some operations failed");
-                e.buf
-            };
-            marks.mark("commit");
-            marks.report_to_stderr(&what);
-            (ops_result, commit_ok)
-        };
-        if flags & 2 == 0 {
-            let (ops_result, commit_ok) = work();
-            conn.send(t::OPS_RESULT, &ops_result)?;
-            return conn.send_flush(t::COMMIT_OK, &commit_ok);
-        }
-        *finishing = Some(Finishing {
-            domain: domain.to_string(),
-            handle: std::thread::spawn(work),
-        });
-        return Ok(());
     }
     applier.flush();
+    let mut e = Enc::new();
+    e.uv(applier.applied).uv(applier.error_count as u64);
+    e.uv(applier.errors.len() as u64);
+    for err in &applier.errors {
+        e.str(err);
+    }
     marks.mark("flush");
-    conn.send_flush(t::OPS_RESULT, &ops_result(&applier))?;
+    conn.send_flush(t::OPS_RESULT, &e.buf)?;
 
     // Fetches (--adopt) and the commit.
     loop {
@@ -412,84 +331,48 @@ fn serve_domain(
                 conn.send_flush(t::FETCH_END, &[])?;
             }
             t::COMMIT => {
-                let first = payload.to_vec();
-                let keep_out = read_commit(conn, first)?;
-                let e = save_record(
-                    applier,
-                    pair,
-                    &keep_out,
-                    &manifest_path,
-                    old_digest.as_deref(),
-                );
+                let mut keep_out = HashSet::new();
+                let mut payload = payload.to_vec();
+                loop {
+                    let mut d = Dec::new(&payload);
+                    let more = d.u8()? != 0;
+                    let n = d.uv()?;
+                    for _ in 0..n.min(1_000_000) {
+                        keep_out.insert(d.string()?);
+                    }
+                    if !more {
+                        break;
+                    }
+                    payload = conn.expect(t::COMMIT)?.to_vec();
+                }
+                let mut entries: Vec<Entry> = applier.into_entries();
+                if !keep_out.is_empty() {
+                    entries.retain(|e| !keep_out.contains(&e.path));
+                }
+                let m = Manifest::new(pair, entries);
+                // Unchanged record: nothing to write.
+                let r = if old_digest.as_deref() == Some(m.digest.as_str()) {
+                    Ok(())
+                } else {
+                    m.save(&manifest_path)
+                };
+                let mut e = Enc::new();
+                match r {
+                    Ok(()) => {
+                        e.u8(0).str(&m.digest);
+                    }
+                    Err(err) => {
+                        e.u8(1).str(err.message());
+                    }
+                }
                 marks.mark("commit");
                 marks.report_to_stderr(&format!("serve {domain}"));
-                conn.send_flush(t::COMMIT_OK, &e)?;
+                conn.send_flush(t::COMMIT_OK, &e.buf)?;
                 return Ok(());
             }
             _ => return Err(Error::bad_input("protocol error: unexpected frame")),
         }
     }
-}
-
-/// The OPS_RESULT payload: operations applied, errors (count, then the first ones).
-fn ops_result(applier: &Applier) -> Vec<u8> {
-    let mut e = Enc::new();
-    e.uv(applier.applied).uv(applier.error_count as u64);
-    e.uv(applier.errors.len() as u64);
-    for err in &applier.errors {
-        e.str(err);
-    }
-    e.buf
-}
-
-/// The paths of the COMMIT frames (`more u8`, count, paths), from the first frame's
-/// payload on: the remote-only paths left out of the record.
-fn read_commit(conn: &mut Conn, mut payload: Vec<u8>) -> Result<HashSet<String>> {
-    let mut keep_out = HashSet::new();
-    loop {
-        let mut d = Dec::new(&payload);
-        let more = d.u8()? != 0;
-        let n = d.uv()?;
-        for _ in 0..n.min(1_000_000) {
-            keep_out.insert(d.string()?);
-        }
-        if !more {
-            return Ok(keep_out);
-        }
-        payload = conn.expect(t::COMMIT)?.to_vec();
-    }
-}
-
-/// Write the record of what is now in sync (the domain's tree, all of it durable: the
-/// applier was flushed), unless unchanged; the COMMIT_OK payload.
-fn save_record(
-    applier: Applier,
-    pair: &str,
-    keep_out: &HashSet<String>,
-    manifest_path: &std::path::Path,
-    old_digest: Option<&str>,
-) -> Vec<u8> {
-    let mut entries: Vec<Entry> = applier.into_entries();
-    if !keep_out.is_empty() {
-        entries.retain(|e| !keep_out.contains(&e.path));
-    }
-    let m = Manifest::new(pair, entries);
-    // Unchanged record: nothing to write.
-    let r = if old_digest == Some(m.digest.as_str()) {
-        Ok(())
-    } else {
-        m.save(manifest_path)
-    };
-    let mut e = Enc::new();
-    match r {
-        Ok(()) => {
-            e.u8(0).str(&m.digest);
-        }
-        Err(err) => {
-            e.u8(1).str(err.message());
-        }
-    }
-    e.buf
 }
 
 /// Send entries in frames of bounded size: `section u8` then entries.

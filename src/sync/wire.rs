@@ -2,11 +2,9 @@
 //!
 //! A frame is `u32 big-endian length` (of what follows), `u8 type`, payload. Frames are
 //! bounded ([`MAX_FRAME`]); payloads are built with [`Enc`] and read with [`Dec`]
-//! (LEB128 varints, length-prefixed strings). The conversation is half-duplex (one side
-//! writes a phase, then the other answers), so a single thread per connection cannot
-//! deadlock, over a pipe or an SSH channel alike; the one overlap ([`CAP_PIPELINE`]: a
-//! commit and the next request written before the answers to the end of the operations
-//! are read) is a few small frames, which the receiver reads before it answers.
+//! (LEB128 varints, length-prefixed strings). The conversation is strictly half-duplex
+//! (one side writes a phase, then the other answers), so a single thread per connection
+//! cannot deadlock, over a pipe or an SSH channel alike.
 
 use crate::error::{Error, Result};
 use std::io::{Read, Write};
@@ -50,17 +48,8 @@ pub mod t {
 }
 
 /// Capabilities (a varint after the fixed HELLO / HELLO_OK fields, which an older peer
-/// does not read). Bit 0 was PREPARE (see above), never reused.
-pub const CAPS: u64 = CAP_PIPELINE;
-
-/// The receiver takes a pipelined end of a domain: `END_OPS [flags]` followed at once by
-/// the COMMIT frames (flags bit 0), whose record it writes only if every operation applied
-/// cleanly (after making them durable, as always), then (bit 1) the DOMAIN request of the
-/// next domain, sent before the receiver answered. It answers OPS_RESULT then COMMIT_OK
-/// (status 0 and its digest, or 1: not recorded) for the first domain before anything
-/// about the next one, and may make the first durable and record it while it scans the
-/// next. Without bit 1 it answers as soon as it can (nothing else comes first).
-pub const CAP_PIPELINE: u64 = 1 << 1;
+/// does not read). Bit 0 was PREPARE (see above): none is defined now.
+pub const CAPS: u64 = 0;
 
 /// Payload builder.
 #[derive(Default)]
