@@ -73,6 +73,20 @@ def run(c, env=None, prefix=()):
     return wall, cpu, json.loads(p.stdout), p.stderr
 
 
+def cpu_times():
+    """(busy, idle) CPU seconds of the whole host so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = v[3] + v[4]
+    return (sum(v[:8]) - idle) / hz, idle / hz
+
+
+def cpu_times_since(s0):
+    s1 = cpu_times()
+    return s1[0] - s0[0], s1[1] - s0[1]
+
+
 def phases(stderr):
     tot = collections.defaultdict(collections.Counter)
     for line in stderr.splitlines():
@@ -100,6 +114,17 @@ def main():
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--work", default="/var/tmp/mailsync-bench/prof")
     ap.add_argument("--perf", default=None, help="NAME of a binary to profile once")
+    ap.add_argument("--perf-args", default=None,
+                    help="arguments of `perf record` for --perf instead of the defaults, e.g. "
+                         "\"-u mailbench -F 999 --call-graph dwarf,16384\" (the receivers)")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="sync and drop the page, dentry and inode caches before every trial "
+                         "(cold; the full benchmark's day run is partly cold: its four trees "
+                         "do not all fit in memory)")
+    ap.add_argument("--batch", action="store_true",
+                    help="make every trial's copy first, then wait --pause once (the inodes "
+                         "the removals freed age: as in mailsync-bench.py, where no removal "
+                         "precedes a day run), then run the trials in turn")
     a = ap.parse_args()
     bins = []
     for b in a.bin:
@@ -143,28 +168,54 @@ def trials(a, bins, fix):
         out = os.path.join(a.work, "perf-%s.data" % a.perf)
         n, p, j = [b for b in bins if b[0] == a.perf][0]
         how = ("-a", "-F", "999") if a.perf_all else ("-F", "1999", "--call-graph", "dwarf,16384")
+        if a.perf_args:
+            how = tuple(a.perf_args.split())
         plan.append((a.perf + "+perf", p, j, ("perf", "record") + how + ("-o", out, "--")))
-    for name, path, jobs, prefix in plan:
+    if a.batch:
         shutil.rmtree(t, ignore_errors=True)
-        subprocess.run(["sync"])
-        time.sleep(a.pause)
         os.makedirs(t)
-        subprocess.run(["cp", "-al", dst, os.path.join(t, "dst")], check=True)
-        subprocess.run(["cp", "-a", state, os.path.join(t, "state")], check=True)
         subprocess.run(["sync"])
+        freed = time.time()
+        for k in range(len(plan)):
+            os.makedirs(os.path.join(t, str(k)))
+            subprocess.run(["cp", "-al", dst, os.path.join(t, str(k), "dst")], check=True)
+            subprocess.run(["cp", "-a", state, os.path.join(t, str(k), "state")], check=True)
+        subprocess.run(["sync"])
+        time.sleep(max(0.0, a.pause - (time.time() - freed)))
+    for k, (name, path, jobs, prefix) in enumerate(plan):
+        if a.batch:
+            tk = os.path.join(t, str(k))
+            subprocess.run(["sync"])
+        else:
+            tk = t
+            shutil.rmtree(t, ignore_errors=True)
+            subprocess.run(["sync"])
+            time.sleep(a.pause)
+            os.makedirs(t)
+            subprocess.run(["cp", "-al", dst, os.path.join(t, "dst")], check=True)
+            subprocess.run(["cp", "-a", state, os.path.join(t, "state")], check=True)
+            subprocess.run(["sync"])
+        if a.drop_caches:
+            subprocess.run(["sync"])
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
         env = dict(os.environ, MAILSYNC_PHASES="1")
-        w, c, rep, err = run(cmd(path, day, os.path.join(t, "dst"), os.path.join(t, "state"),
+        s0 = cpu_times()
+        w, c, rep, err = run(cmd(path, day, os.path.join(tk, "dst"), os.path.join(tk, "state"),
                                  jobs, a.compress), env=env, prefix=prefix)
-        results[name].append((w, c))
-        print("%-10s wall %.2fs cpu %.2fs sent %d renames %d deletes %d; %s" % (
-            name, w, c, rep["files_sent"], rep["renames"], rep["deletes"], phases(err)),
-            flush=True)
+        busy, idle = cpu_times_since(s0)
+        results[name].append((w, c, busy))
+        print("%-10s wall %.2fs cpu %.2fs host busy %.2fs idle %.2fs sent %d renames %d "
+              "deletes %d; %s" % (name, w, c, busy, idle, rep["files_sent"], rep["renames"],
+                                  rep["deletes"], phases(err)), flush=True)
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     for name, v in results.items():
-        print("%-10s n=%d wall median %.2fs (%s), cpu median %.2fs; load %s" % (
-            name, len(v), statistics.median(x[0] for x in v),
-            " ".join("%.2f" % x[0] for x in v), statistics.median(x[1] for x in v), load))
+        print("%-10s n=%d wall median %.2fs (%s), cpu median %.2fs, host busy median %.2fs; "
+              "load %s" % (name, len(v), statistics.median(x[0] for x in v),
+                           " ".join("%.2f" % x[0] for x in v),
+                           statistics.median(x[1] for x in v),
+                           statistics.median(x[2] for x in v), load))
     shutil.rmtree(t, ignore_errors=True)
 
 

@@ -160,6 +160,8 @@ fn now_unix() -> u64 {
 /// known, the record and the intent log.
 pub struct Prepared {
     local: Scan,
+    /// Message files in `local` (counted here, off the connection's critical path).
+    messages: u64,
     record: Option<(String, Result<Option<Record>>, BTreeSet<String>)>,
     seconds: f64,
 }
@@ -189,6 +191,7 @@ pub fn prepare(opts: &SendOptions, domain: &Domain, pair: Option<&str>) -> Prepa
     );
     let record = pair.map(|pair| load_record(opts, domain, pair, &local.entries));
     Prepared {
+        messages: local.messages() as u64,
         local,
         record,
         seconds: start.elapsed().as_secs_f64(),
@@ -286,7 +289,7 @@ fn sync_domain_inner(
     marks.mark("scan");
     marks.out.push(("prepared", prepared.seconds * 1e3));
     let local = prepared.local;
-    rep.local_messages = local.messages() as u64;
+    rep.local_messages = prepared.messages;
     for e in &local.errors {
         rep.error(format!("local scan: {e}"));
     }
@@ -376,6 +379,7 @@ fn sync_domain_inner(
             removed.sort_unstable();
             let mut r: Vec<&Entry> = Vec::with_capacity(record.len() + listed.len());
             let mut ch = listed.iter().peekable();
+            let mut gone = removed.iter().peekable();
             for &e in record {
                 while let Some(c) = ch.next_if(|c| c.path < e.path) {
                     r.push(c);
@@ -383,7 +387,9 @@ fn sync_domain_inner(
                 if ch.peek().is_some_and(|c| c.path == e.path) {
                     continue; // changed: the new version comes from `listed`
                 }
-                if removed.binary_search(&e.path).is_ok() {
+                // Removed there (a merge: both sorted).
+                while gone.next_if(|g| **g < e.path).is_some() {}
+                if gone.peek().is_some_and(|g| **g == e.path) {
                     continue;
                 }
                 r.push(e);

@@ -173,6 +173,9 @@ struct DurState {
 /// share commits.
 struct Durability {
     tx: Option<std::sync::mpsc::SyncSender<Job>>,
+    rx: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
+    /// Started as needed (one more while every one is busy), up to [`SYNC_THREADS`]: a
+    /// domain of a day's activity keeps a few busy, not twelve.
     workers: Vec<std::thread::JoinHandle<()>>,
     state: std::sync::Arc<(std::sync::Mutex<DurState>, std::sync::Condvar)>,
 }
@@ -225,34 +228,41 @@ impl Durability {
             std::sync::Mutex::new(DurState::default()),
             std::sync::Condvar::new(),
         ));
-        let workers = (0..SYNC_THREADS)
-            .map(|_| {
-                let rx = rx.clone();
-                let state = state.clone();
-                std::thread::spawn(move || loop {
-                    let next = match rx.lock() {
-                        Ok(r) => r.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = next else { return };
-                    let (lock, cv) = &*state;
-                    run_job(job, lock);
-                    cv.notify_all();
-                })
-            })
-            .collect();
         Durability {
             tx: Some(tx),
-            workers,
+            rx,
+            workers: Vec::new(),
             state,
         }
     }
 
-    fn submit(&self, job: Job) -> Result<()> {
-        let (lock, _) = &*self.state;
-        if let Ok(mut st) = lock.lock() {
-            st.in_flight += 1;
+    fn spawn_worker(&mut self) {
+        let rx = self.rx.clone();
+        let state = self.state.clone();
+        self.workers.push(std::thread::spawn(move || loop {
+            let next = match rx.lock() {
+                Ok(r) => r.recv(),
+                Err(_) => return,
+            };
+            let Ok(job) = next else { return };
+            let (lock, cv) = &*state;
+            run_job(job, lock);
+            cv.notify_all();
+        }));
+    }
+
+    fn submit(&mut self, job: Job) -> Result<()> {
+        let busy = match self.state.0.lock() {
+            Ok(mut st) => {
+                st.in_flight += 1;
+                st.in_flight
+            }
+            Err(_) => usize::MAX,
+        };
+        if busy > self.workers.len() && self.workers.len() < SYNC_THREADS {
+            self.spawn_worker();
         }
+        let (lock, _) = &*self.state;
         let sent = self.tx.as_ref().map(|tx| tx.send(job));
         match sent {
             Some(Ok(())) => Ok(()),

@@ -180,7 +180,9 @@ impl Cache {
             .filter(|(_, e)| e.kind != Kind::Dir)
             .map(|(i, e)| (super::entry::parent(&e.path), i as u32))
             .collect();
-        by_dir.sort_by(|a, b| a.0.cmp(b.0));
+        // Sorted by path, so by name within a directory: the order within a key matters
+        // not (the entries are written as found, and read back in any order).
+        by_dir.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
         super::fsops::write_file_atomic_with(path, false, |w| {
             let mut e = Enc::new();
             e.buf.extend_from_slice(CACHE_MAGIC);
