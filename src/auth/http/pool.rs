@@ -57,9 +57,6 @@ struct Pings {
     /// The last ping that ended, and whether a directory answered it.
     done: u64,
     answered: bool,
-    /// When the newest answered ping was sent; None after a ping or a query that no
-    /// directory answered (see [`DirectoryPool::answered_within`]).
-    answered_sent: Option<Instant>,
     /// When a query or a ping last found no directory answering: a ping sent before then
     /// cannot renew the lease.
     failed: Option<Instant>,
@@ -93,20 +90,13 @@ impl Stamp {
     }
 }
 
-impl Pings {
-    /// No directory answered: the lease on earlier answers ends now.
-    fn lost(&mut self) {
-        self.failed = Some(Instant::now());
-        self.answered_sent = None;
-    }
-}
-
 /// A pool of directory connections.
 pub struct DirectoryPool {
     sources: Vec<Source>,
     pings: Mutex<Pings>,
-    /// `Pings::answered_sent`, published for [`DirectoryPool::answered_within`] to read
-    /// without taking the lock (written under it).
+    /// When the newest answered ping was sent; None after a ping or a query that no
+    /// directory answered. Written under the `pings` lock, read without it by
+    /// [`DirectoryPool::answered_within`].
     lease_from: Stamp,
     /// When [`DirectoryPool::answered_within`] was last called (to the second).
     asked: Stamp,
@@ -268,17 +258,23 @@ impl DirectoryPool {
                 pings.done = this;
                 pings.answered = matches!(result, Ok(Ok(())));
                 if !pings.answered {
-                    pings.lost();
+                    self.lost(&mut pings);
                 } else if pings.failed.map_or(true, |failed| sent > failed) {
-                    pings.answered_sent = Some(sent);
+                    self.lease_from.set(Some(sent));
                 }
-                self.lease_from.set(pings.answered_sent);
                 self.ping_done.notify_all();
                 continue;
             }
             pings = wait_until(&self.ping_done, pings, deadline)
                 .ok_or_else(|| Error::temporary("no directory answered in time"))?;
         }
+    }
+
+    /// No directory answered: the lease on earlier answers ends now. `pings` is the
+    /// locked state, so that lease updates keep the lock's order.
+    fn lost(&self, pings: &mut Pings) {
+        pings.failed = Some(Instant::now());
+        self.lease_from.set(None);
     }
 
     /// Has a directory answered a ping sent at most `lease` ago? If not (or `lease` is
@@ -336,8 +332,9 @@ impl DirectoryPool {
                         .asked
                         .get()
                         .is_some_and(|t| now.saturating_duration_since(t) < DEMAND_FOR);
-                    let fresh = pings
-                        .answered_sent
+                    let fresh = pool
+                        .lease_from
+                        .get()
                         .is_some_and(|t| now.saturating_duration_since(t) < every);
                     wanted && !fresh && !pings.in_flight
                 };
@@ -454,11 +451,7 @@ impl DirectoryPool {
                 }
             }
         }
-        {
-            let mut pings = lock(&self.pings);
-            pings.lost();
-            self.lease_from.set(pings.answered_sent);
-        }
+        self.lost(&mut lock(&self.pings));
         Err(last
             .map(|e| {
                 if e.is_temporary() {
