@@ -112,6 +112,40 @@ fn check_reads(dir: &mut dyn Directory, with_password: bool) {
         .unwrap()
         .is_none());
 
+    // mailboxes_of: one answer per key, in order, each what `mailbox` answers (PostgreSQL:
+    // one statement for the names stored as asked; `Kuznetsov` in `Nsk` is found by the
+    // case-insensitive lookup of its key alone).
+    let mut keys: Vec<(LocalPart, Domain)> = fixtures::MAILBOXES
+        .iter()
+        .map(|(addr, ..)| {
+            let (m, dom) = addr.split_once('@').unwrap();
+            (lp(m), d(dom))
+        })
+        .collect();
+    for (m, dom) in [
+        ("KUZNETSOV", "NSK.domain.ru"),
+        ("dir", "msk.domain.ru"),
+        ("nobody", "msk.domain.ru"),
+        ("ivanov", "spb.domain.ru"),
+        ("ivanov", "example.org"),
+    ] {
+        keys.push((lp(m), d(dom)));
+    }
+    keys.push(keys[0].clone());
+    let many = dir.mailboxes_of(&keys).unwrap();
+    let one: Vec<_> = keys
+        .iter()
+        .map(|(m, dom)| dir.mailbox(m, dom).unwrap())
+        .collect();
+    assert_eq!(many, one, "{what}");
+    assert_eq!(
+        many.iter().flatten().count(),
+        fixtures::MAILBOXES.len() + 2,
+        "{what}"
+    );
+    assert!(dir.mailboxes_of(&[]).unwrap().is_empty());
+    assert_eq!(dir.mailboxes_of(&keys[..1]).unwrap(), one[..1]);
+
     // domains
     let all = dir.domains(None).unwrap();
     let names: Vec<&str> = all.iter().map(|r| r.domain.as_str()).collect();

@@ -206,14 +206,81 @@ fn logins_land_on_the_primary_and_fail_when_they_should() {
     );
 }
 
-/// `mailauth_user_cache_hits_total` from `/metrics`.
-fn cache_hits(svc: &MailauthServe) -> u64 {
+/// A counter from `/metrics`.
+fn metric(svc: &MailauthServe, name: &str) -> u64 {
     let raw = support::nginx::http_raw(&svc.addr, b"GET /metrics HTTP/1.0\r\n\r\n");
     String::from_utf8_lossy(&raw)
         .lines()
-        .find_map(|l| l.strip_prefix("mailauth_user_cache_hits_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no cache counter: {}", String::from_utf8_lossy(&raw)))
+        .unwrap_or_else(|| panic!("no {name}: {}", String::from_utf8_lossy(&raw)))
+}
+
+/// `mailauth_user_cache_hits_total` from `/metrics`.
+fn cache_hits(svc: &MailauthServe) -> u64 {
+    metric(svc, "mailauth_user_cache_hits_total")
+}
+
+/// Cached logins in use are read again in the background past 3/4 of `user_ttl` (entries
+/// due together in one statement on PostgreSQL): a mailbox still active stays cached with a
+/// new life, one disabled meanwhile is dropped by its refresh. A service of its own (its
+/// counters count only this test's requests) on a database of its own; routes cached
+/// longer than logins here (a login is served from the cache only with its route cached).
+#[test]
+fn the_login_cache_refresher_renews_active_entries_and_drops_disabled_ones() {
+    let e = env();
+    let pg = support::pg::shared();
+    let db = pg.create_db("mailauth_http_refresh");
+    load_fixtures(pg, &db);
+    let svc = MailauthServe::start(
+        &config(&db.url, e.ports, "").replace("user_ttl = 2\n", "user_ttl = 6\nroute_ttl = 60\n"),
+    );
+    let auth = |user: &str| -> String {
+        let req = format!(
+            "GET /auth HTTP/1.0\r\nAuth-Method: plain\r\nAuth-User: {user}\r\n\
+             Auth-Pass: secret\r\nAuth-Protocol: imap\r\nAuth-Login-Attempt: 1\r\n\
+             Client-IP: 192.0.2.7\r\n\r\n"
+        );
+        String::from_utf8_lossy(&support::nginx::http_raw(&svc.addr, req.as_bytes())).into_owned()
+    };
+    let (alice, gina) = ("alice@branch.example.test", "gina@branch.example.test");
+    let start = std::time::Instant::now();
+    for user in [alice, gina] {
+        let a = auth(user);
+        assert!(a.contains("Auth-Status: OK"), "{a}\n{}", svc.log());
+    }
+    pg.psql(
+        &db.name,
+        "UPDATE mail SET active = false WHERE mailbox = 'gina'",
+    );
+    // Past 3/4 of the entries' life: both logins come from the cache and queue a refresh.
+    std::thread::sleep(Duration::from_secs_f64(4.6).saturating_sub(start.elapsed()));
+    let hits = metric(&svc, "mailauth_user_cache_hits_total");
+    for user in [alice, gina] {
+        let a = auth(user);
+        assert!(a.contains("Auth-Status: OK"), "{a}\n{}", svc.log());
+    }
+    assert_eq!(metric(&svc, "mailauth_user_cache_hits_total"), hits + 2);
+    assert!(
+        wait_until(Duration::from_secs(20), || metric(
+            &svc,
+            "mailauth_cache_refreshes_total"
+        ) >= 2),
+        "no refresh\n{}",
+        svc.log()
+    );
+    // Past the first life: alice's entry was renewed (a hit), gina's dropped (the
+    // directory's current record decides: disabled).
+    std::thread::sleep(Duration::from_secs_f64(6.5).saturating_sub(start.elapsed()));
+    let a = auth(alice);
+    assert!(a.contains("Auth-Status: OK"), "{a}\n{}", svc.log());
+    assert_eq!(metric(&svc, "mailauth_user_cache_hits_total"), hits + 3);
+    let a = auth(gina);
+    assert!(
+        a.contains("Auth-Status: [AUTHENTICATIONFAILED]"),
+        "{a}\n{}",
+        svc.log()
+    );
 }
 
 #[test]

@@ -49,6 +49,7 @@ fn main() {
     let lat = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
     let users = Arc::new(users);
     let start = Instant::now() + Duration::from_millis(50);
+    let cpu_before = cpu_ticks();
     let mut handles = Vec::new();
     for _ in 0..threads {
         let (next, ok, failed, lat, users, addr, path) = (
@@ -103,6 +104,7 @@ fn main() {
         h.join().unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64() - warmup;
+    let cpu_after = cpu_ticks();
     let mut all = lat.lock().unwrap().clone();
     // RATEBENCH_DUMP=FILE: every request's "scheduled-ms latency-ms", in schedule order
     // (to see whether slow requests come in bursts, and when).
@@ -126,8 +128,13 @@ fn main() {
         let i = ((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1;
         lat[i].as_secs_f64() * 1000.0
     };
+    // The generator's own CPU per 1,000 requests (whole run, warm-up included), in ms.
+    let cpu = format!(
+        " gen_cpu_ms_per_kreq={:.1}",
+        cpu_after.saturating_sub(cpu_before) as f64 * 10.0 * 1000.0 / total as f64
+    );
     println!(
-        "sent={} ok={} failed={} rate={:.0}/s p50={:.3}ms p90={:.3}ms p99={:.3}ms p99.9={:.3}ms max={:.3}ms",
+        "sent={} ok={} failed={} rate={:.0}/s p50={:.3}ms p90={:.3}ms p99={:.3}ms p99.9={:.3}ms max={:.3}ms{}",
         lat.len(),
         ok.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
@@ -136,6 +143,21 @@ fn main() {
         pct(0.90),
         pct(0.99),
         pct(0.999),
-        pct(1.0)
+        pct(1.0),
+        cpu
     );
+}
+
+/// This process's CPU time (all threads, user + system), in USER_HZ ticks (100/s on
+/// Linux). Not the host's busy time from /proc/stat: that is sampled at timer ticks, and
+/// short bursts between ticks (this load's) are mostly missed.
+fn cpu_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
 }

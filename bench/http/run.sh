@@ -9,7 +9,7 @@
 # cached login trusted while the directory answered a ping sent at most `db_lease` 0.1 s
 # ago), strict (`db_lease = 0`: a ping sent after each request arrived) and with
 # `user_ttl = 0` (one lookup query per request, as before the cache).
-# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth by default, strict and without cache, the PostgreSQL floor; ONLY="static default strict nocache floor b" picks some) MAILAUTH_B=PATH (another build on the default configuration, run "b" in QUICK mode, right after the default one; B_WORKERS=N gives it another thread count) WORKERS=32 HTTP_EXTRA="key = value" (more [auth.http] settings, default instance only) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
+# Knobs: KEEP=1 (keep the temp dir: logs) PGSLOW=MS (log slower statements) QUICK=1 (only the MD5 latency runs: static ceiling, mailauth by default, strict and without cache, the PostgreSQL floor; ONLY="static default strict nocache floor b" picks some) MAILAUTH_B=PATH (another build on the default configuration, run "b" in QUICK mode, right after the default one; B_WORKERS=N gives it another thread count) PERF=1 (perf record of the service in each latency run; with KEEP=1) WORKERS=32 HTTP_EXTRA="key = value" (more [auth.http] settings, default instance only) PIN=1 (PostgreSQL on a CPU of its own) RUNS=3 DURATION=10 WARMUP=2 CONC=32 RATE=2000 SHA_RATE=100 SEED_RATE=20 NUSERS=1000 SETTLE=3
 # (the fixed rates must stay below each handler's capacity, or the latency is queueing)
 #
 # Throughput: wrk at fixed concurrency, one connection per request (Connection: close, as
@@ -233,11 +233,37 @@ wrk_run() { # name port users-file
     out=$(USERS=$3 wrk -t2 -c"$CONC" -d"${DURATION}s" -s "$HERE/wrk_auth.lua" "http://127.0.0.1:$2/auth" | grep '^RESULT')
     echo "wrk $1 $out" | tee -a "$RES"
 }
+# CPU time (user + system, all threads, in USER_HZ ticks) of the processes listening on a
+# port (nginx: its workers) and of PostgreSQL's processes.
+port_pids() { ss -Htlnp "sport = :$1" | grep -o "pid=[0-9]*" | cut -d= -f2 | sort -u || true; }
+cpu_ticks() { # pid...
+    local t=0 p f
+    for p in "$@"; do
+        f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        set -- $f
+        t=$((t + ${12} + ${13}))
+    done
+    echo "$t"
+}
+# transactions of database mail so far (each query of the services is one)
+pg_xacts() { "${PSQL[@]}" -U postgres -d postgres -At -c "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'mail'"; }
+pg_pids() { local pm; pm=$(head -1 "$ROOT/pg/data/postmaster.pid"); echo "$pm" $(pgrep -P "$pm"); }
 rate_run() { # name port users-file rate
-    local out
+    local out svc s0 p0 x0
     settle
     [ -z "${KEEP:-}" ] || echo "start $1 $(date -u +%T.%N)" >>"$ROOT/times.txt"
+    svc=$(port_pids "$2")
+    s0=$(cpu_ticks $svc) p0=$(cpu_ticks $(pg_pids)) x0=$(pg_xacts)
+    local perf=
+    if [ -n "${PERF:-}" ]; then # PERF=1: a CPU profile of the service during the run (KEEP=1 keeps it)
+        perf record -q -F 1999 -g -o "$ROOT/perf-$1.data" -p "$(echo $svc | tr ' ' ',')" 2>/dev/null &
+        perf=$!
+    fi
     out=$(RATEBENCH_WARMUP=$WARMUP RATEBENCH_DUMP=${KEEP:+$ROOT/lat-$1.txt} "$ROOT/ratebench" "127.0.0.1:$2" "$4" "$DURATION" "$3" 64)
+    [ -z "$perf" ] || { kill -INT "$perf"; wait "$perf" || true; }
+    # ms of CPU per 1,000 requests (ticks are 10 ms; requests = rate x (warm-up + duration))
+    out="$out $(/usr/bin/python3 -c 'import sys; s,p,n,x,r=map(float,sys.argv[1:]); print("svc_cpu_ms_per_kreq=%.1f pg_cpu_ms_per_kreq=%.1f pg_xacts_per_s=%.1f" % (s*1e4/n, p*1e4/n, x*r/n))' \
+        $(($(cpu_ticks $svc) - s0)) $(($(cpu_ticks $(pg_pids)) - p0)) $(($4 * (DURATION + WARMUP))) $(($(pg_xacts) - x0)) "$4")"
     echo "rate $1@$4 $out" | tee -a "$RES"
 }
 # The floor for any design that asks PostgreSQL once per login, on this machine: pgbench
@@ -316,6 +342,7 @@ for line in open(sys.argv[1]):
     kv = dict(re.findall(r'(\S+?)=([0-9.]+)', rest))
     rows.setdefault((kind, name), []).append(kv)
 med = lambda k, key: statistics.median(float(r[key]) for r in rows[k])
+cpu = lambda k, key: f"{med(k, key):.0f}" if all(key in r for r in rows[k]) else ""
 seed = med(('wrk', 'seed-perl-md5'), 'rps') if ('wrk', 'seed-perl-md5') in rows else float('nan')
 print("| throughput (wrk) | req/s | x seed | not OK |")
 print("|---|---:|---:|---:|")
@@ -324,10 +351,10 @@ for (kind, name) in rows:
         rps = med((kind, name), 'rps')
         print(f"| {name} | {rps:.0f} | {rps/seed:.1f} | {med((kind, name), 'not_ok'):.0f} |")
 print()
-print("| latency (fixed rate) | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | failed |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| latency (fixed rate) | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | failed | CPU ms / 1k req: service | PostgreSQL | generator |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for (kind, name) in rows:
     if kind == 'rate':
         k = (kind, name)
-        print(f"| {name}/s | {med(k,'rate'):.0f} | {med(k,'p50'):.3f} | {med(k,'p90'):.3f} | {med(k,'p99'):.3f} | {med(k,'p99.9'):.3f} | {med(k,'failed'):.0f} |")
+        print(f"| {name}/s | {med(k,'rate'):.0f} | {med(k,'p50'):.3f} | {med(k,'p90'):.3f} | {med(k,'p99'):.3f} | {med(k,'p99.9'):.3f} | {med(k,'failed'):.0f} | {cpu(k,'svc_cpu_ms_per_kreq')} | {cpu(k,'pg_cpu_ms_per_kreq')} | {cpu(k,'gen_cpu_ms_per_kreq')} |")
 PY

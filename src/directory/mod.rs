@@ -88,6 +88,14 @@ pub trait Directory: Send {
     /// layer decides what a co_domain recipient means).
     fn mailbox(&mut self, mailbox: &LocalPart, domain: &Domain) -> Result<Option<MailboxRecord>>;
 
+    /// Several mailboxes at once: one answer per key, in order, each what
+    /// [`Directory::mailbox`] answers for it. The default asks one by one; PostgreSQL finds
+    /// the names stored as asked in one statement (the login cache refresher of
+    /// `mailauth serve` asks for every entry due, a few hundred a second on a busy proxy).
+    fn mailboxes_of(&mut self, keys: &[(LocalPart, Domain)]) -> Result<Vec<Option<MailboxRecord>>> {
+        keys.iter().map(|(m, d)| self.mailbox(m, d)).collect()
+    }
+
     /// What an SMTP node asks per recipient: the domain's routing ([`Directory::route`])
     /// and, when it is an ldomain.mdomain domain, the mailbox ([`Directory::mailbox`]; None
     /// for a co_domain). The default asks one then the other; PostgreSQL sends both

@@ -265,6 +265,24 @@ fn one_mail_sql(d: Dialect, pw: &str) -> String {
     exact_first(&exact, &ci)
 }
 
+/// Many mailboxes by their exact names (PostgreSQL): `$1` the mailboxes, `$2` their domains,
+/// one per line; each row starts with its key's position (from 1). Per key, the rows
+/// [`one_mail_sql`]'s exact part finds, in the same order (`mail.id`).
+fn many_mail_exact_sql(pw: &str) -> String {
+    format!(
+        "SELECT k.i, {MAIL_COLS}, {pw} \
+         FROM unnest(string_to_array($1, chr(10)), string_to_array($2, chr(10))) \
+              WITH ORDINALITY AS k(mailbox, domain, i) \
+         INNER JOIN mdomain \
+             ON (right(k.domain, length(mdomain.domain) + 1) = '.' || mdomain.domain) \
+         INNER JOIN ldomain \
+             ON (ldomain.domain = left(k.domain, length(k.domain) - length(mdomain.domain) - 1)) \
+         INNER JOIN mail ON (mail.ldomain_id = ldomain.id AND mail.mdomain_id = mdomain.id \
+                             AND mail.mailbox = k.mailbox) \
+         ORDER BY k.i, mail.id"
+    )
+}
+
 /// A node name as stored (`storage1`/`storage2`): trimmed, lower-case; None when empty.
 pub(crate) fn node_name(v: &Val) -> Option<String> {
     let s = v.text()?;
@@ -437,6 +455,55 @@ pub(crate) fn mailbox(
     Ok(rows.iter().find_map(|r| mailbox_record(r)))
 }
 
+/// [`super::Directory::mailboxes_of`]. On PostgreSQL, one statement finds every key whose
+/// names are stored as asked (lower case, as mailctl writes them: the usual case); a key it
+/// does not find is asked alone by [`mailbox`] (exact, then case-insensitive), so every
+/// answer equals [`mailbox`]'s for its key. Elsewhere (SQLite: no round trips) one by one.
+pub(crate) fn mailboxes_of(
+    db: &mut dyn Sql,
+    keys: &[(LocalPart, Domain)],
+) -> Result<Vec<Option<MailboxRecord>>> {
+    let mut out: Vec<Option<MailboxRecord>> = keys.iter().map(|_| None).collect();
+    // Keys answered (a legacy `dir` is None without asking, as in `mailbox`).
+    let mut done: Vec<bool> = keys.iter().map(|(m, _)| m.is_legacy_dir()).collect();
+    // Validated names hold no line feed (the separator); checked all the same.
+    let separable = keys
+        .iter()
+        .all(|(m, d)| !m.as_str().contains('\n') && !d.as_str().contains('\n'));
+    if db.dialect() == Dialect::Postgres && keys.len() > 1 && separable {
+        let sql = many_mail_exact_sql(db.password_expr()?);
+        let join = |f: &dyn Fn(&(LocalPart, Domain)) -> &str| {
+            keys.iter().map(f).collect::<Vec<_>>().join("\n")
+        };
+        let (mailboxes, domains) = (join(&|k| k.0.as_str()), join(&|k| k.1.as_str()));
+        let rows = db.query(&sql, &[Param::Text(&mailboxes), Param::Text(&domains)])?;
+        for row in &rows {
+            let Some((position, rest)) = row.split_first() else {
+                continue;
+            };
+            let Some(i) = position
+                .int()
+                .and_then(|p| usize::try_from(p).ok())
+                .and_then(|p| p.checked_sub(1))
+                .filter(|i| *i < keys.len())
+            else {
+                continue;
+            };
+            // The first row of a key decides, as `LIMIT 1` does for one key.
+            if !done[i] {
+                done[i] = true;
+                out[i] = mailbox_record(rest);
+            }
+        }
+    }
+    for (i, (m, d)) in keys.iter().enumerate() {
+        if !done[i] {
+            out[i] = mailbox(db, m, d)?;
+        }
+    }
+    Ok(out)
+}
+
 /// [`super::Directory::route_and_mailbox`] in one [`Sql::query_pair`] (the mailbox query
 /// runs whatever the route: on PostgreSQL it costs no extra round trip).
 #[allow(clippy::type_complexity)]
@@ -506,6 +573,9 @@ impl<T: Sql + Send> Directory for T {
         d: &Domain,
     ) -> Result<(Option<DomainRecord>, Option<MailboxRecord>)> {
         route_and_mailbox(self, m, d)
+    }
+    fn mailboxes_of(&mut self, keys: &[(LocalPart, Domain)]) -> Result<Vec<Option<MailboxRecord>>> {
+        mailboxes_of(self, keys)
     }
     fn domains(&mut self, primary: Option<&str>) -> Result<Vec<DomainRecord>> {
         domains(self, primary)
