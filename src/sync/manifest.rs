@@ -2,7 +2,7 @@
 //! ends (the sender in its state directory, the receiver in its own), so that a reversed
 //! direction still knows what was in sync.
 
-use super::entry::{digest, Digester, Entry};
+use super::entry::{digest, Digester, Entry, EntryRef};
 use super::wire::{Dec, Enc};
 use crate::error::{Error, Result};
 use std::io::Write;
@@ -66,6 +66,27 @@ impl Reader {
                     return Ok(v);
                 }
                 // Truncated by the window: widen it (items are bounded by the frame size).
+                Err(_) if !self.eof && want < (64 << 20) => {
+                    want = (self.buf.len() - self.pos) * 2 + 1
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Decode one entry in place and hand it to `g` (no allocation for its strings).
+    fn next_entry<T>(&mut self, mut g: impl FnMut(EntryRef<'_>) -> T) -> Result<T> {
+        let mut want = 1 << 10;
+        loop {
+            self.fill(want)?;
+            let mut d = Dec::new(&self.buf[self.pos..]);
+            match EntryRef::decode(&mut d) {
+                Ok(e) => {
+                    let n = d.position();
+                    let v = g(e);
+                    self.pos += n;
+                    return Ok(v);
+                }
                 Err(_) if !self.eof && want < (64 << 20) => {
                     want = (self.buf.len() - self.pos) * 2 + 1
                 }
@@ -194,22 +215,27 @@ impl Manifest {
             let mut in_local = vec![false; local.len()];
             let mut extra = Vec::new();
             let mut j = 0;
-            let mut last: Option<String> = None;
-            for _ in 0..n {
-                let e = r.next(Entry::decode)?;
-                if last.as_deref().is_some_and(|l| l >= e.path.as_str()) {
+            let mut last = String::new();
+            for k in 0..n {
+                let ordered = r.next_entry(|e| {
+                    if k > 0 && last.as_str() >= e.path {
+                        return false;
+                    }
+                    digester.add_ref(&e);
+                    while j < local.len() && local[j].path.as_str() < e.path {
+                        j += 1;
+                    }
+                    if j < local.len() && local[j].recorded_eq_ref(&e) {
+                        in_local[j] = true;
+                    } else {
+                        extra.push(e.to_entry());
+                    }
+                    last.clear();
+                    last.push_str(e.path);
+                    true
+                })?;
+                if !ordered {
                     return Err(Error::bad_input("entries out of order"));
-                }
-                digester.add(&e);
-                while j < local.len() && local[j].path < e.path {
-                    j += 1;
-                }
-                if j < local.len() && local[j].recorded_eq(&e) {
-                    in_local[j] = true;
-                    last = Some(e.path);
-                } else {
-                    last = Some(e.path.clone());
-                    extra.push(e);
                 }
             }
             if digester.finish() != dg {
@@ -320,5 +346,50 @@ mod tests {
         assert!(Manifest::load_against(&path, "a|b", &local)
             .unwrap()
             .is_none());
+    }
+
+    /// A truncated record, one whose entries are out of order (even with a digest that
+    /// matches them), or a file that is not a record: no record (so no deletes).
+    #[test]
+    fn truncated_or_disordered_records_are_untrusted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("d.manifest");
+        let entries: Vec<Entry> = (0..3_000)
+            .map(|i| file(format!("u/Maildir/cur/{i:08}.M1P1.host,S={i}:2,S"), i))
+            .collect();
+        let m = Manifest::new("a|b", entries);
+        m.save(&path).unwrap();
+        let local = m.entries.clone();
+        let good = std::fs::read(&path).unwrap();
+        for cut in [good.len() - 1, good.len() / 2, MAGIC.len() + 3, 5] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            assert!(Manifest::load_against(&path, "a|b", &local)
+                .unwrap()
+                .is_none());
+            assert!(Manifest::load(&path).unwrap().is_none());
+        }
+        // Two entries swapped, the digest computed over the entries in that order.
+        let mut swapped = m.entries.clone();
+        swapped.swap(100, 101);
+        let bad = Manifest {
+            pair: "a|b".into(),
+            digest: digest(&swapped, "a|b"),
+            entries: swapped,
+        };
+        bad.save(&path).unwrap();
+        assert!(Manifest::load_against(&path, "a|b", &local)
+            .unwrap()
+            .is_none());
+        std::fs::write(&path, b"mailsync-scan-cache 1\n\x00").unwrap();
+        assert!(Manifest::load_against(&path, "a|b", &local)
+            .unwrap()
+            .is_none());
+        // The good record again: loaded, every entry matched in place.
+        std::fs::write(&path, &good).unwrap();
+        let r = Manifest::load_against(&path, "a|b", &local)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.digest, m.digest);
+        assert!(r.in_local.iter().all(|&x| x) && r.extra.is_empty());
     }
 }
