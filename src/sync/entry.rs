@@ -340,7 +340,10 @@ mod tests {
             entries.push(e);
         }
         for n in [0, 1, 2, 500, 3000] {
-            assert_eq!(digest(&entries[..n], "a|b"), reference(&entries[..n], "a|b"));
+            assert_eq!(
+                digest(&entries[..n], "a|b"),
+                reference(&entries[..n], "a|b")
+            );
         }
     }
 
