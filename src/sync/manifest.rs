@@ -308,8 +308,8 @@ impl Manifest {
     /// Load the record of `pair` against the local listing `local` (sorted by path),
     /// without keeping a copy of the entries that equal a local one: the record is then
     /// `local[i]` for every `in_local[i]`, plus `extra` (sorted). Decoded one entry at a
-    /// time, the digest computed on the way. None when there is no usable record for
-    /// `pair`.
+    /// time, in place, the file checked on the way (format 2: its checksum; format 1: its
+    /// digest, recomputed). None when there is no usable record for `pair`.
     pub fn load_against(path: &Path, pair: &str, local: &[Entry]) -> Result<Option<Record>> {
         let file = match std::fs::File::open(path) {
             Ok(f) => f,
