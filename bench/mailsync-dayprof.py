@@ -121,6 +121,10 @@ def main():
                     help="sync and drop the page, dentry and inode caches before every trial "
                          "(cold; the full benchmark's day run is partly cold: its four trees "
                          "do not all fit in memory)")
+    ap.add_argument("--own-fixture", action="store_true",
+                    help="one fixture per binary, made by that binary (under --work/TAG-NAME): "
+                         "each starts from the records and scan caches it writes itself (a "
+                         "record format change); the default is one fixture made by the first")
     ap.add_argument("--batch", action="store_true",
                     help="make every trial's copy first, then wait --pause once (the inodes "
                          "the removals freed age: as in mailsync-bench.py, where no removal "
@@ -145,7 +149,7 @@ def main():
             sshd.stop()
 
 
-def trials(a, bins, fix):
+def fixture(a, binary, fix):
     src, dst, state, day = (os.path.join(fix, x) for x in ("src", "dst", "state", "srcday"))
     if not os.path.isdir(day):
         shutil.rmtree(fix, ignore_errors=True)
@@ -154,13 +158,25 @@ def trials(a, bins, fix):
             shutil.chown(dst, SSH[1], SSH[1])
         subprocess.run(["cp", "-al", a.base, src], check=True)
         for i in range(3):
-            w, c, rep, _ = run(cmd(bins[0][1], src, dst, state))
+            w, c, rep, _ = run(cmd(binary, src, dst, state))
             print("fixture run %d: %.2fs, %d files sent" % (i, w, rep["files_sent"]), flush=True)
             time.sleep(3)
         subprocess.run(["cp", "-al", src, day + ".tmp"], check=True)
         subprocess.run([sys.executable, GEN, "mutate", day + ".tmp", "--seed", "7"], check=True,
                        stdout=subprocess.DEVNULL)
         os.rename(day + ".tmp", day)
+    return dst, state, day
+
+
+def trials(a, bins, fix):
+    # One fixture made by the first binary, or (--own-fixture) one per binary, made by it:
+    # each binary then starts from the records and caches it writes itself.
+    fx = {}
+    for n, p, _ in bins:
+        if a.own_fixture:
+            fx[n] = fixture(a, p, fix + "-" + n)
+        else:
+            fx[n] = fx.get(bins[0][0]) or fixture(a, bins[0][1], fix)
     t = os.path.join(fix, "t")
     results = collections.defaultdict(list)
     plan = [(n, p, j, ()) for _ in range(a.trials) for n, p, j in bins]
@@ -177,12 +193,14 @@ def trials(a, bins, fix):
         subprocess.run(["sync"])
         freed = time.time()
         for k in range(len(plan)):
+            dst, state, _ = fx[plan[k][0].split("+")[0]]
             os.makedirs(os.path.join(t, str(k)))
             subprocess.run(["cp", "-al", dst, os.path.join(t, str(k), "dst")], check=True)
             subprocess.run(["cp", "-a", state, os.path.join(t, str(k), "state")], check=True)
         subprocess.run(["sync"])
         time.sleep(max(0.0, a.pause - (time.time() - freed)))
     for k, (name, path, jobs, prefix) in enumerate(plan):
+        dst, state, day = fx[name.split("+")[0]]
         if a.batch:
             tk = os.path.join(t, str(k))
             subprocess.run(["sync"])

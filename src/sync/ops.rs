@@ -330,6 +330,16 @@ impl Tree {
             .ok()
     }
 
+    /// `dir` and each of its ancestors are directories in the scan's listing, not removed
+    /// since.
+    pub fn listed_dir_chain(&self, dir: &str) -> bool {
+        let is_dir = |p: &str| {
+            self.slot(p)
+                .is_some_and(|i| !self.gone[i] && self.base[i].kind == Kind::Dir)
+        };
+        dir.match_indices('/').all(|(i, _)| is_dir(&dir[..i])) && is_dir(dir)
+    }
+
     pub fn get(&self, path: &str) -> Option<&Entry> {
         self.added.get(path).or_else(|| {
             self.slot(path)
@@ -426,6 +436,15 @@ impl Applier {
 
     fn path(&mut self, rel: &str) -> Result<PathBuf> {
         check_rel(rel)?;
+        // A parent the scan listed as a directory (lstat: no symlink followed on the way
+        // down) needs no second lstat of each of its components.
+        let parent = super::entry::parent(rel);
+        if !parent.is_empty()
+            && !self.known_dirs.contains(parent)
+            && self.tree.listed_dir_chain(parent)
+        {
+            self.known_dirs.insert(parent.to_string());
+        }
         check_parents(&self.base, rel, &mut self.known_dirs)?;
         Ok(self.base.join(rel))
     }

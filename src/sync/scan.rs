@@ -275,6 +275,105 @@ pub fn entry_from_meta(path: String, meta: &fs::Metadata, target: Option<String>
     }
 }
 
+/// The domain directory, open: entries are stat'ed relative to it (`fstatat`), so each
+/// stat walks the few components inside the domain, not the whole root again.
+struct DirFd(std::os::fd::OwnedFd);
+
+impl DirFd {
+    fn open(path: &Path) -> std::io::Result<DirFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)?;
+        Ok(DirFd(f.into()))
+    }
+
+    fn c_rel(rel: &str) -> std::io::Result<std::ffi::CString> {
+        std::ffi::CString::new(if rel.is_empty() { "." } else { rel })
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))
+    }
+
+    /// `lstat` of `rel` (relative to the domain directory; "" is the directory itself).
+    fn lstat(&self, rel: &str) -> std::io::Result<libc::stat> {
+        use std::os::fd::AsRawFd;
+        let c = Self::c_rel(rel)?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a valid descriptor, a NUL-terminated path and a buffer of the right type.
+        let r = unsafe {
+            libc::fstatat(
+                self.0.as_raw_fd(),
+                c.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fstatat succeeded, so it filled the buffer.
+        Ok(unsafe { st.assume_init() })
+    }
+
+    /// The target of the symlink `rel`.
+    fn readlink(&self, rel: &str) -> std::io::Result<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let c = Self::c_rel(rel)?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: a valid descriptor, a NUL-terminated path, a buffer of buf.len() bytes.
+        let n = unsafe {
+            libc::readlinkat(
+                self.0.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast::<libc::c_char>(),
+                buf.len(),
+            )
+        };
+        let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+        if n >= buf.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "symlink target too long",
+            ));
+        }
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+/// Build an entry from `fstatat` results (as [`entry_from_meta`] does from `lstat`).
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn entry_from_stat(path: String, st: &libc::stat, target: Option<String>) -> Entry {
+    let fmt = st.st_mode & libc::S_IFMT;
+    let kind = if fmt == libc::S_IFDIR {
+        Kind::Dir
+    } else if fmt == libc::S_IFLNK {
+        Kind::Symlink
+    } else {
+        Kind::File
+    };
+    Entry {
+        path,
+        kind,
+        size: if kind == Kind::File {
+            st.st_size as u64
+        } else {
+            0
+        },
+        mtime: st.st_mtime as i64,
+        mtime_ns: (st.st_mtime_nsec as i64).clamp(0, 999_999_999) as u32,
+        mode: u32::from(st.st_mode) & 0o7777,
+        uid: st.st_uid as u32,
+        gid: st.st_gid as u32,
+        ino: st.st_ino as u64,
+        target,
+    }
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
 /// Scan `domain_dir`. `old` is the previous run's cache (may be empty; its listings move
 /// into the scan); the new cache (directory metadata; save it with [`Cache::save`] and the
 /// scan's entries) is returned with the scan.
@@ -300,6 +399,14 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
             return (out, new);
         }
     }
+    let fd = match DirFd::open(domain_dir) {
+        Ok(fd) => fd,
+        Err(e) => {
+            out.errors
+                .push(format!("cannot open {}: {e}", domain_dir.display()));
+            return (out, new);
+        }
+    };
     let horizon = now_secs() - 2;
     // The listing will hold about what the cache holds: no growth slack.
     out.entries.reserve(
@@ -311,29 +418,31 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
     );
     let mut stack: Vec<(String, usize)> = vec![(String::new(), 0)];
     while let Some((rel, depth)) = stack.pop() {
-        let abs: PathBuf = if rel.is_empty() {
-            domain_dir.to_path_buf()
-        } else {
-            domain_dir.join(&rel)
+        let abs = || -> PathBuf {
+            if rel.is_empty() {
+                domain_dir.to_path_buf()
+            } else {
+                domain_dir.join(&rel)
+            }
         };
-        let meta = match fs::symlink_metadata(&abs) {
+        let meta = match fd.lstat(&rel) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.is_empty() => continue,
             Err(e) => {
                 out.errors
-                    .push(format!("cannot stat {}: {e}", abs.display()));
+                    .push(format!("cannot stat {}: {e}", abs().display()));
                 continue;
             }
         };
-        if !meta.file_type().is_dir() {
+        if !is_dir(&meta) {
             // Replaced by something else between listing and now: list it as what it is.
-            if let Some(e) = stat_entry(&abs, &rel, &mut out) {
+            if let Some(e) = stat_entry(&fd, domain_dir, &rel, &mut out) {
                 out.entries.push(e);
             }
             continue;
         }
         if !rel.is_empty() {
-            out.entries.push(entry_from_meta(rel.clone(), &meta, None));
+            out.entries.push(entry_from_stat(rel.clone(), &meta, None));
         }
         let name = super::entry::file_name(&rel);
         if name == "tmp" && !rel.is_empty() {
@@ -342,10 +451,10 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
         }
         if depth >= MAX_DEPTH {
             out.errors
-                .push(format!("{}: nested too deep, not listed", abs.display()));
+                .push(format!("{}: nested too deep, not listed", abs().display()));
             continue;
         }
-        let dir_entry = entry_from_meta(String::new(), &meta, None);
+        let dir_entry = entry_from_stat(String::new(), &meta, None);
         let is_msg_dir = name == "cur" || name == "new";
         let cached = old.dirs.remove(&rel);
         let (files, subdirs) = match cached {
@@ -358,7 +467,7 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
                     let files: Vec<Entry> = c
                         .files
                         .iter()
-                        .filter_map(|f| stat_entry(&domain_dir.join(&f.path), &f.path, &mut out))
+                        .filter_map(|f| stat_entry(&fd, domain_dir, &f.path, &mut out))
                         .collect();
                     if files.len() != c.files.len()
                         || files.iter().zip(&c.files).any(|(a, b)| !a.recorded_eq(b))
@@ -377,7 +486,7 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
                     Some(c) if is_msg_dir => c.files,
                     _ => Vec::new(),
                 };
-                list_dir(domain_dir, &abs, &rel, filter, prev, &mut out)
+                list_dir(&fd, domain_dir, &abs(), &rel, filter, prev, &mut out)
             }
         };
         new.dirs.insert(
@@ -413,28 +522,31 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
     (out, new)
 }
 
-fn stat_entry(abs: &Path, rel: &str, out: &mut Scan) -> Option<Entry> {
+/// Stat `rel` (relative to the domain directory `fd`, which is `domain_dir`).
+fn stat_entry(fd: &DirFd, domain_dir: &Path, rel: &str, out: &mut Scan) -> Option<Entry> {
     out.stats += 1;
-    match fs::symlink_metadata(abs) {
+    let abs = || domain_dir.join(rel);
+    match fd.lstat(rel) {
         Ok(m) => {
-            if m.file_type().is_symlink() {
-                match fs::read_link(abs) {
-                    Ok(t) => match t.into_os_string().into_string() {
-                        Ok(t) => Some(entry_from_meta(rel.to_string(), &m, Some(t))),
+            let fmt = m.st_mode & libc::S_IFMT;
+            if fmt == libc::S_IFLNK {
+                match fd.readlink(rel) {
+                    Ok(t) => match String::from_utf8(t) {
+                        Ok(t) => Some(entry_from_stat(rel.to_string(), &m, Some(t))),
                         Err(_) => {
                             out.errors
-                                .push(format!("{}: symlink target is not UTF-8", abs.display()));
+                                .push(format!("{}: symlink target is not UTF-8", abs().display()));
                             None
                         }
                     },
                     Err(e) => {
                         out.errors
-                            .push(format!("cannot read {}: {e}", abs.display()));
+                            .push(format!("cannot read {}: {e}", abs().display()));
                         None
                     }
                 }
-            } else if m.file_type().is_file() || m.file_type().is_dir() {
-                Some(entry_from_meta(rel.to_string(), &m, None))
+            } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR {
+                Some(entry_from_stat(rel.to_string(), &m, None))
             } else {
                 None
             }
@@ -442,7 +554,7 @@ fn stat_entry(abs: &Path, rel: &str, out: &mut Scan) -> Option<Entry> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             out.errors
-                .push(format!("cannot stat {}: {e}", abs.display()));
+                .push(format!("cannot stat {}: {e}", abs().display()));
             None
         }
     }
@@ -452,6 +564,7 @@ fn stat_entry(abs: &Path, rel: &str, out: &mut Scan) -> Option<Entry> {
 /// path (message files are immutable: a name listed before is taken from it, moved, with
 /// no stat and no copy); empty otherwise.
 fn list_dir(
+    fd: &DirFd,
     domain_dir: &Path,
     abs: &Path,
     rel: &str,
@@ -539,7 +652,7 @@ fn list_dir(
             }
         }
         let path = join(&name);
-        if let Some(e) = stat_entry(&domain_dir.join(&path), &path, out) {
+        if let Some(e) = stat_entry(fd, domain_dir, &path, out) {
             if e.kind == Kind::Dir {
                 subdirs.push(name);
             } else {
