@@ -239,7 +239,7 @@ pub fn nginx_auth(svc: &Service, user: &str, password: &str, proto: &str) -> Res
         ],
         body: Vec::new(),
     };
-    svc.handle(&req, "127.0.0.1")
+    svc.handle(&req, &"127.0.0.1")
 }
 
 /// A response's headers on one line.

@@ -104,7 +104,7 @@ pub fn serve(config: &Config, args: &ServeArgs) -> Result<()> {
     let workers = http.workers.clamp(1, 1024);
     let svc = Arc::clone(&service);
     let handler: Arc<server::Handler> =
-        Arc::new(move |req: &Request, peer: &str| svc.handle(req, peer));
+        Arc::new(move |req: &Request, peer: &server::Peer<'_>| svc.handle(req, peer));
     server::run(bound, workers, limits, handler)
 }
 
@@ -447,7 +447,7 @@ impl Service {
     }
 
     /// Route one request.
-    pub fn handle(&self, req: &Request, peer: &str) -> Response {
+    pub fn handle(&self, req: &Request, peer: &dyn std::fmt::Display) -> Response {
         let idx = PATHS.iter().position(|p| *p == req.path).unwrap_or(5);
         self.metrics.requests[idx].fetch_add(1, Ordering::Relaxed);
         if req.path == "/metrics" && req.method == "GET" {
@@ -503,7 +503,7 @@ impl Service {
     }
 
     /// The JSON API of [`crate::auth::api`]; password checks share the hashing semaphore.
-    fn api(&self, req: &Request, peer: &str) -> Response {
+    fn api(&self, req: &Request, peer: &dyn std::fmt::Display) -> Response {
         let method_ok = match req.path.as_str() {
             "/users" => req.method == "GET",
             _ => req.method == "POST",

@@ -72,15 +72,21 @@ impl Conn {
             Conn::Unix(s) => s.set_write_timeout(Some(t)),
         }
     }
-    /// The peer, for logs: an address, or "unix".
-    pub fn peer(&self) -> String {
-        match self {
-            Conn::Tcp(s) => s
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_else(|_| "?".into()),
+}
+
+/// The peer of a connection, for logs: its address, or "unix". Asked of the socket only when
+/// displayed (most answers log none).
+pub struct Peer<'a>(&'a Conn);
+
+impl std::fmt::Display for Peer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Conn::Tcp(s) => match s.peer_addr() {
+                Ok(a) => write!(f, "{}", a.ip()),
+                Err(_) => f.write_str("?"),
+            },
             #[cfg(unix)]
-            Conn::Unix(_) => "unix".into(),
+            Conn::Unix(_) => f.write_str("unix"),
         }
     }
 }
@@ -430,7 +436,7 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 /// The request handler: (request, peer) → response.
-pub type Handler = dyn Fn(&Request, &str) -> Response + Send + Sync;
+pub type Handler = dyn Fn(&Request, &Peer<'_>) -> Response + Send + Sync;
 
 /// Bound listeners (bind early so that errors are reported before running).
 pub struct Bound {
@@ -461,8 +467,39 @@ fn listen_socket(
         socket.set_reuse_address(true)?;
     }
     socket.bind(addr)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if domain != socket2::Domain::UNIX {
+        defer_accept(&socket)?;
+    }
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(socket)
+}
+
+/// Linux: a connection is handed to `accept` once its first request bytes are in (nginx's
+/// `listen ... deferred`), so the accepting thread is woken once per request instead of
+/// once for the connection and again for its data. Elsewhere (FreeBSD's equivalent is an
+/// accept filter, a kernel module) connections are accepted as they come.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn defer_accept(socket: &socket2::Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // Seconds a connection may wait for its first bytes before it is accepted anyway (our
+    // own request timeout then applies).
+    let secs: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and a pointer to an int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Bind every listen address with a listen queue of `backlog` connections; unix sockets
@@ -607,7 +644,7 @@ fn serve_one(mut conn: Conn, handler: &Handler, limits: &Limits) {
     let start = Instant::now();
     let response = match read_request(&mut conn, limits) {
         Ok(req) => {
-            let peer = conn.peer();
+            let peer = Peer(&conn);
             // A panic in a handler must not take the worker (and its queue) down.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&req, &peer))) {
                 Ok(r) => r,
