@@ -499,8 +499,20 @@ fn through_the_daemon_socket_with_fallback_and_bounded_hang() {
     assert_eq!(code, 67);
     let (ok, _) = dovecot::imap_login_select(d.imap_port, "ivanov@msk.domain.ru", "ivanov-pw");
     assert!(ok, "{}", d.log());
-    // ... and every one of them went through the daemon.
-    let log = std::fs::read_to_string(&serve_log).unwrap_or_default();
+    // ... and every one of them went through the daemon (its log lines are written by a
+    // writer thread shortly after each answer: wait for them, bounded).
+    let counts = |log: &str| {
+        (
+            log.matches("api path=/passdb").count(),
+            log.matches("api path=/userdb").count(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = std::fs::read_to_string(&serve_log).unwrap_or_default();
+    while counts(&log) != (3, 2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        log = std::fs::read_to_string(&serve_log).unwrap_or_default();
+    }
     assert_eq!(log.matches("api path=/passdb").count(), 3, "{log}");
     assert_eq!(log.matches("api path=/userdb").count(), 2, "{log}");
     assert_no_passwords_in(&log);
