@@ -457,7 +457,7 @@ fn sync_domain_inner(
         return Ok(());
     }
 
-    // Record what is about to be sent, durably, before it goes out (the paths of earlier
+    // Record what is about to be sent before it goes out (the paths of earlier
     // interrupted runs stay in the log).
     let new_paths = p.ops.iter().filter_map(|op| match op {
         Op::Put(e) | Op::Link { to: e, .. } => Some(e.path.as_str()),
@@ -905,8 +905,12 @@ fn load_sent(path: &Path, pair: &str) -> std::collections::BTreeSet<String> {
     out
 }
 
+/// Written before the operations go out, without waiting for the disk: it is read back
+/// after an interrupted run (a killed process, a cut connection), for which the page cache
+/// keeps it. Lost to an OS crash, the paths it held count as never synced: kept on the
+/// remote and reported as conflicts, never deleted.
 fn save_sent<'a>(path: &Path, pair: &str, paths: impl Iterator<Item = &'a str>) -> Result<()> {
-    super::fsops::write_file_atomic_with(path, true, |w| {
+    super::fsops::write_file_atomic_with(path, false, |w| {
         let mut e = Enc::new();
         e.buf.extend_from_slice(SENT_MAGIC);
         e.str(pair);

@@ -278,6 +278,27 @@ impl Entry {
         self.recorded_eq_ref(&o.as_ref())
     }
 
+    /// Equal in every attribute the record's digest covers, i.e. what "in sync" means (the
+    /// path, and what [`Entry::same`] compares): not the owner, not a directory's mtime, not
+    /// the inode. A record entry that equals a listed one this way is represented by the
+    /// listed one (same digest): a receiver that cannot give files the sender's owner (not
+    /// root, or other numeric ids), or a directory whose mtime moved, costs no extra copy.
+    pub fn in_sync_eq_ref(&self, o: &EntryRef) -> bool {
+        if self.path != o.path || self.kind != o.kind || self.target.as_deref() != o.target {
+            return false;
+        }
+        match self.kind {
+            Kind::Symlink => true,
+            Kind::Dir => (self.mode & 0o7777) == (o.mode & 0o7777),
+            Kind::File => {
+                self.size == o.size
+                    && self.mtime == o.mtime
+                    && self.mtime_ns == o.mtime_ns
+                    && (self.mode & 0o7777) == (o.mode & 0o7777)
+            }
+        }
+    }
+
     /// [`Entry::recorded_eq`] with an entry decoded in place.
     pub fn recorded_eq_ref(&self, o: &EntryRef) -> bool {
         self.path == o.path

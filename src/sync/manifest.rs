@@ -306,7 +306,9 @@ impl Manifest {
     }
 
     /// Load the record of `pair` against the local listing `local` (sorted by path),
-    /// without keeping a copy of the entries that equal a local one: the record is then
+    /// without keeping a copy of the entries that equal a local one in all that "in sync"
+    /// covers ([`Entry::in_sync_eq_ref`]: the digest's fields; not owner, inode or a
+    /// directory's mtime, so the digest is unchanged): the record is then
     /// `local[i]` for every `in_local[i]`, plus `extra` (sorted). Decoded one entry at a
     /// time, in place, the file checked on the way (format 2: its checksum; format 1: its
     /// digest, recomputed). None when there is no usable record for `pair`.
@@ -356,7 +358,7 @@ impl Manifest {
                     while j < local.len() && local[j].path.as_str() < e.path {
                         j += 1;
                     }
-                    if j < local.len() && local[j].recorded_eq_ref(&e) {
+                    if j < local.len() && local[j].in_sync_eq_ref(&e) {
                         in_local[j] = true;
                     } else {
                         extra.push(e.to_entry());
@@ -408,12 +410,22 @@ impl Manifest {
 
     /// Write durably, streamed (never a second copy of the record in memory), in format 2.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.save_as(path, MAGIC2)
+        self.save_as(path, MAGIC2, true)
     }
 
-    fn save_as(&self, path: &Path, magic: &[u8]) -> Result<()> {
+    /// [`Manifest::save`] without waiting for the disk: the receiver's record, written
+    /// while the sender waits. Its files are durable before it is written, and losing it
+    /// (an OS crash before the kernel writes it) leaves the previous record, or a damaged
+    /// file, which counts as no record: an older record only claims what was in sync then
+    /// (the next run compares full listings, the digests differ), no record deletes
+    /// nothing. Either way no deletion is wrongly allowed.
+    pub fn save_lazily(&self, path: &Path) -> Result<()> {
+        self.save_as(path, MAGIC2, false)
+    }
+
+    fn save_as(&self, path: &Path, magic: &[u8], durable: bool) -> Result<()> {
         let v2 = magic == MAGIC2;
-        super::fsops::write_file_atomic_with(path, true, |w| {
+        super::fsops::write_file_atomic_with(path, durable, |w| {
             let mut sum = Sum::new();
             let mut e = Enc::new();
             e.buf.extend_from_slice(magic);
@@ -492,6 +504,41 @@ mod tests {
         assert_eq!(all, want);
         assert_eq!(r.entries(&local2)[501].size, m.entries[501].size);
 
+        // Another owner (a receiver that is not root, or other numeric ids) and a moved
+        // directory mtime are not part of "in sync": represented by the listing, no copy.
+        let mut local3 = local.clone();
+        for e in local3.iter_mut() {
+            e.uid = 1001;
+            e.gid = 1001;
+            e.ino += 7;
+        }
+        let mut dir = local3[0].clone();
+        dir.kind = Kind::Dir;
+        dir.path = "0-dir".to_string();
+        dir.size = 0;
+        let mut m3_entries = vec![dir.clone()];
+        m3_entries.extend(m.entries.iter().cloned());
+        let m3 = Manifest::new("a|b", m3_entries);
+        m3.save(&path).unwrap();
+        dir.mtime += 3600;
+        local3.insert(0, dir);
+        let r = Manifest::load_against(&path, "a|b", &local3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.digest, m3.digest);
+        assert!(r.in_local.iter().all(|&x| x) && r.extra.is_empty());
+        assert_eq!(
+            Manifest::new("a|b", r.entries(&local3).into_iter().cloned().collect()).digest,
+            m3.digest
+        );
+        // A mode change is: kept apart.
+        local3[3].mode ^= 0o040;
+        let r = Manifest::load_against(&path, "a|b", &local3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.extra.len(), 1);
+        m.save(&path).unwrap();
+
         // Another pair, a damaged file: no record.
         assert!(Manifest::load_against(&path, "a|c", &local)
             .unwrap()
@@ -564,7 +611,7 @@ mod tests {
         let local = m.entries.clone();
         let load = |path: &Path| Manifest::load_against(path, "a|b", &local).unwrap();
         for magic in [MAGIC, MAGIC2] {
-            m.save_as(&path, magic).unwrap();
+            m.save_as(&path, magic, true).unwrap();
             let good = std::fs::read(&path).unwrap();
             assert!(good.starts_with(magic));
             let r = load(&path).unwrap();

@@ -354,7 +354,7 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                 let r = if old_digest.as_deref() == Some(m.digest.as_str()) {
                     Ok(())
                 } else {
-                    m.save(&manifest_path)
+                    m.save_lazily(&manifest_path)
                 };
                 let mut e = Enc::new();
                 match r {
