@@ -257,7 +257,9 @@ fn serve(
             Ok(())
         }))
     };
-    let mut conn = sync::wire::Conn::new(std::io::stdin(), std::io::stdout());
+    // Input read ahead (up to 8 MiB) so that sshd need not hold it (see ReadAhead).
+    let input = sync::wire::ReadAhead::new(std::io::stdin(), 64 << 10, 128);
+    let mut conn = sync::wire::Conn::new(input, std::io::stdout());
     sync::server::serve(
         &mut conn,
         sync::server::ServeOptions {

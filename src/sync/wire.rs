@@ -216,6 +216,84 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
+/// A reader that reads its source ahead, in a thread, into a bounded queue of reused
+/// buffers. `mailsync serve` reads its standard input through one: what the sender sends
+/// while the receiver is busy applying operations waits here, not in sshd, which grows,
+/// copies and clears its channel buffer for data the command has not read yet (page faults,
+/// `memcpy`, `explicit_bzero`: up to a third of sshd's CPU in a day run, BENCHMARKS.md).
+pub struct ReadAhead {
+    filled: std::sync::mpsc::Receiver<std::io::Result<(Vec<u8>, usize)>>,
+    spare: std::sync::mpsc::SyncSender<Vec<u8>>,
+    cur: Vec<u8>,
+    len: usize,
+    pos: usize,
+    done: bool,
+}
+
+impl ReadAhead {
+    /// Read `inner` ahead by at most `depth` reads of up to `chunk` bytes.
+    pub fn new(mut inner: impl Read + Send + 'static, chunk: usize, depth: usize) -> ReadAhead {
+        let (filled_tx, filled) = std::sync::mpsc::sync_channel(depth.max(1));
+        let (spare, spare_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(depth.max(1) + 2);
+        let chunk = chunk.max(1);
+        std::thread::spawn(move || loop {
+            let mut buf = spare_rx.try_recv().unwrap_or_else(|_| vec![0u8; chunk]);
+            let r = loop {
+                match inner.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r,
+                }
+            };
+            let last = !matches!(r, Ok(n) if n > 0);
+            if filled_tx.send(r.map(|n| (buf, n))).is_err() || last {
+                return;
+            }
+        });
+        ReadAhead {
+            filled,
+            spare,
+            cur: Vec::new(),
+            len: 0,
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.len {
+            if self.done || out.is_empty() {
+                return Ok(0);
+            }
+            if !self.cur.is_empty() {
+                let _ = self.spare.try_send(std::mem::take(&mut self.cur));
+            }
+            match self.filled.recv() {
+                Ok(Ok((buf, n))) => {
+                    self.cur = buf;
+                    self.len = n;
+                    self.pos = 0;
+                    self.done = n == 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                // The reading thread is gone without a word (it panicked).
+                Err(_) => {
+                    self.done = true;
+                    return Err(std::io::Error::other("the input reader stopped"));
+                }
+            }
+        }
+        let n = out.len().min(self.len - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 type BoxRead = Box<dyn Read + Send>;
 type BoxWrite = Box<dyn Write + Send>;
 
@@ -380,6 +458,42 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_ahead_passes_every_byte_in_order_and_the_end_and_errors() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        // A source that returns short reads of varying sizes.
+        struct Short(std::io::Cursor<Vec<u8>>, usize);
+        impl Read for Short {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                self.1 = self.1 % 5000 + 1;
+                let n = b.len().min(self.1);
+                self.0.read(&mut b[..n])
+            }
+        }
+        let mut r = ReadAhead::new(Short(std::io::Cursor::new(data.clone()), 0), 4096, 3);
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, data);
+        assert_eq!(r.read(&mut [0u8; 10]).unwrap(), 0);
+
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("cut"));
+                }
+                self.0 -= 1;
+                b[0] = 1;
+                Ok(1)
+            }
+        }
+        let mut r = ReadAhead::new(Failing(3), 16, 2);
+        let mut got = Vec::new();
+        let e = r.read_to_end(&mut got).unwrap_err();
+        assert_eq!(e.to_string(), "cut");
+        assert_eq!(got, vec![1, 1, 1]);
+    }
 
     #[test]
     fn varints_roundtrip() {
