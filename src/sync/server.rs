@@ -60,16 +60,58 @@ pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
     if compress {
         conn.compress()?;
     }
+    // The record of the last committed domain, written by a thread while the next one
+    // starts (one at a time; waited for at the end).
+    let mut saving = RecordSave::default();
     loop {
         let (ty, payload) = conn.recv()?;
         match ty {
             t::BYE => return Ok(()),
             t::DOMAIN => {
                 let payload = payload.to_vec();
-                serve_domain(conn, &mut opts, &payload)?;
+                serve_domain(conn, &mut opts, &payload, &mut saving)?;
             }
             _ => return Err(Error::bad_input("protocol error: unexpected frame")),
         }
+    }
+}
+
+/// A record being written in the background, and where.
+#[derive(Default)]
+struct RecordSave(Option<(PathBuf, std::thread::JoinHandle<()>)>);
+
+impl RecordSave {
+    /// Wait for the record being written (all of them, or only the one at `path`).
+    fn wait(&mut self, path: Option<&std::path::Path>) {
+        if path.is_some_and(|p| self.0.as_ref().is_some_and(|(q, _)| q != p)) {
+            return;
+        }
+        if let Some((_, h)) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Write `m` at `path` once the previous record is written. The commit is answered
+    /// before: a record that is not written (the process dies, the disk fails) leaves the
+    /// previous one, which only claims what was in sync then (the next run compares full
+    /// listings), or none (nothing deleted).
+    fn start(&mut self, m: Manifest, path: PathBuf) {
+        self.wait(None);
+        let p = path.clone();
+        self.0 = Some((
+            path,
+            std::thread::spawn(move || {
+                if let Err(e) = m.save_lazily(&p) {
+                    log::warn!("{}", e.message());
+                }
+            }),
+        ));
+    }
+}
+
+impl Drop for RecordSave {
+    fn drop(&mut self) {
+        self.wait(None);
     }
 }
 
@@ -133,7 +175,12 @@ fn send_error_info(conn: &mut Conn, msg: &str) -> Result<()> {
     conn.send_flush(t::DOMAIN_INFO, &e.buf)
 }
 
-fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Result<()> {
+fn serve_domain(
+    conn: &mut Conn,
+    opts: &mut ServeOptions,
+    payload: &[u8],
+    saving: &mut RecordSave,
+) -> Result<()> {
     let req = parse_request(payload)?;
     let Request {
         name,
@@ -190,6 +237,8 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
     let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
     let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
     let mut marks = super::client::Marks::new();
+    // The same domain again in this session: its record as last committed.
+    saving.wait(Some(&manifest_path));
     let View {
         listing,
         cache,
@@ -350,24 +399,15 @@ fn serve_domain(conn: &mut Conn, opts: &mut ServeOptions, payload: &[u8]) -> Res
                     entries.retain(|e| !keep_out.contains(&e.path));
                 }
                 let m = Manifest::new(pair, entries);
-                // Unchanged record: nothing to write.
-                let r = if old_digest.as_deref() == Some(m.digest.as_str()) {
-                    Ok(())
-                } else {
-                    m.save_lazily(&manifest_path)
-                };
                 let mut e = Enc::new();
-                match r {
-                    Ok(()) => {
-                        e.u8(0).str(&m.digest);
-                    }
-                    Err(err) => {
-                        e.u8(1).str(err.message());
-                    }
-                }
+                e.u8(0).str(&m.digest);
                 marks.mark("commit");
                 marks.report_to_stderr(&format!("serve {domain}"));
                 conn.send_flush(t::COMMIT_OK, &e.buf)?;
+                // Unchanged record: nothing to write.
+                if old_digest.as_deref() != Some(m.digest.as_str()) {
+                    saving.start(m, manifest_path);
+                }
                 return Ok(());
             }
             _ => return Err(Error::bad_input("protocol error: unexpected frame")),
