@@ -16,12 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Both ends allocate a small block or two per listed entry and per operation, from
-/// several threads (workers, scans, the fsync pool); mimalloc's per-thread heaps cost less
-/// than glibc's shared arenas (malloc and free were ~5 % of a receiver's CPU).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Replicate Maildirs between the two storage nodes (primary -> backup), rename-aware,
 /// with safe deletes, over SSH.
 #[derive(Parser)]

@@ -77,13 +77,23 @@ fn time_of(e: &Entry) -> SystemTime {
 
 /// Apply mode, owner (when permitted) and mtime to an open file.
 pub fn set_attrs(file: &File, e: &Entry) -> Result<()> {
-    // Owner first: chown may clear set-id bits.
-    let _ = std::os::unix::fs::fchown(file, Some(e.uid), Some(e.gid));
+    // Owner first: chown may clear set-id bits. Not tried when it cannot succeed (only
+    // root gives a file another owner; a receiver running as the mail user gets its own).
+    if may_chown_to(e.uid) {
+        let _ = std::os::unix::fs::fchown(file, Some(e.uid), Some(e.gid));
+    }
     file.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
         .map_err(|err| Error::io("setting mode", err))?;
     let t = time_of(e);
     file.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
         .map_err(|err| Error::io("setting mtime", err))
+}
+
+/// Whether `chown` to `uid` can succeed for this process: as root, or to its own uid.
+fn may_chown_to(uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    euid == 0 || euid == uid
 }
 
 /// A unique temporary name.

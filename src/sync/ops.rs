@@ -562,16 +562,25 @@ impl Applier {
         Ok(())
     }
 
+    /// What the scan (and this run since) found at `rel`, when it is not a directory: no
+    /// `lstat` needed before renaming or deleting it. A directory there is refused, and a
+    /// path the tree does not hold is checked on disk.
+    fn known_non_dir(&self, rel: &str) -> bool {
+        self.tree.get(rel).is_some_and(|e| e.kind != Kind::Dir)
+    }
+
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         let src = self.path(from)?;
         let dst = self.path(to)?;
-        let m = fs::symlink_metadata(&src)
-            .map_err(|e| Error::io(format!("cannot rename {}", src.display()), e))?;
-        if m.file_type().is_dir() {
-            return Err(Error::bad_input(format!(
-                "{}: is a directory",
-                src.display()
-            )));
+        if !self.known_non_dir(from) {
+            let m = fs::symlink_metadata(&src)
+                .map_err(|e| Error::io(format!("cannot rename {}", src.display()), e))?;
+            if m.file_type().is_dir() {
+                return Err(Error::bad_input(format!(
+                    "{}: is a directory",
+                    src.display()
+                )));
+            }
         }
         fs::rename(&src, &dst)
             .map_err(|e| Error::io(format!("cannot rename to {}", dst.display()), e))?;
@@ -584,6 +593,15 @@ impl Applier {
 
     fn delete(&mut self, rel: &str) -> Result<()> {
         let p = self.path(rel)?;
+        if self.known_non_dir(rel) {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("cannot delete {}", p.display()), e)),
+            }
+            self.tree.remove(rel);
+            return Ok(());
+        }
         match fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_dir() => {
                 return Err(Error::bad_input(format!("{}: is a directory", p.display())))
@@ -630,17 +648,17 @@ impl Applier {
     /// Dovecot's control files).
     pub fn put(&mut self, mut e: Entry, chunks: &mut dyn Chunks) -> Result<()> {
         let dest = self.path(&e.path)?;
-        if let Ok(m) = fs::symlink_metadata(&dest) {
-            if m.file_type().is_dir() {
-                // Drain the data, then fail.
-                while let Some(c) = chunks.next_chunk() {
-                    c?;
-                }
-                return Err(Error::bad_input(format!(
-                    "{}: is a directory",
-                    dest.display()
-                )));
+        // A directory at the destination: refused now (the tree knows what the scan and
+        // this run found; one made since by someone else makes the final rename fail).
+        if self.tree.get(&e.path).is_some_and(|x| x.kind == Kind::Dir) {
+            // Drain the data, then fail.
+            while let Some(c) = chunks.next_chunk() {
+                c?;
             }
+            return Err(Error::bad_input(format!(
+                "{}: is a directory",
+                dest.display()
+            )));
         }
         let is_message = message_key(&e.path).is_some();
         if e.kind == Kind::Symlink {
