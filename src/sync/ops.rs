@@ -593,25 +593,20 @@ impl Applier {
 
     fn delete(&mut self, rel: &str) -> Result<()> {
         let p = self.path(rel)?;
-        if self.known_non_dir(rel) {
-            match fs::remove_file(&p) {
-                Ok(()) => {}
+        if !self.known_non_dir(rel) {
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_dir() => {
+                    return Err(Error::bad_input(format!("{}: is a directory", p.display())))
+                }
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("cannot delete {}", p.display()), e)),
+                Err(e) => return Err(Error::io(format!("cannot stat {}", p.display()), e)),
             }
-            self.tree.remove(rel);
-            return Ok(());
         }
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_dir() => {
-                return Err(Error::bad_input(format!("{}: is a directory", p.display())))
-            }
-            Ok(_) => {
-                fs::remove_file(&p)
-                    .map_err(|e| Error::io(format!("cannot delete {}", p.display()), e))?;
-            }
+        match fs::remove_file(&p) {
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot stat {}", p.display()), e)),
+            Err(e) => return Err(Error::io(format!("cannot delete {}", p.display()), e)),
         }
         self.tree.remove(rel);
         Ok(())
