@@ -668,6 +668,9 @@ fn sync_domain_inner(
         }
     }
     sess.conn.send_flush(t::COMMIT, &[0, 0])?;
+    // The local listing, with directories created for adopted files (made while the remote
+    // makes its own).
+    let m = Manifest::new(&pair, local_entries);
     let remote_digest = {
         let p = sess.conn.expect(t::COMMIT_OK)?;
         let mut d = Dec::new(p);
@@ -680,8 +683,6 @@ fn sync_domain_inner(
         v
     };
     marks.mark("commit");
-    // The local listing, with directories created for adopted files.
-    let m = Manifest::new(&pair, local_entries);
     if m.digest != remote_digest {
         rep.error(
             "the two ends disagree on what is in sync (a file changed during the run?); \

@@ -303,6 +303,40 @@ impl Drop for Durability {
     }
 }
 
+/// fsync `dirs`, a few at a time in scoped threads (fsync waits on the disk, not the CPU);
+/// the errors, if any.
+pub fn sync_dirs_in_parallel(dirs: &BTreeSet<PathBuf>) -> Vec<Error> {
+    let dirs: Vec<&PathBuf> = dirs.iter().collect();
+    if dirs.len() <= 1 {
+        return dirs
+            .iter()
+            .filter_map(|d| fsops::sync_dir(d).err())
+            .collect();
+    }
+    let threads = dirs.len().min(SYNC_THREADS);
+    let per = dirs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = dirs
+            .chunks(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .filter_map(|d| fsops::sync_dir(d).err())
+                        .collect::<Vec<Error>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![Error::internal("a directory fsync thread failed")])
+            })
+            .collect()
+    })
+}
+
 /// The receiver's domain tree as operations change it: the scan's sorted listing (entries
 /// removed in place) plus the entries added since. No per-message hash map or copy.
 #[derive(Debug, Default)]
@@ -758,13 +792,27 @@ impl Applier {
     /// files (already fsynced) into place, each under its uidlist lock, and fsync their
     /// directories. Directories are fsynced in parallel.
     pub fn flush(&mut self) {
+        let late = self.flush_but_last_dirs();
+        self.sync_dirs(late);
+    }
+
+    /// [`Applier::flush`] at the end of a domain's operations, except the last step: the
+    /// directories the control files were just renamed in are returned, for the caller to
+    /// fsync ([`sync_dirs_in_parallel`]) while the result goes out, before it commits. The
+    /// messages the control files describe are durable before those are renamed into
+    /// place, as with `flush`.
+    pub fn finish(&mut self) -> BTreeSet<PathBuf> {
+        self.flush_but_last_dirs()
+    }
+
+    fn flush_but_last_dirs(&mut self) -> BTreeSet<PathBuf> {
         if self.pending == 0 && self.deferred.is_empty() {
-            return;
+            return BTreeSet::new();
         }
         self.pending = 0;
         self.pending_paths.clear();
         let Some((dirs, failures)) = self.durability.as_ref().map(Durability::barrier) else {
-            return;
+            return BTreeSet::new();
         };
         let mut failed_tmp = HashSet::new();
         for f in failures {
@@ -783,7 +831,7 @@ impl Applier {
         self.sync_dirs(dirs);
         let deferred = std::mem::take(&mut self.deferred);
         if deferred.is_empty() {
-            return;
+            return BTreeSet::new();
         }
         if self.lock_source.is_none() && deferred.iter().any(|c| c.lock) {
             self.lock_source = Some(LockSource::create(&self.base).ok());
@@ -828,7 +876,7 @@ impl Applier {
             }
         }
         self.lock_source = holder;
-        self.sync_dirs(dirs);
+        dirs
     }
 
     /// fsync directories, in parallel in the pool (one by one when there is only one).

@@ -172,17 +172,23 @@ impl Cache {
     /// Save the cache of a scan: the directories' metadata kept here, their files taken
     /// from the scan's `entries` (the cache holds no second copy of the listing). Streamed.
     pub fn save(&self, path: &Path, entries: &[Entry]) -> Result<()> {
-        // The files of each cached directory: entries whose parent it is (sub-directories,
-        // also listed as entries, are in `subdirs`).
-        let mut by_dir: Vec<(&str, u32)> = entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.kind != Kind::Dir)
-            .map(|(i, e)| (super::entry::parent(&e.path), i as u32))
-            .collect();
-        // Sorted by path, so by name within a directory: the order within a key matters
-        // not (the entries are written as found, and read back in any order).
-        by_dir.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+        // The files of each cached directory: the entries whose parent it is. `entries`
+        // is sorted by path, so those under `dir/` are one run of it, found by binary
+        // search (sub-directories, also listed as entries, are in `subdirs`).
+        let children = |dir: &str| {
+            let run = if dir.is_empty() {
+                entries
+            } else {
+                // Exactly the paths p with "dir/" <= p < "dir0" ('0' follows '/').
+                let (from, to) = (format!("{dir}/"), format!("{dir}0"));
+                let lo = entries.partition_point(|e| e.path.as_str() < from.as_str());
+                let hi = lo + entries[lo..].partition_point(|e| e.path.as_str() < to.as_str());
+                &entries[lo..hi]
+            };
+            let cut = if dir.is_empty() { 0 } else { dir.len() + 1 };
+            run.iter()
+                .filter(move |e| e.kind != Kind::Dir && !e.path[cut..].contains('/'))
+        };
         super::fsops::write_file_atomic_with(path, false, |w| {
             let mut e = Enc::new();
             e.buf.extend_from_slice(CACHE_MAGIC);
@@ -192,16 +198,11 @@ impl Cache {
                     .iv(c.mtime)
                     .uv(u64::from(c.mtime_ns))
                     .u8(u8::from(c.stable));
-                let lo = by_dir.partition_point(|x| x.0 < p.as_str());
-                let hi = lo + by_dir[lo..].partition_point(|x| x.0 == p.as_str());
-                let files = by_dir[lo..hi]
-                    .iter()
-                    .map(|x| &entries[x.1 as usize])
-                    .filter(|f| {
-                        c.subdirs
-                            .binary_search_by(|s| s.as_str().cmp(super::entry::file_name(&f.path)))
-                            .is_err()
-                    });
+                let files = children(p).filter(|f| {
+                    c.subdirs
+                        .binary_search_by(|s| s.as_str().cmp(super::entry::file_name(&f.path)))
+                        .is_err()
+                });
                 let files: Vec<&Entry> = files.collect();
                 e.uv(files.len() as u64);
                 for f in files {
@@ -642,11 +643,15 @@ fn list_dir(
     }
     let mut prev = prev.into_iter().peekable();
     files.reserve_exact(found.len());
+    // The name in a previous entry's path: every one is `rel/name` (a wrong cut would only
+    // mean a name not found, so stat'ed).
+    let cut = if rel.is_empty() { 0 } else { rel.len() + 1 };
+    let name_of = |p: &Entry| -> usize { cut.min(p.path.len()) };
     for (name, is_file) in found {
-        let before = |p: &Entry| super::entry::file_name(&p.path) < name.as_str();
+        let before = |p: &Entry| &p.path[name_of(p)..] < name.as_str();
         while prev.next_if(before).is_some() {}
         if is_file {
-            if let Some(p) = prev.next_if(|p| super::entry::file_name(&p.path) == name) {
+            if let Some(p) = prev.next_if(|p| p.path[name_of(p)..] == *name) {
                 files.push(p);
                 continue;
             }

@@ -3,7 +3,7 @@
 
 use super::entry::Entry;
 use super::manifest::{self, Manifest, Record};
-use super::ops::{Applier, Chunks, DataFrames};
+use super::ops::{sync_dirs_in_parallel, Applier, Chunks, DataFrames};
 use super::scan::{self, Cache, Filter};
 use super::wire::{t, Conn, Dec, Enc, CAPS, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
@@ -354,7 +354,17 @@ fn serve_domain(
             _ => return Err(Error::bad_input("protocol error: unexpected frame in ops")),
         }
     }
-    applier.flush();
+    // The directories the control files were renamed in are fsynced while the result
+    // goes out and the commit comes in (a thread of their own); the commit waits for it.
+    let late_dirs = applier.finish();
+    let late_sync = (!late_dirs.is_empty())
+        .then(|| std::thread::spawn(move || sync_dirs_in_parallel(&late_dirs)));
+    let late_errors = move || -> Vec<Error> {
+        late_sync.map_or_else(Vec::new, |h| {
+            h.join()
+                .unwrap_or_else(|_| vec![Error::internal("a directory fsync thread failed")])
+        })
+    };
     let mut e = Enc::new();
     e.uv(applier.applied).uv(applier.error_count as u64);
     e.uv(applier.errors.len() as u64);
@@ -368,7 +378,12 @@ fn serve_domain(
     loop {
         let (ty, payload) = conn.recv()?;
         match ty {
-            t::ABORT => return Ok(()),
+            t::ABORT => {
+                for e in late_errors() {
+                    log::warn!("{}", e.message());
+                }
+                return Ok(());
+            }
             t::FETCH => {
                 let payload = payload.to_vec();
                 let mut d = Dec::new(&payload);
@@ -393,6 +408,17 @@ fn serve_domain(
                         break;
                     }
                     payload = conn.expect(t::COMMIT)?.to_vec();
+                }
+                let errors = late_errors();
+                if let Some(err) = errors.first() {
+                    let mut e = Enc::new();
+                    e.u8(1).str(&format!(
+                        "{} (and {} more); nothing recorded",
+                        err.message(),
+                        errors.len() - 1
+                    ));
+                    conn.send_flush(t::COMMIT_OK, &e.buf)?;
+                    return Ok(());
                 }
                 let mut entries: Vec<Entry> = applier.into_entries();
                 if !keep_out.is_empty() {
