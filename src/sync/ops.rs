@@ -303,39 +303,9 @@ impl Drop for Durability {
     }
 }
 
-/// fsync `dirs`, a few at a time in scoped threads (fsync waits on the disk, not the CPU);
-/// the errors, if any.
-pub fn sync_dirs_in_parallel(dirs: &BTreeSet<PathBuf>) -> Vec<Error> {
-    let dirs: Vec<&PathBuf> = dirs.iter().collect();
-    if dirs.len() <= 1 {
-        return dirs
-            .iter()
-            .filter_map(|d| fsops::sync_dir(d).err())
-            .collect();
-    }
-    let threads = dirs.len().min(SYNC_THREADS);
-    let per = dirs.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = dirs
-            .chunks(per)
-            .map(|chunk| {
-                s.spawn(move || {
-                    chunk
-                        .iter()
-                        .filter_map(|d| fsops::sync_dir(d).err())
-                        .collect::<Vec<Error>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec![Error::internal("a directory fsync thread failed")])
-            })
-            .collect()
-    })
-}
+/// An applier's durability pool, handed from one domain's applier to the next
+/// ([`Applier::take_pool`], [`Applier::with_pool`]) so that its threads are started once.
+pub struct Pool(Durability);
 
 /// The receiver's domain tree as operations change it: the scan's sorted listing (entries
 /// removed in place) plus the entries added since. No per-message hash map or copy.
@@ -796,13 +766,54 @@ impl Applier {
         self.sync_dirs(late);
     }
 
-    /// [`Applier::flush`] at the end of a domain's operations, except the last step: the
-    /// directories the control files were just renamed in are returned, for the caller to
-    /// fsync ([`sync_dirs_in_parallel`]) while the result goes out, before it commits. The
-    /// messages the control files describe are durable before those are renamed into
+    /// [`Applier::flush`] at the end of a domain's operations, except that the last step
+    /// (fsync the directories the control files were just renamed in) is only started:
+    /// [`Applier::wait_finished`] waits for it, so that the caller can answer meanwhile.
+    /// The messages the control files describe are durable before those are renamed into
     /// place, as with `flush`.
-    pub fn finish(&mut self) -> BTreeSet<PathBuf> {
-        self.flush_but_last_dirs()
+    pub fn finish(&mut self) {
+        let dirs = self.flush_but_last_dirs();
+        if dirs.is_empty() {
+            return;
+        }
+        let d = self.durability.get_or_insert_with(Durability::new);
+        let mut failed = None;
+        for dir in dirs {
+            if let Err(e) = d.submit(Job::Dir(dir)) {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            self.fail(e);
+        }
+    }
+
+    /// Wait for what [`Applier::finish`] started; its errors (none: all is durable).
+    pub fn wait_finished(&mut self) -> Vec<Error> {
+        let Some(d) = self.durability.as_ref() else {
+            return Vec::new();
+        };
+        let (_, failures) = d.barrier();
+        failures
+            .into_iter()
+            .map(|f| match f {
+                Failure::Message(_, e) | Failure::File(_, e) | Failure::Dir(e) => e,
+            })
+            .collect()
+    }
+
+    /// Give this applier the durability pool of a previous one (its threads are reused).
+    pub fn with_pool(mut self, pool: Option<Pool>) -> Applier {
+        if self.durability.is_none() {
+            self.durability = pool.map(|p| p.0);
+        }
+        self
+    }
+
+    /// The durability pool, for the next applier (only once everything is waited for).
+    pub fn take_pool(&mut self) -> Option<Pool> {
+        self.durability.take().map(Pool)
     }
 
     fn flush_but_last_dirs(&mut self) -> BTreeSet<PathBuf> {

@@ -3,7 +3,7 @@
 
 use super::entry::Entry;
 use super::manifest::{self, Manifest, Record};
-use super::ops::{sync_dirs_in_parallel, Applier, Chunks, DataFrames};
+use super::ops::{Applier, Chunks, DataFrames, Pool};
 use super::scan::{self, Cache, Filter};
 use super::wire::{t, Conn, Dec, Enc, CAPS, CHUNK, MAGIC, VERSION};
 use crate::error::{Error, Result};
@@ -63,13 +63,15 @@ pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
     // The record of the last committed domain, written by a thread while the next one
     // starts (one at a time; waited for at the end).
     let mut saving = RecordSave::default();
+    // The durability pool's threads, kept from one domain to the next.
+    let mut pool = None;
     loop {
         let (ty, payload) = conn.recv()?;
         match ty {
             t::BYE => return Ok(()),
             t::DOMAIN => {
                 let payload = payload.to_vec();
-                serve_domain(conn, &mut opts, &payload, &mut saving)?;
+                serve_domain(conn, &mut opts, &payload, &mut saving, &mut pool)?;
             }
             _ => return Err(Error::bad_input("protocol error: unexpected frame")),
         }
@@ -180,6 +182,7 @@ fn serve_domain(
     opts: &mut ServeOptions,
     payload: &[u8],
     saving: &mut RecordSave,
+    pool: &mut Option<Pool>,
 ) -> Result<()> {
     let req = parse_request(payload)?;
     let Request {
@@ -320,12 +323,13 @@ fn serve_domain(
     let old_digest = record.map(|m| m.digest);
 
     // Operations.
-    let mut applier = Applier::new(base.clone(), listing.entries);
+    let mut applier = Applier::new(base.clone(), listing.entries).with_pool(pool.take());
     loop {
         let (ty, _) = conn.recv()?;
         match ty {
             t::ABORT => {
                 applier.flush();
+                *pool = applier.take_pool();
                 return Ok(());
             }
             t::OPS => {
@@ -355,16 +359,8 @@ fn serve_domain(
         }
     }
     // The directories the control files were renamed in are fsynced while the result
-    // goes out and the commit comes in (a thread of their own); the commit waits for it.
-    let late_dirs = applier.finish();
-    let late_sync = (!late_dirs.is_empty())
-        .then(|| std::thread::spawn(move || sync_dirs_in_parallel(&late_dirs)));
-    let late_errors = move || -> Vec<Error> {
-        late_sync.map_or_else(Vec::new, |h| {
-            h.join()
-                .unwrap_or_else(|_| vec![Error::internal("a directory fsync thread failed")])
-        })
-    };
+    // goes out and the commit comes in; the commit waits for them.
+    applier.finish();
     let mut e = Enc::new();
     e.uv(applier.applied).uv(applier.error_count as u64);
     e.uv(applier.errors.len() as u64);
@@ -379,9 +375,10 @@ fn serve_domain(
         let (ty, payload) = conn.recv()?;
         match ty {
             t::ABORT => {
-                for e in late_errors() {
+                for e in applier.wait_finished() {
                     log::warn!("{}", e.message());
                 }
+                *pool = applier.take_pool();
                 return Ok(());
             }
             t::FETCH => {
@@ -409,7 +406,8 @@ fn serve_domain(
                     }
                     payload = conn.expect(t::COMMIT)?.to_vec();
                 }
-                let errors = late_errors();
+                let errors = applier.wait_finished();
+                *pool = applier.take_pool();
                 if let Some(err) = errors.first() {
                     let mut e = Enc::new();
                     e.u8(1).str(&format!(
