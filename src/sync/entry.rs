@@ -78,7 +78,12 @@ impl Entry {
     }
 
     pub fn is_message(&self) -> bool {
-        self.kind == Kind::File && message_key(&self.path).is_some()
+        // message_key(..).is_some(), without finding the key: the parent is `cur` or `new`.
+        self.kind == Kind::File
+            && self.path.rsplit_once('/').is_some_and(|(dir, _)| {
+                let sub = dir.rsplit_once('/').map_or(dir, |(_, s)| s);
+                sub == "cur" || sub == "new"
+            })
     }
 
     pub fn encode(&self, e: &mut Enc) {
@@ -381,5 +386,23 @@ mod tests {
         assert_eq!(message_key("bob/Maildir/dovecot-uidlist"), None);
         assert_eq!(message_key("bob/Maildir/tmp/x"), None);
         assert_eq!(message_key("cur/x:2,"), Some(("", "x")));
+        // is_message says the same as message_key, for files.
+        for p in [
+            "bob/Maildir/cur/1.M2P3.h,S=10:2,S",
+            "bob/Maildir/.Sent/new/1.M2P3.h",
+            "bob/Maildir/dovecot-uidlist",
+            "bob/Maildir/tmp/x",
+            "cur/x:2,",
+            "new/x",
+            "cur",
+            "x",
+            "a/xcur/y",
+            "a/cur/b/y",
+        ] {
+            let mut e = Entry::bare_dir();
+            e.kind = Kind::File;
+            e.path = p.to_string();
+            assert_eq!(e.is_message(), message_key(p).is_some(), "{p}");
+        }
     }
 }

@@ -204,6 +204,11 @@ pub fn plan<'a>(
     let mut others: Vec<(&'a Entry, Option<&'a Entry>)> = Vec::new();
     let mut need_base: std::collections::HashSet<&'a str> = std::collections::HashSet::new();
     for (l, r) in local.iter().zip(&at).filter(|(e, _)| e.kind != Kind::Dir) {
+        // The very entry on both sides (in sync since the record): nothing to do, message
+        // or not (most of a listing; its key is not even computed).
+        if r.is_some_and(|r| std::ptr::eq(r, l)) {
+            continue;
+        }
         let key = if l.kind == Kind::File {
             message_key(&l.path)
         } else {
