@@ -410,11 +410,12 @@ fn serve_domain(
                 *pool = applier.take_pool();
                 if let Some(err) = errors.first() {
                     let mut e = Enc::new();
-                    e.u8(1).str(&format!(
-                        "{} (and {} more); nothing recorded",
-                        err.message(),
-                        errors.len() - 1
-                    ));
+                    let more = match errors.len() - 1 {
+                        0 => String::new(),
+                        n => format!(" (and {n} more)"),
+                    };
+                    e.u8(1)
+                        .str(&format!("{}{more}; nothing recorded", err.message()));
                     conn.send_flush(t::COMMIT_OK, &e.buf)?;
                     return Ok(());
                 }
