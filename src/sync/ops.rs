@@ -275,6 +275,17 @@ impl Durability {
         }
     }
 
+    /// [`Durability::barrier`], the failures as errors (the directories dropped).
+    fn barrier_errors(&self) -> Vec<Error> {
+        let (_, failures) = self.barrier();
+        failures
+            .into_iter()
+            .map(|f| match f {
+                Failure::Message(_, e) | Failure::File(_, e) | Failure::Dir(e) => e,
+            })
+            .collect()
+    }
+
     /// Wait for every submitted job; returns (directories messages landed in, failures).
     fn barrier(&self) -> (BTreeSet<PathBuf>, Vec<Failure>) {
         let (lock, cv) = &*self.state;
@@ -773,34 +784,16 @@ impl Applier {
     /// place, as with `flush`.
     pub fn finish(&mut self) {
         let dirs = self.flush_but_last_dirs();
-        if dirs.is_empty() {
-            return;
-        }
-        let d = self.durability.get_or_insert_with(Durability::new);
-        let mut failed = None;
-        for dir in dirs {
-            if let Err(e) = d.submit(Job::Dir(dir)) {
-                failed = Some(e);
-                break;
-            }
-        }
-        if let Some(e) = failed {
+        if let Some(e) = self.submit_dirs(dirs) {
             self.fail(e);
         }
     }
 
     /// Wait for what [`Applier::finish`] started; its errors (none: all is durable).
     pub fn wait_finished(&mut self) -> Vec<Error> {
-        let Some(d) = self.durability.as_ref() else {
-            return Vec::new();
-        };
-        let (_, failures) = d.barrier();
-        failures
-            .into_iter()
-            .map(|f| match f {
-                Failure::Message(_, e) | Failure::File(_, e) | Failure::Dir(e) => e,
-            })
-            .collect()
+        self.durability
+            .as_ref()
+            .map_or_else(Vec::new, Durability::barrier_errors)
     }
 
     /// Give this applier the durability pool of a previous one (its threads are reused).
@@ -900,23 +893,22 @@ impl Applier {
             }
             return;
         }
-        let d = self.durability.get_or_insert_with(Durability::new);
-        let mut errors = Vec::new();
-        for dir in dirs {
-            if let Err(e) = d.submit(Job::Dir(dir)) {
-                errors.push(e);
-                break;
-            }
-        }
-        let (_, failures) = d.barrier();
-        for f in failures {
-            match f {
-                Failure::Message(_, e) | Failure::File(_, e) | Failure::Dir(e) => errors.push(e),
-            }
-        }
+        let mut errors: Vec<Error> = self.submit_dirs(dirs).into_iter().collect();
+        errors.extend(self.wait_finished());
         for e in errors {
             self.fail(e);
         }
+    }
+
+    /// Give the pool an fsync of each of `dirs` (none when empty); the error that stopped
+    /// the submissions, if any.
+    fn submit_dirs(&mut self, dirs: BTreeSet<PathBuf>) -> Option<Error> {
+        if dirs.is_empty() {
+            return None;
+        }
+        let d = self.durability.get_or_insert_with(Durability::new);
+        dirs.into_iter()
+            .find_map(|dir| d.submit(Job::Dir(dir)).err())
     }
 
     fn forget(&mut self, dest: &Path) {
