@@ -120,7 +120,125 @@ pub struct Cache {
     pub dirty: bool,
 }
 
-const CACHE_MAGIC: &[u8] = b"mailsync-scan-cache 1\n";
+/// Format 2: a file is stored by its name (not its path: the directory's path is stored
+/// once), front-coded against the previous name of its directory (Maildir names share
+/// their leading digits), with its mode, owner and group only where they differ from the
+/// previous file's. A cache in another format counts as none (one run stats every file).
+const CACHE_MAGIC: &[u8] = b"mailsync-scan-cache 2\n";
+
+/// Bits of a cached file's flags byte (beside its kind, in the low two bits).
+const SAME_MODE: u8 = 1 << 2;
+const SAME_UID: u8 = 1 << 3;
+const SAME_GID: u8 = 1 << 4;
+
+/// Length of the common prefix of `a` and `b`, cut back to a character boundary of `b`.
+fn shared_prefix(a: &str, b: &str) -> usize {
+    let mut n = a
+        .as_bytes()
+        .iter()
+        .zip(b.as_bytes())
+        .take_while(|(x, y)| x == y)
+        .count();
+    while !b.is_char_boundary(n) {
+        n -= 1;
+    }
+    n
+}
+
+/// Encode the files of the directory `dir` ([`CACHE_MAGIC`] format 2).
+fn encode_files<'a>(e: &mut Enc, dir: &str, files: &[&'a Entry]) {
+    let cut = if dir.is_empty() { 0 } else { dir.len() + 1 };
+    e.uv(files.len() as u64);
+    let mut prev: Option<&'a Entry> = None;
+    for &f in files {
+        let name = &f.path[cut..];
+        let prev_name = prev.map_or("", |p| &p.path[cut..]);
+        let shared = shared_prefix(prev_name, name);
+        let mut flags = f.kind as u8;
+        if let Some(p) = prev {
+            flags |= if p.mode == f.mode { SAME_MODE } else { 0 }
+                | if p.uid == f.uid { SAME_UID } else { 0 }
+                | if p.gid == f.gid { SAME_GID } else { 0 };
+        }
+        e.uv(shared as u64)
+            .str(&name[shared..])
+            .u8(flags)
+            .uv(f.size)
+            .iv(f.mtime)
+            .uv(u64::from(f.mtime_ns));
+        if flags & SAME_MODE == 0 {
+            e.uv(u64::from(f.mode));
+        }
+        if flags & SAME_UID == 0 {
+            e.uv(u64::from(f.uid));
+        }
+        if flags & SAME_GID == 0 {
+            e.uv(u64::from(f.gid));
+        }
+        if f.kind == Kind::Symlink {
+            e.str(f.target.as_deref().unwrap_or(""));
+        }
+        e.uv(f.ino);
+        prev = Some(f);
+    }
+}
+
+/// Decode the files of the directory `dir` written by [`encode_files`].
+fn decode_files(d: &mut Dec, dir: &str) -> Result<Vec<Entry>> {
+    let n = d.uv()?;
+    // Exact size (no growth slack); bounded in case the file is damaged.
+    let mut files: Vec<Entry> = Vec::with_capacity(n.min(1 << 16) as usize);
+    let mut name = String::new();
+    for _ in 0..n {
+        let shared = usize::try_from(d.uv()?).unwrap_or(usize::MAX);
+        if shared > name.len() || !name.is_char_boundary(shared) {
+            return Err(Error::bad_input("bad cache"));
+        }
+        name.truncate(shared);
+        name.push_str(d.str()?);
+        let flags = d.u8()?;
+        let kind = Kind::from_u8(flags & 3)?;
+        let size = d.uv()?;
+        let mtime = d.iv()?;
+        let mtime_ns = d.u32()?;
+        let prev = files.last();
+        let mut attr = |same: u8, of: fn(&Entry) -> u32| -> Result<u32> {
+            match prev {
+                Some(p) if flags & same != 0 => Ok(of(p)),
+                _ if flags & same != 0 => Err(Error::bad_input("bad cache")),
+                _ => d.u32(),
+            }
+        };
+        let mode = attr(SAME_MODE, |p| p.mode)?;
+        let uid = attr(SAME_UID, |p| p.uid)?;
+        let gid = attr(SAME_GID, |p| p.gid)?;
+        let target = if kind == Kind::Symlink {
+            Some(d.string()?)
+        } else {
+            None
+        };
+        let ino = d.uv()?;
+        let mut path = String::with_capacity(dir.len() + 1 + name.len());
+        if !dir.is_empty() {
+            path.push_str(dir);
+            path.push('/');
+        }
+        path.push_str(&name);
+        files.push(Entry {
+            path,
+            kind,
+            size,
+            mtime,
+            mtime_ns,
+            mode,
+            uid,
+            gid,
+            ino,
+            target,
+        });
+    }
+    Ok(files)
+}
 
 impl Cache {
     pub fn load(path: &Path) -> Cache {
@@ -142,14 +260,7 @@ impl Cache {
             let mtime = d.iv()?;
             let mtime_ns = d.u32()?;
             let stable = d.u8()? != 0;
-            let nf = d.uv()?;
-            // Exact size (no growth slack); bounded in case the file is damaged.
-            let mut files = Vec::with_capacity(nf.min(1 << 16) as usize);
-            for _ in 0..nf {
-                let mut e = Entry::decode(&mut d)?;
-                e.ino = d.uv()?;
-                files.push(e);
-            }
+            let files = decode_files(&mut d, &path)?;
             let ns = d.uv()?;
             let mut subdirs = Vec::with_capacity(ns.min(1 << 16) as usize);
             for _ in 0..ns {
@@ -204,11 +315,7 @@ impl Cache {
                         .is_err()
                 });
                 let files: Vec<&Entry> = files.collect();
-                e.uv(files.len() as u64);
-                for f in files {
-                    f.encode(&mut e);
-                    e.uv(f.ino);
-                }
+                encode_files(&mut e, p, &files);
                 e.uv(c.subdirs.len() as u64);
                 for s in &c.subdirs {
                     e.str(s);
@@ -710,6 +817,72 @@ mod tests {
         assert_eq!(s2.stats, 2);
         assert_eq!(s2.messages(), 5);
         assert!(s2.entries.iter().any(|e| e.path.ends_with("0.M1P1.h:2,RS")));
+    }
+
+    #[test]
+    fn cache_round_trip_keeps_every_attribute() {
+        let e = |path: &str, kind: Kind, mode: u32, uid: u32, ino: u64| Entry {
+            path: path.to_string(),
+            kind,
+            size: ino * 7,
+            mtime: 1_700_000_000 + ino as i64,
+            mtime_ns: 999_999_999 - ino as u32,
+            mode,
+            uid,
+            gid: uid + 1,
+            ino,
+            target: (kind == Kind::Symlink).then(|| "../x".to_string()),
+        };
+        // Names sharing prefixes, one that splits a two-byte character, a symlink, owners
+        // and modes that change from one file to the next, and files at the top.
+        let entries = vec![
+            e("a", Kind::File, 0o600, 8, 1),
+            e("u", Kind::Dir, 0o700, 8, 2),
+            e("u/cur", Kind::Dir, 0o700, 8, 3),
+            e("u/cur/1700.M1P1.h:2,S", Kind::File, 0o600, 8, 4),
+            e("u/cur/1700.M1P2.h:2,S", Kind::File, 0o600, 8, 5),
+            e("u/cur/1700.M2P1.h:2,RS", Kind::File, 0o640, 9, 6),
+            e("u/cur/é1", Kind::File, 0o640, 9, 7),
+            e("u/cur/è2", Kind::File, 0o600, 8, 8),
+            e("u/link", Kind::Symlink, 0o777, 8, 9),
+        ];
+        let mut entries = entries;
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut cache = Cache::default();
+        for (dir, subdirs) in [("", vec!["u"]), ("u", vec!["cur"]), ("u/cur", vec![])] {
+            cache.dirs.insert(
+                dir.to_string(),
+                CachedDir {
+                    mtime: 5,
+                    mtime_ns: 6,
+                    stable: true,
+                    files: Vec::new(),
+                    subdirs: subdirs.into_iter().map(String::from).collect(),
+                },
+            );
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("cache");
+        cache.save(&path, &entries).unwrap();
+        let back = Cache::load(&path);
+        let mut files: Vec<Entry> = back
+            .dirs
+            .values()
+            .flat_map(|c| c.files.iter().cloned())
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let want: Vec<Entry> = entries
+            .iter()
+            .filter(|x| x.kind != Kind::Dir)
+            .cloned()
+            .collect();
+        assert_eq!(files, want);
+        assert_eq!(back.dirs["u"].subdirs, vec!["cur".to_string()]);
+        assert!(back.dirs["u/cur"].stable);
+        // A damaged cache counts as none.
+        let data = fs::read(&path).unwrap();
+        fs::write(&path, &data[..data.len() - 3]).unwrap();
+        assert!(Cache::load(&path).dirs.is_empty());
     }
 
     #[test]
