@@ -197,6 +197,9 @@ fn decode_files(d: &mut Dec, dir: &str) -> Result<Vec<Entry>> {
         name.truncate(shared);
         name.push_str(d.str()?);
         let flags = d.u8()?;
+        if flags & !(3 | SAME_MODE | SAME_UID | SAME_GID) != 0 {
+            return Err(Error::bad_input("bad cache"));
+        }
         let kind = Kind::from_u8(flags & 3)?;
         let size = d.uv()?;
         let mtime = d.iv()?;
