@@ -233,7 +233,7 @@ fn the_login_cache_refresher_renews_active_entries_and_drops_disabled_ones() {
     let db = pg.create_db("mailauth_http_refresh");
     load_fixtures(pg, &db);
     let svc = MailauthServe::start(
-        &config(&db.url, e.ports, "").replace("user_ttl = 2\n", "user_ttl = 6\nroute_ttl = 60\n"),
+        &config(&db.url, e.ports, "").replace("user_ttl = 2\n", "user_ttl = 12\nroute_ttl = 60\n"),
     );
     let auth = |user: &str| -> String {
         let req = format!(
@@ -253,8 +253,9 @@ fn the_login_cache_refresher_renews_active_entries_and_drops_disabled_ones() {
         &db.name,
         "UPDATE mail SET active = false WHERE mailbox = 'gina'",
     );
-    // Past 3/4 of the entries' life: both logins come from the cache and queue a refresh.
-    std::thread::sleep(Duration::from_secs_f64(4.6).saturating_sub(start.elapsed()));
+    // Past 3/4 of the entries' life (9 of 12 s; wide windows, so that a loaded machine
+    // does not miss them): both logins come from the cache and queue a refresh.
+    std::thread::sleep(Duration::from_secs_f64(9.2).saturating_sub(start.elapsed()));
     let hits = metric(&svc, "mailauth_user_cache_hits_total");
     for user in [alice, gina] {
         let a = auth(user);
@@ -271,7 +272,7 @@ fn the_login_cache_refresher_renews_active_entries_and_drops_disabled_ones() {
     );
     // Past the first life: alice's entry was renewed (a hit), gina's dropped (the
     // directory's current record decides: disabled).
-    std::thread::sleep(Duration::from_secs_f64(6.5).saturating_sub(start.elapsed()));
+    std::thread::sleep(Duration::from_secs_f64(12.5).saturating_sub(start.elapsed()));
     let a = auth(alice);
     assert!(a.contains("Auth-Status: OK"), "{a}\n{}", svc.log());
     assert_eq!(metric(&svc, "mailauth_user_cache_hits_total"), hits + 3);
