@@ -838,7 +838,7 @@ mod tests {
         };
         // Names sharing prefixes, one that splits a two-byte character, a symlink, owners
         // and modes that change from one file to the next, and files at the top.
-        let entries = vec![
+        let mut entries = vec![
             e("a", Kind::File, 0o600, 8, 1),
             e("u", Kind::Dir, 0o700, 8, 2),
             e("u/cur", Kind::Dir, 0o700, 8, 3),
@@ -849,7 +849,6 @@ mod tests {
             e("u/cur/è2", Kind::File, 0o600, 8, 8),
             e("u/link", Kind::Symlink, 0o777, 8, 9),
         ];
-        let mut entries = entries;
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let mut cache = Cache::default();
         for (dir, subdirs) in [("", vec!["u"]), ("u", vec!["cur"]), ("u/cur", vec![])] {
