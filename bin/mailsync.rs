@@ -123,6 +123,11 @@ enum Cmd {
         /// Do not check the directory (same-host mirrors only)
         #[arg(long)]
         no_fence: bool,
+        /// How received files are made durable before they are renamed into place and
+        /// recorded: `filesystem` (one syncfs per batch; Linux, the default there) or
+        /// `file` (fsync each file and directory) [default: `fsync` in [sync]]
+        #[arg(long, value_name = "MODE")]
+        fsync: Option<String>,
     },
     /// Last run per domain, with the kept remote-only messages (conflicts)
     Status {
@@ -186,9 +191,10 @@ fn main() {
             state_dir,
             node,
             no_fence,
+            fsync,
         }) => {
             logging::init("mailsync", LogTarget::Auto, verbose);
-            serve(&cli.common, root, state_dir, node, no_fence)
+            serve(&cli.common, root, state_dir, node, no_fence, fsync)
         }
         Some(Cmd::Status {
             root,
@@ -220,10 +226,12 @@ fn serve(
     state_dir: Option<PathBuf>,
     node: Option<String>,
     no_fence: bool,
+    fsync: Option<String>,
 ) -> Result<i32> {
     let config = load_config(common)?;
     let node = node_name(node.as_deref(), &config)?;
     let sc: SyncConfig = config.section("sync")?;
+    let sync = sync_mode(fsync.as_deref().or(sc.fsync.as_deref()))?;
     // The same records in both roles, so that a reversed direction finds them.
     let state_dir = state_dir
         .or(sc.state_dir)
@@ -261,9 +269,15 @@ fn serve(
             state_dir,
             node,
             fence,
+            sync,
         },
     )?;
     Ok(0)
+}
+
+/// The `fsync` setting (default: the best this system has).
+fn sync_mode(setting: Option<&str>) -> Result<sync::SyncMode> {
+    setting.map_or(Ok(sync::SyncMode::best()), sync::SyncMode::parse)
 }
 
 fn run(common: &CommonArgs, mut a: RunArgs) -> Result<i32> {
@@ -362,6 +376,7 @@ fn run(common: &CommonArgs, mut a: RunArgs) -> Result<i32> {
             filter: Filter::new(sc.excludes.clone(), sc.index_files),
             dry_run: a.dry_run,
             adopt: a.adopt,
+            sync: sync_mode(sc.fsync.as_deref())?,
         },
         jobs,
         compress: a.compress || sc.compress,

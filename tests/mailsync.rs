@@ -437,6 +437,44 @@ fn domains_prepared_ahead_and_records_saved_behind_stay_in_sync() {
     }
 }
 
+/// The receiver's two ways to make files durable: `--fsync file` (fsync each file and
+/// directory; the only one off Linux) and the default here, `filesystem` (syncfs per batch).
+#[test]
+fn per_file_fsync_mode_copies_the_same() {
+    let e = env();
+    populate(&e.a, 11);
+    let serve = format!("{BIN} serve --no-fence --fsync file");
+    let v = ok(a_to_b(&e, &["--remote-command", &serve]));
+    assert!(n(&v, "files_sent") > 30, "{v}");
+    assert_equal(&e.a, &e.b);
+    let inbox = e.a.join(D).join("bob/Maildir");
+    let body = b"delivered between runs\r\n";
+    deliver(&inbox, "new", "1700000100.M7P7.host", body, "");
+    uidlist(&inbox, 300);
+    let v = ok(a_to_b(&e, &["--remote-command", &serve]));
+    assert_eq!(n(&v, "files_sent"), 2, "{v}");
+    assert_equal(&e.a, &e.b);
+    // Then the default mode on the same copy: nothing left to do.
+    let v = ok(a_to_b(&e, &[]));
+    assert_eq!(n(&v, "files_sent") + n(&v, "renames") + n(&v, "deletes"), 0);
+    // A bad setting is a configuration error that names the choices.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--root",
+            e.b.to_str().unwrap(),
+            "--fsync",
+            "sometimes",
+        ])
+        .env_remove("MAILCLUSTER_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"file\" or \"filesystem\""), "{err}");
+}
+
 #[test]
 fn remote_only_mail_survives_and_is_adopted() {
     let e = env();

@@ -29,6 +29,8 @@ pub struct SendOptions {
     pub filter: Filter,
     pub dry_run: bool,
     pub adopt: bool,
+    /// How files adopted from the remote are made durable.
+    pub sync: super::fsops::SyncMode,
 }
 
 /// What happened to one domain.
@@ -588,7 +590,7 @@ fn sync_domain_inner(
             e.str(f);
         }
         sess.conn.send_flush(t::FETCH, &e.buf)?;
-        let mut applier = Applier::new(base.clone(), Vec::new());
+        let mut applier = Applier::new(base.clone(), Vec::new()).with_sync(opts.sync);
         for f in &fetch {
             let payload = sess.conn.expect(t::FILE)?;
             let mut d = Dec::new(payload);

@@ -166,6 +166,66 @@ pub fn write_file_atomic_with(
     result
 }
 
+/// How written files are made durable before they are renamed into place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `fsync` each file, and each directory a rename landed in (in parallel).
+    PerFile,
+    /// Linux: one `syncfs` of the mail filesystem per batch of files, and one for the
+    /// renames, instead of an `fsync` per file and per directory. The same guarantee at a
+    /// fraction of the cost (on ext4 each `fsync` writes and waits for its inode's block);
+    /// it also writes out what other processes left dirty on that filesystem. Files on
+    /// another filesystem (a Maildir under a mount point) are fsynced one by one.
+    Filesystem,
+}
+
+impl SyncMode {
+    /// [`SyncMode::Filesystem`] where `syncfs` exists (Linux), else [`SyncMode::PerFile`].
+    pub fn best() -> SyncMode {
+        if cfg!(target_os = "linux") {
+            SyncMode::Filesystem
+        } else {
+            SyncMode::PerFile
+        }
+    }
+
+    /// `file` or `filesystem` (the latter only where it is supported).
+    pub fn parse(s: &str) -> Result<SyncMode> {
+        match s {
+            "file" => Ok(SyncMode::PerFile),
+            "filesystem" if cfg!(target_os = "linux") => Ok(SyncMode::Filesystem),
+            "filesystem" => Err(Error::config(
+                "fsync = \"filesystem\" needs syncfs(2), which only Linux has; use \"file\"",
+            )),
+            _ => Err(Error::config(format!(
+                "fsync must be \"file\" or \"filesystem\", not {s:?}"
+            ))),
+        }
+    }
+}
+
+/// Make the whole filesystem holding `dir` durable (`syncfs`; Linux only). Since Linux
+/// 5.8 it reports a write error of any file on it since `dir` was opened.
+#[cfg(target_os = "linux")]
+pub fn sync_filesystem(dir: &File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: syncfs on a descriptor we own; no memory is involved.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Make the whole filesystem holding `dir` durable: not available here.
+#[cfg(not(target_os = "linux"))]
+pub fn sync_filesystem(_dir: &File) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "syncfs is not available on this system",
+    ))
+}
+
 /// fsync a directory (makes renames and creations in it durable).
 pub fn sync_dir(dir: &Path) -> Result<()> {
     match File::open(dir) {

@@ -24,6 +24,7 @@ pub mod wire;
 use crate::error::{Error, Result};
 use crate::names::Domain;
 pub use client::{DomainReport, SendOptions};
+pub use fsops::SyncMode;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -57,6 +58,9 @@ pub struct SyncConfig {
     pub promote_margin: Option<u32>,
     /// SSH connect/handshake timeout in seconds (default 30).
     pub timeout: Option<u64>,
+    /// How received files are made durable: `file` (fsync each) or `filesystem` (a
+    /// filesystem sync per batch; Linux, the default there).
+    pub fsync: Option<String>,
 }
 
 /// Parse a rate like `500K`, `10M`, `1G` (bytes per second; plain numbers are KiB/s as

@@ -1,7 +1,7 @@
 //! Encoding of operations on the wire and their application on the receiving side.
 
 use super::entry::{message_key, parent, Entry, Kind};
-use super::fsops::{self, check_parents, check_rel, LockSource, UidlistLock};
+use super::fsops::{self, check_parents, check_rel, LockSource, SyncMode, UidlistLock};
 use super::plan::Op;
 use super::wire::{t, Conn, Dec, Enc};
 use crate::error::{Error, Result};
@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Record tags inside an OPS frame.
 pub mod tag {
@@ -130,8 +131,22 @@ struct Deferred {
     dest: PathBuf,
     dir: PathBuf,
     lock: bool,
+    /// Written on the filesystem synced in batches (not fsynced on its own).
+    on_fs: bool,
     /// What the tree held at `rel` before (restored if the replacement fails).
     prev: Option<Entry>,
+}
+
+/// Message files handed to the pool together, past this many or this many bytes.
+const BATCH_FILES: usize = 1024;
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// Syncs left for the end of a flush: directories to fsync, and whether to sync the
+/// filesystem ([`SyncMode::Filesystem`]).
+#[derive(Default)]
+struct Late {
+    dirs: BTreeSet<PathBuf>,
+    fs: bool,
 }
 /// Errors kept verbatim (more are only counted).
 const MAX_ERRORS: usize = 50;
@@ -149,6 +164,12 @@ enum Job {
     File { file: File, tmp: PathBuf },
     /// fsync a directory (renames and creations in it).
     Dir(PathBuf),
+    /// [`SyncMode::Filesystem`]: `syncfs` the filesystem of `fs` (every file written on it
+    /// so far), then rename these message files (`tmp`, `dest`) into place.
+    Batch {
+        fs: Arc<FsHandle>,
+        moves: Vec<(PathBuf, PathBuf)>,
+    },
 }
 
 /// What failed in the pool.
@@ -158,12 +179,27 @@ enum Failure {
     /// A control file that is not durable (its temporary name).
     File(PathBuf, Error),
     Dir(Error),
+    /// A filesystem sync failed: these message files are not in place (their destinations),
+    /// and nothing written on that filesystem before it may be counted durable.
+    Filesystem(Vec<PathBuf>, Error),
 }
 
 #[derive(Default)]
 struct DurState {
     in_flight: usize,
     dirs: BTreeSet<PathBuf>,
+    /// Message files were renamed by a [`Job::Batch`] (their directories need a sync).
+    fs_renamed: bool,
+    failures: Vec<Failure>,
+}
+
+/// What the pool did since the last barrier.
+#[derive(Default)]
+struct Settled {
+    /// Directories messages were renamed into (fsync each).
+    dirs: BTreeSet<PathBuf>,
+    /// Messages were renamed into place by a batch (sync the filesystem).
+    fs_renamed: bool,
     failures: Vec<Failure>,
 }
 
@@ -207,6 +243,16 @@ fn run_job(job: Job, st: &std::sync::Mutex<DurState>) {
             )),
         },
         Job::Dir(dir) => fsops::sync_dir(&dir).map(|()| None).map_err(Failure::Dir),
+        Job::Batch { fs, moves } => {
+            let outcome = run_batch(&fs, moves);
+            if let Ok(mut st) = st.lock() {
+                let (renamed, failures) = outcome;
+                st.fs_renamed |= renamed;
+                st.failures.extend(failures);
+                st.in_flight -= 1;
+            }
+            return;
+        }
     };
     if let Ok(mut st) = st.lock() {
         match outcome {
@@ -218,6 +264,59 @@ fn run_job(job: Job, st: &std::sync::Mutex<DurState>) {
         }
         st.in_flight -= 1;
     }
+}
+
+/// The domain directory, open, whose filesystem [`SyncMode::Filesystem`] syncs.
+struct FsHandle {
+    dir: File,
+    path: PathBuf,
+    dev: u64,
+}
+
+impl FsHandle {
+    fn open(path: &Path) -> Option<FsHandle> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = File::open(path).ok()?;
+        let m = dir.metadata().ok()?;
+        m.is_dir().then(|| FsHandle {
+            dev: m.dev(),
+            dir,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn sync(&self) -> Result<()> {
+        fsops::sync_filesystem(&self.dir).map_err(|e| {
+            Error::io(
+                format!("syncfs of the filesystem of {}", self.path.display()),
+                e,
+            )
+        })
+    }
+}
+
+/// [`Job::Batch`]: (whether any file was renamed, the failures).
+fn run_batch(fs: &FsHandle, moves: Vec<(PathBuf, PathBuf)>) -> (bool, Vec<Failure>) {
+    if let Err(err) = fs.sync() {
+        for (tmp, _) in &moves {
+            let _ = fs::remove_file(tmp);
+        }
+        let dests = moves.into_iter().map(|(_, dest)| dest).collect();
+        return (false, vec![Failure::Filesystem(dests, err)]);
+    }
+    let mut renamed = false;
+    let mut failures = Vec::new();
+    for (tmp, dest) in moves {
+        match fs::rename(&tmp, &dest) {
+            Ok(()) => renamed = true,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                let err = Error::io(format!("cannot rename to {}", dest.display()), e);
+                failures.push(Failure::Message(dest, err));
+            }
+        }
+    }
+    (renamed, failures)
 }
 
 impl Durability {
@@ -252,6 +351,12 @@ impl Durability {
     }
 
     fn submit(&mut self, job: Job) -> Result<()> {
+        self.try_submit(job)
+            .map_err(|_| Error::internal("the fsync pool is gone"))
+    }
+
+    /// [`Durability::submit`], the job given back when the pool is gone.
+    fn try_submit(&mut self, job: Job) -> std::result::Result<(), Job> {
         let busy = match self.state.0.lock() {
             Ok(mut st) => {
                 st.in_flight += 1;
@@ -263,45 +368,49 @@ impl Durability {
             self.spawn_worker();
         }
         let (lock, _) = &*self.state;
-        let sent = self.tx.as_ref().map(|tx| tx.send(job));
-        match sent {
-            Some(Ok(())) => Ok(()),
-            _ => {
-                if let Ok(mut st) = lock.lock() {
-                    st.in_flight -= 1;
-                }
-                Err(Error::internal("the fsync pool is gone"))
+        let sent = match self.tx.as_ref() {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        };
+        if sent.is_err() {
+            if let Ok(mut st) = lock.lock() {
+                st.in_flight -= 1;
             }
         }
+        sent
     }
 
     /// [`Durability::barrier`], the failures as errors (the directories dropped).
     fn barrier_errors(&self) -> Vec<Error> {
-        let (_, failures) = self.barrier();
-        failures
+        self.barrier()
+            .failures
             .into_iter()
             .map(|f| match f {
-                Failure::Message(_, e) | Failure::File(_, e) | Failure::Dir(e) => e,
+                Failure::Message(_, e)
+                | Failure::File(_, e)
+                | Failure::Dir(e)
+                | Failure::Filesystem(_, e) => e,
             })
             .collect()
     }
 
-    /// Wait for every submitted job; returns (directories messages landed in, failures).
-    fn barrier(&self) -> (BTreeSet<PathBuf>, Vec<Failure>) {
+    /// Wait for every submitted job.
+    fn barrier(&self) -> Settled {
         let (lock, cv) = &*self.state;
         let Ok(mut st) = lock.lock() else {
-            return (BTreeSet::new(), Vec::new());
+            return Settled::default();
         };
         while st.in_flight > 0 {
             st = match cv.wait(st) {
                 Ok(s) => s,
-                Err(_) => return (BTreeSet::new(), Vec::new()),
+                Err(_) => return Settled::default(),
             };
         }
-        (
-            std::mem::take(&mut st.dirs),
-            std::mem::take(&mut st.failures),
-        )
+        Settled {
+            dirs: std::mem::take(&mut st.dirs),
+            fs_renamed: std::mem::take(&mut st.fs_renamed),
+            failures: std::mem::take(&mut st.failures),
+        }
     }
 }
 
@@ -420,6 +529,17 @@ pub struct Applier {
     /// Linked as the uidlist dotlock (None: not made yet; Some(None): could not be made,
     /// locks are created as files).
     lock_source: Option<Option<LockSource>>,
+    sync: SyncMode,
+    /// With [`SyncMode::Filesystem`]: the domain directory (opened at the first put; None:
+    /// not yet, Some(None): cannot be used, files are fsynced one by one).
+    fs: Option<Option<Arc<FsHandle>>>,
+    /// Message files written on `fs` and not yet handed to the pool (`tmp`, `dest`).
+    batch: Vec<(PathBuf, PathBuf)>,
+    batch_bytes: u64,
+    /// Files were written on `fs` since the last batch was handed to the pool.
+    fs_unsynced: bool,
+    /// A batch could not be handed to the pool: what was written on `fs` is not durable.
+    fs_failed: bool,
     pub errors: Vec<String>,
     pub error_count: usize,
     pub applied: u64,
@@ -436,6 +556,12 @@ impl Applier {
             pending_paths: HashSet::new(),
             deferred: Vec::new(),
             lock_source: None,
+            sync: SyncMode::best(),
+            fs: None,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            fs_unsynced: false,
+            fs_failed: false,
             errors: Vec::new(),
             error_count: 0,
             applied: 0,
@@ -734,6 +860,22 @@ impl Applier {
             return Err(err);
         }
         e.ino = 0;
+        // On the filesystem synced in batches: no fsync of its own (nor an early start of
+        // its writeback: one sync of many files merges their writes, BENCHMARKS.md round 12).
+        let on_fs = self.on_batch_fs(&file);
+        if is_message && on_fs {
+            drop(file);
+            self.batch.push((tmp, dest));
+            self.batch_bytes += size;
+            self.fs_unsynced = true;
+            self.pending += 1;
+            self.pending_paths.insert(e.path.clone());
+            self.tree.insert(e.path.clone(), e);
+            if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+                self.submit_batch();
+            }
+            return Ok(());
+        }
         if is_message {
             let d = self.durability.get_or_insert_with(Durability::new);
             d.submit(Job::Message { file, tmp, dest })?;
@@ -742,15 +884,21 @@ impl Applier {
             self.tree.insert(e.path.clone(), e);
             return Ok(());
         }
-        // Control and other files: made durable now (in the pool), renamed into place at
-        // the next flush, after the messages they describe, under the uidlist lock.
-        let d = self.durability.get_or_insert_with(Durability::new);
-        if let Err(err) = d.submit(Job::File {
-            file,
-            tmp: tmp.clone(),
-        }) {
-            let _ = fs::remove_file(&tmp);
-            return Err(err);
+        // Control and other files: made durable now (in the pool, or with the next batch),
+        // renamed into place at the next flush, after the messages they describe, under the
+        // uidlist lock.
+        if on_fs {
+            drop(file);
+            self.fs_unsynced = true;
+        } else {
+            let d = self.durability.get_or_insert_with(Durability::new);
+            if let Err(err) = d.submit(Job::File {
+                file,
+                tmp: tmp.clone(),
+            }) {
+                let _ = fs::remove_file(&tmp);
+                return Err(err);
+            }
         }
         let prev = self.tree.get(&e.path).cloned();
         self.deferred.push(Deferred {
@@ -759,6 +907,7 @@ impl Applier {
             tmp,
             dest,
             dir: tmp_dir,
+            on_fs,
             prev,
         });
         self.tree.insert(e.path.clone(), e);
@@ -774,7 +923,7 @@ impl Applier {
     /// directories. Directories are fsynced in parallel.
     pub fn flush(&mut self) {
         let late = self.flush_but_last_dirs();
-        self.sync_dirs(late);
+        self.sync_late(late);
     }
 
     /// [`Applier::flush`] at the end of a domain's operations, except that the last step
@@ -783,8 +932,8 @@ impl Applier {
     /// The messages the control files describe are durable before those are renamed into
     /// place, as with `flush`.
     pub fn finish(&mut self) {
-        let dirs = self.flush_but_last_dirs();
-        if let Some(e) = self.submit_dirs(dirs) {
+        let late = self.flush_but_last_dirs();
+        if let Some(e) = self.submit_late(late) {
             self.fail(e);
         }
     }
@@ -794,6 +943,52 @@ impl Applier {
         self.durability
             .as_ref()
             .map_or_else(Vec::new, Durability::barrier_errors)
+    }
+
+    /// Make files durable this way (default: [`SyncMode::best`]).
+    pub fn with_sync(mut self, sync: SyncMode) -> Applier {
+        self.sync = sync;
+        self
+    }
+
+    /// With [`SyncMode::Filesystem`], whether `file` (just written) is on the domain
+    /// directory's filesystem, made durable in batches.
+    fn on_batch_fs(&mut self, file: &File) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if self.sync != SyncMode::Filesystem {
+            return false;
+        }
+        let base = &self.base;
+        let fs = self
+            .fs
+            .get_or_insert_with(|| FsHandle::open(base).map(Arc::new));
+        match (fs, file.metadata()) {
+            (Some(fs), Ok(m)) => m.dev() == fs.dev,
+            _ => false,
+        }
+    }
+
+    /// Hand the pool the message files of the batch, and with them every file written on
+    /// the filesystem since the last batch: one filesystem sync, then their renames.
+    fn submit_batch(&mut self) {
+        if !self.fs_unsynced {
+            return;
+        }
+        let Some(Some(fs)) = self.fs.clone() else {
+            return;
+        };
+        self.fs_unsynced = false;
+        self.batch_bytes = 0;
+        let moves = std::mem::take(&mut self.batch);
+        let d = self.durability.get_or_insert_with(Durability::new);
+        if let Err(Job::Batch { moves, .. }) = d.try_submit(Job::Batch { fs, moves }) {
+            self.fs_failed = true;
+            self.fail(Error::internal("the fsync pool is gone"));
+            for (tmp, dest) in moves {
+                let _ = fs::remove_file(&tmp);
+                self.forget(&dest);
+            }
+        }
     }
 
     /// Give this applier the durability pool of a previous one (its threads are reused).
@@ -809,17 +1004,22 @@ impl Applier {
         self.durability.take().map(Pool)
     }
 
-    fn flush_but_last_dirs(&mut self) -> BTreeSet<PathBuf> {
+    /// Everything written in place and durable but the last syncs, which it returns: those
+    /// of the last renames (of the messages when no control file follows them, else of the
+    /// control files).
+    fn flush_but_last_dirs(&mut self) -> Late {
         if self.pending == 0 && self.deferred.is_empty() {
-            return BTreeSet::new();
+            return Late::default();
         }
+        self.submit_batch();
         self.pending = 0;
         self.pending_paths.clear();
-        let Some((dirs, failures)) = self.durability.as_ref().map(Durability::barrier) else {
-            return BTreeSet::new();
+        let Some(settled) = self.durability.as_ref().map(Durability::barrier) else {
+            return Late::default();
         };
+        let mut fs_failed = std::mem::take(&mut self.fs_failed);
         let mut failed_tmp = HashSet::new();
-        for f in failures {
+        for f in settled.failures {
             match f {
                 Failure::Message(dest, err) => {
                     self.fail(err);
@@ -830,21 +1030,33 @@ impl Applier {
                     failed_tmp.insert(tmp);
                 }
                 Failure::Dir(err) => self.fail(err),
+                Failure::Filesystem(dests, err) => {
+                    self.fail(err);
+                    for dest in &dests {
+                        self.forget(dest);
+                    }
+                    fs_failed = true;
+                }
             }
         }
-        self.sync_dirs(dirs);
+        let landed = Late {
+            dirs: settled.dirs,
+            fs: settled.fs_renamed,
+        };
         let deferred = std::mem::take(&mut self.deferred);
         if deferred.is_empty() {
-            return BTreeSet::new();
+            return landed;
         }
+        // The messages are in place: durably so before the control files describing them.
+        self.sync_late(landed);
         if self.lock_source.is_none() && deferred.iter().any(|c| c.lock) {
             self.lock_source = Some(LockSource::create(&self.base).ok());
         }
         let holder = self.lock_source.take();
         let source = holder.as_ref().and_then(Option::as_ref);
-        let mut dirs = BTreeSet::new();
+        let mut late = Late::default();
         for c in deferred {
-            let r = if failed_tmp.contains(&c.tmp) {
+            let r = if failed_tmp.contains(&c.tmp) || (c.on_fs && fs_failed) {
                 Err(None)
             } else {
                 (|| {
@@ -860,8 +1072,9 @@ impl Applier {
                 .map_err(Some)
             };
             match r {
+                Ok(()) if c.on_fs => late.fs = true,
                 Ok(()) => {
-                    dirs.insert(c.dir);
+                    late.dirs.insert(c.dir);
                 }
                 Err(err) => {
                     let _ = fs::remove_file(&c.tmp);
@@ -880,35 +1093,58 @@ impl Applier {
             }
         }
         self.lock_source = holder;
-        dirs
+        late
     }
 
-    /// fsync directories, in parallel in the pool (one by one when there is only one).
-    fn sync_dirs(&mut self, dirs: BTreeSet<PathBuf>) {
-        if dirs.len() <= 1 {
-            for d in dirs {
-                if let Err(e) = fsops::sync_dir(&d) {
-                    self.fail(e);
+    /// Do the syncs of `late`: in parallel in the pool (here when there is only one).
+    fn sync_late(&mut self, late: Late) {
+        if late.dirs.len() + usize::from(late.fs) <= 1 {
+            let mut errors = Vec::new();
+            for d in &late.dirs {
+                errors.extend(fsops::sync_dir(d).err());
+            }
+            if late.fs {
+                if let Some(Some(fs)) = &self.fs {
+                    errors.extend(fs.sync().err());
                 }
+            }
+            for e in errors {
+                self.fail(e);
             }
             return;
         }
-        let mut errors: Vec<Error> = self.submit_dirs(dirs).into_iter().collect();
+        let mut errors: Vec<Error> = self.submit_late(late).into_iter().collect();
         errors.extend(self.wait_finished());
         for e in errors {
             self.fail(e);
         }
     }
 
-    /// Give the pool an fsync of each of `dirs` (none when empty); the error that stopped
-    /// the submissions, if any.
-    fn submit_dirs(&mut self, dirs: BTreeSet<PathBuf>) -> Option<Error> {
-        if dirs.is_empty() {
+    /// Give the pool the syncs of `late` (none when empty); the error that stopped the
+    /// submissions, if any.
+    fn submit_late(&mut self, late: Late) -> Option<Error> {
+        let fs = match &self.fs {
+            Some(Some(fs)) if late.fs => Some(fs.clone()),
+            _ => None,
+        };
+        if late.dirs.is_empty() && fs.is_none() {
             return None;
         }
         let d = self.durability.get_or_insert_with(Durability::new);
-        dirs.into_iter()
-            .find_map(|dir| d.submit(Job::Dir(dir)).err())
+        let jobs = late
+            .dirs
+            .into_iter()
+            .map(Job::Dir)
+            .chain(fs.map(|fs| Job::Batch {
+                fs,
+                moves: Vec::new(),
+            }));
+        for job in jobs {
+            if let Err(e) = d.submit(job) {
+                return Some(e);
+            }
+        }
+        None
     }
 
     fn forget(&mut self, dest: &Path) {

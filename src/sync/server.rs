@@ -21,6 +21,8 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     pub node: String,
     pub fence: Option<Fence>,
+    /// How received files are made durable.
+    pub sync: super::fsops::SyncMode,
 }
 
 /// Serve one connection until the sender says goodbye.
@@ -323,7 +325,9 @@ fn serve_domain(
     let old_digest = record.map(|m| m.digest);
 
     // Operations.
-    let mut applier = Applier::new(base.clone(), listing.entries).with_pool(pool.take());
+    let mut applier = Applier::new(base.clone(), listing.entries)
+        .with_pool(pool.take())
+        .with_sync(opts.sync);
     loop {
         let (ty, _) = conn.recv()?;
         match ty {
