@@ -499,6 +499,29 @@ mod tests {
     }
 
     #[test]
+    fn the_sync_mode_setting_is_parsed() {
+        assert_eq!(SyncMode::parse("file").unwrap(), SyncMode::PerFile);
+        if cfg!(target_os = "linux") {
+            assert_eq!(SyncMode::best(), SyncMode::Filesystem);
+            assert_eq!(SyncMode::parse("filesystem").unwrap(), SyncMode::Filesystem);
+            // syncfs of the filesystem holding a directory: it exists and succeeds.
+            let tmp = tempfile::tempdir().unwrap();
+            sync_filesystem(&File::open(tmp.path()).unwrap()).unwrap();
+        } else {
+            assert_eq!(SyncMode::best(), SyncMode::PerFile);
+            assert!(SyncMode::parse("filesystem").is_err());
+        }
+        for bad in ["", "File", "fs", "none", "filesystem "] {
+            let err = SyncMode::parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 78, "{bad:?}");
+            assert!(
+                err.message().contains("\"file\" or \"filesystem\""),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn relative_paths_are_checked() {
         for ok in ["a", "a/b", "bob/Maildir/cur/1.x:2,S"] {
             assert!(check_rel(ok).is_ok(), "{ok}");

@@ -137,7 +137,9 @@ struct Deferred {
     prev: Option<Entry>,
 }
 
-/// Message files handed to the pool together, past this many or this many bytes.
+/// Message files are handed to the pool together as soon as it has nothing left to do (a
+/// group commit: the next sync takes what was written during the previous one), or past
+/// this many files or this many bytes.
 const BATCH_FILES: usize = 1024;
 const BATCH_BYTES: u64 = 64 << 20;
 
@@ -378,6 +380,11 @@ impl Durability {
             }
         }
         sent
+    }
+
+    /// Nothing submitted is still being done.
+    fn idle(&self) -> bool {
+        self.state.0.lock().is_ok_and(|st| st.in_flight == 0)
     }
 
     /// [`Durability::barrier`], the failures as errors (the directories dropped).
@@ -871,7 +878,10 @@ impl Applier {
             self.pending += 1;
             self.pending_paths.insert(e.path.clone());
             self.tree.insert(e.path.clone(), e);
-            if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            if self.batch.len() >= BATCH_FILES
+                || self.batch_bytes >= BATCH_BYTES
+                || self.durability.as_ref().is_some_and(Durability::idle)
+            {
                 self.submit_batch();
             }
             return Ok(());
