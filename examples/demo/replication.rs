@@ -11,6 +11,7 @@ use mailcluster::sync::promote::{self, DEFAULT_MARGIN};
 use mailcluster::sync::scan::Filter;
 use mailcluster::sync::server::{self, Fence, ServeOptions};
 use mailcluster::sync::wire::Conn;
+use mailcluster::sync::SyncMode;
 use mailcluster::{Error, Result};
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
@@ -132,6 +133,7 @@ pub fn sync(from: &Node, to: &Node, dom: &Domain) -> Result<DomainReport> {
         state_dir: to.root.join(".mailsync"),
         node: to.name.to_string(),
         fence: Some(fence(to.name, to.db_url.clone())),
+        sync: SyncMode::best(),
     };
     let receiver = std::thread::spawn(move || {
         let mut conn = Conn::new(a2, a);
@@ -146,6 +148,7 @@ pub fn sync(from: &Node, to: &Node, dom: &Domain) -> Result<DomainReport> {
         filter: Filter::new(Vec::new(), false),
         dry_run: false,
         adopt: false,
+        sync: SyncMode::best(),
     };
     let report = client::sync_domain(&mut sess, &send, dom);
     let closed = sess.close();
