@@ -600,7 +600,7 @@ impl Applier {
             self.tree.insert(e.path.clone(), e);
             if self.batch.len() >= BATCH_FILES
                 || self.batch_bytes >= BATCH_BYTES
-                || self.durability.as_ref().is_some_and(Durability::idle)
+                || self.durability.as_ref().map_or(true, Durability::idle)
             {
                 self.submit_batch();
             }
