@@ -51,10 +51,8 @@ pub(super) enum Failure {
 #[derive(Default)]
 struct DurState {
     in_flight: usize,
-    dirs: BTreeSet<PathBuf>,
-    /// Message files were renamed by a [`Job::Batch`] (their directories need a sync).
-    fs_renamed: bool,
-    failures: Vec<Failure>,
+    /// What finished since the last barrier.
+    done: Settled,
 }
 
 /// What the pool did since the last barrier.
@@ -111,8 +109,8 @@ fn run_job(job: Job, st: &std::sync::Mutex<DurState>) {
             let outcome = run_batch(&fs, moves);
             if let Ok(mut st) = st.lock() {
                 let (renamed, failures) = outcome;
-                st.fs_renamed |= renamed;
-                st.failures.extend(failures);
+                st.done.fs_renamed |= renamed;
+                st.done.failures.extend(failures);
                 st.in_flight -= 1;
             }
             return;
@@ -121,10 +119,10 @@ fn run_job(job: Job, st: &std::sync::Mutex<DurState>) {
     if let Ok(mut st) = st.lock() {
         match outcome {
             Ok(Some(d)) => {
-                st.dirs.insert(d);
+                st.done.dirs.insert(d);
             }
             Ok(None) => {}
-            Err(f) => st.failures.push(f),
+            Err(f) => st.done.failures.push(f),
         }
         st.in_flight -= 1;
     }
@@ -275,11 +273,7 @@ impl Durability {
                 Err(_) => return Settled::default(),
             };
         }
-        Settled {
-            dirs: std::mem::take(&mut st.dirs),
-            fs_renamed: std::mem::take(&mut st.fs_renamed),
-            failures: std::mem::take(&mut st.failures),
-        }
+        std::mem::take(&mut st.done)
     }
 }
 
