@@ -733,9 +733,9 @@ fn kill_9_never_leaves_partial_files_and_the_next_run_converges() {
         std::thread::sleep(Duration::from_millis(20));
         check_no_partial_files(&e.a, &e.b);
     }
-    // Converges (serve may still be finishing: a retry is fine).
+    // Converges (serve may still be finishing: a retry is fine; up to 10 s on a loaded machine).
     let mut v = a_to_b(&e, &[]);
-    for _ in 0..5 {
+    for _ in 0..33 {
         if v.0 == 0 {
             break;
         }
