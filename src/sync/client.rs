@@ -227,15 +227,18 @@ pub fn sync_domain(
     opts: &SendOptions,
     domain: &Domain,
 ) -> Result<DomainReport> {
-    sync_prepared(sess, opts, domain, None)
+    sync_prepared(sess, opts, domain, None, None)
 }
 
-/// [`sync_domain`] with this end's view made beforehand by [`prepare`].
+/// [`sync_domain`] with this end's view made beforehand by [`prepare`]. `next`: the domain
+/// this session will send next, told to the remote so that it scans that one while it
+/// applies this one.
 pub fn sync_prepared(
     sess: &mut Session,
     opts: &SendOptions,
     domain: &Domain,
     prepared: Option<Prepared>,
+    next: Option<&Domain>,
 ) -> Result<DomainReport> {
     let start = Instant::now();
     let wire0 = sess.conn.wire_bytes();
@@ -246,7 +249,7 @@ pub fn sync_prepared(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let r = sync_domain_inner(sess, opts, domain, prepared, &mut rep);
+    let r = sync_domain_inner(sess, opts, domain, prepared, next, &mut rep);
     rep.wire_bytes = sess.conn.wire_bytes() - wire0;
     rep.seconds = start.elapsed().as_secs_f64();
     rep.finished = now_unix();
@@ -270,6 +273,7 @@ fn sync_domain_inner(
     opts: &SendOptions,
     domain: &Domain,
     prepared: Option<Prepared>,
+    next: Option<&Domain>,
     rep: &mut DomainReport,
 ) -> Result<()> {
     let base = opts.root.join(domain.as_str());
@@ -285,7 +289,7 @@ fn sync_domain_inner(
 
     // Ask the remote.
     sess.conn
-        .send_flush(t::DOMAIN, &domain_request(opts, domain, &pair).buf)?;
+        .send_flush(t::DOMAIN, &domain_request(opts, domain, &pair, next).buf)?;
     // Local scan (unless made beforehand), while the remote scans its side.
     let prepared = prepared.unwrap_or_else(|| prepare(opts, domain, Some(&pair)));
     marks.mark("scan");
@@ -750,8 +754,9 @@ impl Marks {
 }
 
 /// The DOMAIN request: name, this end's directory entry (mode and
-/// owner for a new directory), dry run, node pair, excludes.
-fn domain_request(opts: &SendOptions, domain: &Domain, pair: &str) -> Enc {
+/// owner for a new directory), dry run, node pair, excludes, and the domain to come next in
+/// this session (empty: none; a receiver that does not know this field ignores it).
+fn domain_request(opts: &SendOptions, domain: &Domain, pair: &str, next: Option<&Domain>) -> Enc {
     let base = opts.root.join(domain.as_str());
     let mut e = Enc::new();
     e.str(domain.as_str());
@@ -765,6 +770,7 @@ fn domain_request(opts: &SendOptions, domain: &Domain, pair: &str) -> Enc {
     for x in &opts.filter.excludes {
         e.str(x);
     }
+    e.str(next.map_or("", |d| d.as_str()));
     e
 }
 

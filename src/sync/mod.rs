@@ -258,7 +258,18 @@ pub fn run(jobs: Vec<Job>, opts: &RunOptions) -> RunReport {
                     let rep = match (rep, current.as_mut()) {
                         (Some(r), _) => r,
                         (None, Some((_, sess))) => {
-                            match client::sync_prepared(sess, &opts.send, &job.domain, prepared) {
+                            // The remote scans the next domain while it applies this one.
+                            let ahead = next
+                                .as_ref()
+                                .filter(|(j, _)| j.target == job.target)
+                                .map(|(j, _)| &j.domain);
+                            match client::sync_prepared(
+                                sess,
+                                &opts.send,
+                                &job.domain,
+                                prepared,
+                                ahead,
+                            ) {
                                 Ok(r) => r,
                                 Err(e) => {
                                     // The connection is unusable now.

@@ -67,13 +67,15 @@ pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
     let mut saving = RecordSave::default();
     // The durability pool's threads, kept from one domain to the next.
     let mut pool = None;
+    // The next domain's view, made while this one is applied.
+    let mut ahead = None;
     loop {
         let (ty, payload) = conn.recv()?;
         match ty {
             t::BYE => return Ok(()),
             t::DOMAIN => {
                 let payload = payload.to_vec();
-                serve_domain(conn, &mut opts, &payload, &mut saving, &mut pool)?;
+                serve_domain(conn, &mut opts, &payload, &mut saving, &mut pool, &mut ahead)?;
             }
             _ => return Err(Error::bad_input("protocol error: unexpected frame")),
         }
@@ -126,6 +128,8 @@ struct Request {
     dry_run: bool,
     pair: String,
     excludes: Vec<String>,
+    /// The domain the sender will ask for next (a sender that does not say: None).
+    next: Option<String>,
 }
 
 fn parse_request(payload: &[u8]) -> Result<Request> {
@@ -139,12 +143,17 @@ fn parse_request(payload: &[u8]) -> Result<Request> {
     for _ in 0..n {
         excludes.push(d.string()?);
     }
+    let next = match d.at_end() {
+        true => None,
+        false => Some(d.string()?).filter(|n| !n.is_empty()),
+    };
     Ok(Request {
         name,
         dir_entry,
         dry_run,
         pair,
         excludes,
+        next,
     })
 }
 
@@ -161,15 +170,58 @@ fn view(
     base: &std::path::Path,
     cache_path: &std::path::Path,
     manifest_path: &std::path::Path,
-    req: &Request,
+    excludes: &[String],
+    pair: &str,
 ) -> View {
-    let filter = Filter::new(req.excludes.clone(), true);
+    let filter = Filter::new(excludes.to_vec(), true);
     let (listing, cache) = scan::scan(base, &filter, Cache::load(cache_path));
-    let record = Manifest::load_against(manifest_path, &req.pair, &listing.entries);
+    let record = Manifest::load_against(manifest_path, pair, &listing.entries);
     View {
         listing,
         cache,
         record,
+    }
+}
+
+/// The view of the domain the sender said comes next, made by a thread while the current
+/// one is applied (the sender waits for a domain's view before it can plan it). Only
+/// reading: a domain this node must not receive is refused when asked for, as ever.
+struct Ahead {
+    name: String,
+    pair: String,
+    excludes: Vec<String>,
+    view: std::thread::JoinHandle<View>,
+}
+
+impl Ahead {
+    /// Start the view of `req.next` (not the domain of `req` itself: that one changes
+    /// now), its record first written when it is the one being saved.
+    fn start(opts: &ServeOptions, req: &Request, saving: &mut RecordSave) -> Option<Ahead> {
+        let name = req.next.as_deref().filter(|n| *n != req.name)?;
+        let domain = Domain::parse(name, Strictness::Admin).ok()?;
+        let base = opts.root.join(domain.as_str());
+        let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
+        let manifest_path = manifest::path_for(&opts.state_dir, domain.as_str(), "manifest");
+        saving.wait(Some(&manifest_path));
+        let (excludes, pair) = (req.excludes.clone(), req.pair.clone());
+        let (x, p) = (excludes.clone(), pair.clone());
+        let view = std::thread::Builder::new()
+            .name("scan-ahead".into())
+            .spawn(move || view(&base, &cache_path, &manifest_path, &x, &p))
+            .ok()?;
+        Some(Ahead {
+            name: name.to_string(),
+            pair,
+            excludes,
+            view,
+        })
+    }
+
+    /// The view, when it was made for this request, of a directory that existed then.
+    fn take(self, req: &Request) -> Option<View> {
+        let fits = self.name == req.name && self.pair == req.pair && self.excludes == req.excludes;
+        let v = self.view.join().ok()?;
+        (fits && !v.listing.missing).then_some(v)
     }
 }
 
@@ -185,8 +237,10 @@ fn serve_domain(
     payload: &[u8],
     saving: &mut RecordSave,
     pool: &mut Option<Pool>,
+    ahead: &mut Option<Ahead>,
 ) -> Result<()> {
     let req = parse_request(payload)?;
+    let made_ahead = ahead.take();
     let Request {
         name,
         dir_entry,
@@ -214,6 +268,8 @@ fn serve_domain(
         }
     }
     let base = opts.root.join(domain.as_str());
+    // A view made ahead is of a directory that was there then, and still is.
+    let mut made_ahead = made_ahead;
     match std::fs::symlink_metadata(&base) {
         Ok(m) if !m.file_type().is_dir() => {
             return send_error_info(
@@ -226,6 +282,7 @@ fn serve_domain(
         }
         Ok(_) => {}
         Err(_) if !dry_run => {
+            made_ahead = None;
             if let Err(e) = std::fs::create_dir(&base) {
                 return send_error_info(conn, &format!("cannot create {}: {e}", base.display()));
             }
@@ -236,7 +293,7 @@ fn serve_domain(
                 std::fs::Permissions::from_mode(dir_entry.mode & 0o7777),
             );
         }
-        Err(_) => {}
+        Err(_) => made_ahead = None,
     }
     let _ = std::fs::create_dir_all(&opts.state_dir);
     let cache_path = manifest::path_for(&opts.state_dir, domain.as_str(), "scan");
@@ -248,7 +305,10 @@ fn serve_domain(
         listing,
         cache,
         record,
-    } = view(&base, &cache_path, &manifest_path, &req);
+    } = match made_ahead.and_then(|a| a.take(&req)) {
+        Some(v) => v,
+        None => view(&base, &cache_path, &manifest_path, &req.excludes, pair),
+    };
     if !dry_run && cache.dirty {
         let _ = cache.save(&cache_path, &listing.entries);
     }
@@ -277,6 +337,7 @@ fn serve_domain(
         .u8(u8::from(listing.missing));
     marks.mark("prep");
     conn.send_flush(t::DOMAIN_INFO, &e.buf)?;
+    *ahead = Ahead::start(opts, &req, saving);
 
     // Listing.
     let mode = {
