@@ -471,8 +471,10 @@ impl Applier {
                 Err(e) => return Err(Error::io(format!("cannot stat {}", p.display()), e)),
             }
         }
+        // The file is freed by another thread (see fsops::hold).
+        let held = fsops::hold(&p);
         match fs::remove_file(&p) {
-            Ok(()) => {}
+            Ok(()) => fsops::release_later(held),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("cannot delete {}", p.display()), e)),
         }
@@ -795,9 +797,13 @@ impl Applier {
                     } else {
                         None
                     };
+                    // The file replaced is freed by another thread (see fsops::hold).
+                    let previous = c.prev.as_ref().and_then(|_| fsops::hold(&c.dest));
                     fs::rename(&c.tmp, &c.dest).map_err(|err| {
                         Error::io(format!("cannot rename to {}", c.dest.display()), err)
-                    })
+                    })?;
+                    fsops::release_later(previous);
+                    Ok(())
                 })()
                 .map_err(Some)
             };
