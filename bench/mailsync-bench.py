@@ -151,8 +151,8 @@ def run_tool(tool, src, dst, a, sshd, state, tfile_l, tfile_r):
         binary = a.bin_old if tool.endswith("-old") else a.bin
         compress = [] if tool.startswith("mailsync-plain") else ["--compress"]
         cmd = timed + [
-            binary, "--root", src, "--remote-root", dst, "--state-dir", state, "--jobs", str(a.jobs),
-        ] + compress + [
+            binary, "--root", src, "--remote-root", dst, "--state-dir", state,
+        ] + (["--jobs", str(a.jobs)] if a.jobs else []) + compress + [
             "--json", "--no-progress", "-i", sshd.key, "--known-hosts", sshd.kh,
             "--port", str(sshd.port), "--user", a.remote_user, "--remote-command",
             "/usr/bin/time -a -o %s -f '%s' %s serve --no-fence" % (tfile_r, TIMEFMT, binary),
@@ -258,7 +258,8 @@ def main():
     ap.add_argument("--bin", default=None)
     ap.add_argument("--bin-old", default=None,
                     help="binary of the tools mailsync-old / mailsync-plain-old")
-    ap.add_argument("--jobs", type=int, default=2, help="mailsync --jobs")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="mailsync --jobs (default: mailsync's own default)")
     ap.add_argument("--cold", action="store_true", help="also one cold-cache rep (drops caches)")
     ap.add_argument("--tools", default="mailsync,rsync-seed,rsync-fast")
     ap.add_argument("--remote-user", default="mailbench")
@@ -362,7 +363,19 @@ def main():
                         waited, left = settle()
                         if cold:
                             drop_caches()
+                        # BENCH_PERF=DIR: a system-wide profile of each mailsync-plain day run
+                        # (perf record -a -g), in DIR/perf-day-REP.data.
+                        perf = None
+                        if os.environ.get("BENCH_PERF") and phase == "day" and tool == "mailsync-plain":
+                            perf = subprocess.Popen(
+                                ["perf", "record", "-a", "-g", "-F", "1999", "-o",
+                                 os.path.join(os.environ["BENCH_PERF"], "perf-day-%d.data" % rep)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            time.sleep(1.0)
                         r = run_tool(tool, src, dst, a, sshd, state, tl, tr)
+                        if perf:
+                            perf.send_signal(2)
+                            perf.wait()
                         # The writeback this run left behind (rsync never fsyncs; mailsync
                         # made its files durable before it returned): timed apart, so that
                         # "wall + flush" is the time until the copy is on disk.

@@ -129,6 +129,10 @@ def main():
                     help="make every trial's copy first, then wait --pause once (the inodes "
                          "the removals freed age: as in mailsync-bench.py, where no removal "
                          "precedes a day run), then run the trials in turn")
+    ap.add_argument("--own-control", action="store_true",
+                    help="each trial's destination gets its own control files (copies, not "
+                         "links to the fixture's): replacing them then frees inodes, as in "
+                         "the full benchmark; use with --batch --pause 370")
     a = ap.parse_args()
     bins = []
     for b in a.bin:
@@ -168,6 +172,24 @@ def fixture(a, binary, fix):
     return dst, state, day
 
 
+def own_control_files(dst):
+    """Give the copy its own control files (copies, not links to the fixture's), so that
+    replacing them frees their inodes, as in the full benchmark, whose destination is a real
+    copy (a `cp -al` copy only drops a link: no inode is freed, no eviction paid)."""
+    for d, _, files in os.walk(dst):
+        dst_st = os.lstat(d)
+        for f in files:
+            if f.startswith("dovecot") or f == "subscriptions":
+                p = os.path.join(d, f)
+                st = os.lstat(p)
+                tmp = p + ".own"
+                shutil.copy2(p, tmp)
+                os.chown(tmp, st.st_uid, st.st_gid)
+                os.replace(tmp, p)
+        # The directory's mtime as it was: the receiver's cached listing of it stays valid.
+        os.utime(d, ns=(dst_st.st_atime_ns, dst_st.st_mtime_ns))
+
+
 def trials(a, bins, fix):
     # One fixture made by the first binary, or (--own-fixture) one per binary, made by it:
     # each binary then starts from the records and caches it writes itself.
@@ -197,6 +219,8 @@ def trials(a, bins, fix):
             os.makedirs(os.path.join(t, str(k)))
             subprocess.run(["cp", "-al", dst, os.path.join(t, str(k), "dst")], check=True)
             subprocess.run(["cp", "-a", state, os.path.join(t, str(k), "state")], check=True)
+            if a.own_control:
+                own_control_files(os.path.join(t, str(k), "dst"))
         subprocess.run(["sync"])
         time.sleep(max(0.0, a.pause - (time.time() - freed)))
     for k, (name, path, jobs, prefix) in enumerate(plan):
@@ -212,6 +236,8 @@ def trials(a, bins, fix):
             os.makedirs(t)
             subprocess.run(["cp", "-al", dst, os.path.join(t, "dst")], check=True)
             subprocess.run(["cp", "-a", state, os.path.join(t, "state")], check=True)
+            if a.own_control:
+                own_control_files(os.path.join(t, "dst"))
             subprocess.run(["sync"])
         if a.drop_caches:
             subprocess.run(["sync"])

@@ -52,7 +52,7 @@ struct RunArgs {
     /// Only this domain (repeatable) [default: every domain whose primary is this node]
     #[arg(long = "domain", value_name = "D")]
     domains: Vec<String>,
-    /// Domains replicated in parallel (one connection each) [default: 2]
+    /// Domains replicated in parallel (one connection each) [default: 3]
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
     /// Show what would be done; change nothing
@@ -294,7 +294,7 @@ fn run(common: &CommonArgs, mut a: RunArgs) -> Result<i32> {
         .clone()
         .or_else(|| sc.state_dir.clone())
         .unwrap_or_else(|| root.join(".mailsync"));
-    let jobs = a.jobs.or(sc.jobs).unwrap_or(2);
+    let jobs = a.jobs.or(sc.jobs).unwrap_or(sync::DEFAULT_JOBS);
     if jobs == 0 {
         return Err(Error::bad_input("--jobs must be at least 1"));
     }

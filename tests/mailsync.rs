@@ -362,9 +362,10 @@ fn changes_travel_as_renames_without_bodies() {
 #[test]
 fn domains_prepared_ahead_and_records_saved_behind_stay_in_sync() {
     // One worker: every domain after the first is scanned (and its record loaded) while
-    // the remote applies the one before, and each record is written while the next domain
-    // starts. A flag change needs the uidlist lock on both ends (taken by linking a lock
-    // source, removed at the end).
+    // the remote applies the one before, on both ends (the sender names the next domain in
+    // its request; the receiver's view of a domain it had to create is not used), and each
+    // record is written while the next domain starts. A flag change needs the uidlist lock
+    // on both ends (taken by linking a lock source, removed at the end).
     let e = env();
     let names = ["d1.example.ru", "d2.example.ru", D];
     for (i, name) in names.iter().enumerate() {

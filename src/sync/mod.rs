@@ -180,6 +180,11 @@ fn connect(target: &Target, opts: &RunOptions) -> Result<client::Session> {
     }
 }
 
+/// Domains replicated in parallel by default (`--jobs`). One more than the 2 cores of the
+/// benchmark host: a worker waits for its remote (the receiver's syncs) while the others
+/// work (BENCHMARKS.md, round 13: a day run 5 % faster than with 2).
+pub const DEFAULT_JOBS: usize = 3;
+
 /// Replicate the domains, `opts.jobs` at a time, each worker with its own connection.
 /// A failing domain does not stop the others.
 pub fn run(jobs: Vec<Job>, opts: &RunOptions) -> RunReport {

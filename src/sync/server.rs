@@ -75,7 +75,14 @@ pub fn serve(conn: &mut Conn, mut opts: ServeOptions) -> Result<()> {
             t::BYE => return Ok(()),
             t::DOMAIN => {
                 let payload = payload.to_vec();
-                serve_domain(conn, &mut opts, &payload, &mut saving, &mut pool, &mut ahead)?;
+                serve_domain(
+                    conn,
+                    &mut opts,
+                    &payload,
+                    &mut saving,
+                    &mut pool,
+                    &mut ahead,
+                )?;
             }
             _ => return Err(Error::bad_input("protocol error: unexpected frame")),
         }

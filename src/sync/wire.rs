@@ -43,8 +43,10 @@ pub mod t {
     pub const BYE: u8 = 18;
     pub const ERROR: u8 = 19;
     // 20 was PREPARE (a hint: the next DOMAIN request, scanned by the receiver while it
-    // applied the current one; removed in round 5: no gain over SSH on a 2-core host, twice
-    // the receiver's memory). Receivers no longer announce it, so no sender sends it.
+    // applied the current one; removed in round 5: no gain then, on a host saturated by
+    // ext4's scan of recently freed inodes). Receivers no longer announce it, so no sender
+    // sends it. The hint is now a trailing field of DOMAIN (the next domain's name), which
+    // receivers that do not know it ignore.
 }
 
 /// Capabilities (a varint after the fixed HELLO / HELLO_OK fields, which an older peer
