@@ -247,7 +247,7 @@ fn serve_domain(
     ahead: &mut Option<Ahead>,
 ) -> Result<()> {
     let req = parse_request(payload)?;
-    let made_ahead = ahead.take();
+    let mut made_ahead = ahead.take();
     let Request {
         name,
         dir_entry,
@@ -276,7 +276,6 @@ fn serve_domain(
     }
     let base = opts.root.join(domain.as_str());
     // A view made ahead is of a directory that was there then, and still is.
-    let mut made_ahead = made_ahead;
     match std::fs::symlink_metadata(&base) {
         Ok(m) if !m.file_type().is_dir() => {
             return send_error_info(
