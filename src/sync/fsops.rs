@@ -131,7 +131,7 @@ pub fn open_read(path: &Path) -> std::io::Result<File> {
 /// files and expunged messages, the state files), it is held first by an `O_PATH`
 /// descriptor ([`hold`]) and handed after to [`release_later`], whose thread closes it:
 /// the freeing happens there. Linux only (elsewhere [`hold`] holds nothing: freed inline).
-pub fn hold(path: &Path) -> Option<File> {
+fn hold(path: &Path) -> Option<File> {
     #[cfg(target_os = "linux")]
     {
         OpenOptions::new()
@@ -152,7 +152,7 @@ pub fn hold(path: &Path) -> Option<File> {
 const RELEASE_QUEUE: usize = 256;
 
 /// Close `held` (see [`hold`]) in a background thread, started at the first call.
-pub fn release_later(held: Option<File>) {
+fn release_later(held: Option<File>) {
     static CLOSER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<File>>> =
         std::sync::OnceLock::new();
     let Some(file) = held else {
@@ -170,6 +170,22 @@ pub fn release_later(held: Option<File>) {
     if let Some(tx) = closer {
         let _ = tx.try_send(file);
     }
+}
+
+/// `rename(from, to)`, the file it replaces (if any) freed by the closing thread.
+pub fn rename_freeing_later(from: &Path, to: &Path) -> std::io::Result<()> {
+    let replaced = hold(to);
+    fs::rename(from, to)?;
+    release_later(replaced);
+    Ok(())
+}
+
+/// `unlink(path)`, the file freed by the closing thread.
+pub fn remove_file_freeing_later(path: &Path) -> std::io::Result<()> {
+    let held = hold(path);
+    fs::remove_file(path)?;
+    release_later(held);
+    Ok(())
 }
 
 /// Write `data` to `path` atomically (temp file in the same directory, rename); with
@@ -201,10 +217,8 @@ pub fn write_file_atomic_with(
             f.sync_all()
                 .map_err(|e| Error::io(format!("fsync {}", tmp.display()), e))?;
         }
-        let previous = hold(path);
-        fs::rename(&tmp, path)
+        rename_freeing_later(&tmp, path)
             .map_err(|e| Error::io(format!("cannot rename to {}", path.display()), e))?;
-        release_later(previous);
         if durable {
             sync_dir(dir)?;
         }

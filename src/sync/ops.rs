@@ -472,9 +472,8 @@ impl Applier {
             }
         }
         // The file is freed by another thread (see fsops::hold).
-        let held = fsops::hold(&p);
-        match fs::remove_file(&p) {
-            Ok(()) => fsops::release_later(held),
+        match fsops::remove_file_freeing_later(&p) {
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("cannot delete {}", p.display()), e)),
         }
@@ -798,12 +797,9 @@ impl Applier {
                         None
                     };
                     // The file replaced is freed by another thread (see fsops::hold).
-                    let previous = c.prev.as_ref().and_then(|_| fsops::hold(&c.dest));
-                    fs::rename(&c.tmp, &c.dest).map_err(|err| {
+                    fsops::rename_freeing_later(&c.tmp, &c.dest).map_err(|err| {
                         Error::io(format!("cannot rename to {}", c.dest.display()), err)
-                    })?;
-                    fsops::release_later(previous);
-                    Ok(())
+                    })
                 })()
                 .map_err(Some)
             };
