@@ -359,6 +359,65 @@ fn changes_travel_as_renames_without_bodies() {
     assert_eq!(n(&v, "files_sent") + n(&v, "renames") + n(&v, "deletes"), 0);
 }
 
+/// A replaced control file keeps its inode as the spare of the next replacement (no inode
+/// allocated or freed per control file); a spare linked elsewhere is never written into.
+#[cfg(target_os = "linux")]
+#[test]
+fn replaced_control_files_trade_places_with_their_spares() {
+    let e = env();
+    populate(&e.a, 4);
+    ok(a_to_b(&e, &[]));
+    let src = e.a.join(D).join("bob/Maildir");
+    let dst = e.b.join(D).join("bob/Maildir");
+    let spare = dst.join("tmp/.mailsync-spare.dovecot-uidlist");
+    let ino = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+    assert!(!spare.exists(), "no spare before a replacement");
+
+    let first = ino(&dst.join("dovecot-uidlist"));
+    let old = fs::read(dst.join("dovecot-uidlist")).unwrap();
+    deliver(&src, "cur", "1700000001.M1P1.host", b"one\r\n", ":2,S");
+    uidlist(&src, 201);
+    ok(a_to_b(&e, &[]));
+    assert_equal(&e.a, &e.b);
+    // The file replaced is the spare now, with its old content.
+    assert_eq!(ino(&spare), first);
+    assert_eq!(fs::read(&spare).unwrap(), old);
+    let second = ino(&dst.join("dovecot-uidlist"));
+
+    // A longer, then a shorter content: written into the spare, cut to its length.
+    for (i, next) in [(2, 202), (3, 150)] {
+        let before = ino(&dst.join("dovecot-uidlist"));
+        let spare_before = ino(&spare);
+        if next > 200 {
+            deliver(
+                &src,
+                "cur",
+                &format!("170000000{i}.M1P1.host"),
+                b"two\r\n",
+                ":2,S",
+            );
+            uidlist(&src, next);
+        } else {
+            fs::write(src.join("dovecot-uidlist"), "3 V1600000000 N150 G0\n").unwrap();
+        }
+        ok(a_to_b(&e, &[]));
+        assert_equal(&e.a, &e.b);
+        assert_eq!(ino(&dst.join("dovecot-uidlist")), spare_before);
+        assert_eq!(ino(&spare), before);
+    }
+    assert!([first, second].contains(&ino(&dst.join("dovecot-uidlist"))));
+
+    // A spare with another name elsewhere (a hard-linked snapshot) is left alone.
+    let snapshot = e.b.join("snapshot-uidlist");
+    fs::hard_link(&spare, &snapshot).unwrap();
+    let kept = fs::read(&snapshot).unwrap();
+    uidlist(&src, 300);
+    ok(a_to_b(&e, &[]));
+    assert_equal(&e.a, &e.b);
+    assert_eq!(fs::read(&snapshot).unwrap(), kept);
+    assert_ne!(ino(&dst.join("dovecot-uidlist")), ino(&snapshot));
+}
+
 #[test]
 fn domains_prepared_ahead_and_records_saved_behind_stay_in_sync() {
     // One worker: every domain after the first is scanned (and its record loaded) while

@@ -180,6 +180,85 @@ pub fn rename_freeing_later(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Replaced files are kept as spares (see [`open_spare`]) where names can be exchanged.
+pub const SPARES: bool = cfg!(target_os = "linux");
+
+/// Name, in a Maildir folder's `tmp/`, of the spare kept for the control file `name`.
+pub fn spare_name(name: &str) -> String {
+    format!(".mailsync-spare.{name}")
+}
+
+/// The spare at `path` (in a Maildir's `tmp/`), opened to be written from its start; a new
+/// one when there is none. A control file's replacement is written into its spare, and the
+/// two names are exchanged ([`exchange`]): the file replaced becomes the next spare.
+///
+/// So replacing a control file neither allocates nor frees an inode. Freeing costs a
+/// discard on this host's ext4, and, worse, ext4 without a journal skips the inodes freed
+/// in the last minutes when it allocates one (`recently_deleted`, one buffer lookup each):
+/// with thousands of control files replaced per run, every file created later scanned past
+/// them (BENCHMARKS.md, round 14). A spare linked elsewhere too, or not a regular file, is
+/// removed and a new one made; `None` when that fails (the caller makes a temporary file).
+pub fn open_spare(path: &Path) -> Option<File> {
+    use std::os::unix::fs::MetadataExt;
+    let existing = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    match existing {
+        Ok(f) => match f.metadata() {
+            Ok(m) if m.is_file() && m.nlink() == 1 => return Some(f),
+            _ => {
+                drop(f);
+                fs::remove_file(path).ok()?;
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) => fs::remove_file(path).ok()?,
+    }
+    create_new(path).ok()
+}
+
+/// Put `from` in place at `to`, and the file `to` named (if any) at `from`, in one atomic
+/// step (`renameat2(RENAME_EXCHANGE)`). When `to` does not exist, `from` is renamed there.
+pub fn exchange(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))
+        };
+        let (f, t) = (c(from)?, c(to)?);
+        // SAFETY: two NUL-terminated paths, relative to the working directory.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                f.as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            // `to` does not exist (or `from` does not: the rename says so).
+            Some(libc::ENOENT) => fs::rename(from, to),
+            // A file system without exchange: a rename, the file replaced freed.
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+                rename_freeing_later(from, to)
+            }
+            _ => Err(e),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        rename_freeing_later(from, to)
+    }
+}
+
 /// `unlink(path)`, the file freed by the closing thread.
 pub fn remove_file_freeing_later(path: &Path) -> std::io::Result<()> {
     let held = hold(path);

@@ -128,6 +128,8 @@ struct Deferred {
     dest: PathBuf,
     dir: PathBuf,
     lock: bool,
+    /// `tmp` is the file's spare: exchanged with `dest` (see fsops::open_spare).
+    spare: bool,
     /// Written on the filesystem synced in batches (not fsynced on its own).
     on_fs: bool,
     /// What the tree held at `rel` before (restored if the replacement fails).
@@ -492,6 +494,35 @@ impl Applier {
     }
 
     /// A Maildir's `tmp/` (created when missing; never a symlink).
+    /// Where the spare of the control file `rel` is kept: the `tmp/` of its directory (a
+    /// Maildir folder), when there is one.
+    fn spare_for(&mut self, rel: &str) -> Option<PathBuf> {
+        if !fsops::SPARES {
+            return None;
+        }
+        let dir = parent(rel);
+        let tmp_rel = if dir.is_empty() {
+            "tmp".to_string()
+        } else {
+            format!("{dir}/tmp")
+        };
+        if !self.known_dirs.contains(&tmp_rel) {
+            if !self.tree.get(&tmp_rel).is_some_and(|x| x.kind == Kind::Dir) {
+                return None;
+            }
+            let td = self.base.join(&tmp_rel);
+            if !fs::symlink_metadata(&td).is_ok_and(|m| m.file_type().is_dir()) {
+                return None;
+            }
+            self.known_dirs.insert(tmp_rel.clone());
+        }
+        Some(
+            self.base
+                .join(tmp_rel)
+                .join(fsops::spare_name(super::entry::file_name(rel))),
+        )
+    }
+
     fn tmp_dir(&self, td: PathBuf) -> Result<PathBuf> {
         match fs::symlink_metadata(&td) {
             Ok(m) if m.file_type().is_dir() => Ok(td),
@@ -566,8 +597,22 @@ impl Applier {
         } else {
             dest.parent().unwrap_or(Path::new(".")).to_path_buf()
         };
-        let tmp = tmp_dir.join(fsops::tmp_name());
-        let mut file = fsops::create_new(&tmp)?;
+        // A control file is written into its spare when it has one (see fsops::open_spare).
+        let spare = if is_message {
+            None
+        } else {
+            self.spare_for(&e.path)
+                .and_then(|p| fsops::open_spare(&p).map(|f| (p, f)))
+        };
+        let is_spare = spare.is_some();
+        let (tmp, mut file) = match spare {
+            Some(s) => s,
+            None => {
+                let tmp = tmp_dir.join(fsops::tmp_name());
+                let file = fsops::create_new(&tmp)?;
+                (tmp, file)
+            }
+        };
         let mut size = 0u64;
         let result = (|| {
             while let Some(c) = chunks.next_chunk() {
@@ -579,6 +624,11 @@ impl Applier {
                 }
             }
             e.size = size;
+            if is_spare {
+                // Whatever the spare held beyond the new content goes.
+                file.set_len(size)
+                    .map_err(|err| Error::io(format!("writing {}", tmp.display()), err))?;
+            }
             fsops::set_attrs(&file, &e)
         })();
         if let Err(err) = result {
@@ -638,6 +688,7 @@ impl Applier {
             tmp,
             dest,
             dir: tmp_dir,
+            spare: is_spare,
             on_fs,
             prev,
         });
@@ -796,10 +847,14 @@ impl Applier {
                     } else {
                         None
                     };
-                    // The file replaced is freed by another thread (see fsops::hold).
-                    fsops::rename_freeing_later(&c.tmp, &c.dest).map_err(|err| {
-                        Error::io(format!("cannot rename to {}", c.dest.display()), err)
-                    })
+                    // The file replaced becomes the spare, or is freed by another thread
+                    // (see fsops::hold).
+                    if c.spare {
+                        fsops::exchange(&c.tmp, &c.dest)
+                    } else {
+                        fsops::rename_freeing_later(&c.tmp, &c.dest)
+                    }
+                    .map_err(|err| Error::io(format!("cannot rename to {}", c.dest.display()), err))
                 })()
                 .map_err(Some)
             };
