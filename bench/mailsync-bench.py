@@ -388,10 +388,11 @@ def main():
             for tool in tools:
                 src, dst, _ = dirs[tool]
                 # Check: the copy equals the source (names, sizes, mtimes; contents too
-                # unless --quick-check).
+                # unless --quick-check). The contents of the Maildirs' tmp/ are not mail:
+                # never copied by mailsync, which keeps its control files' spares there.
                 diff = subprocess.run(
                     ["rsync", "-anH", "--no-o", "--no-g", "--delete", "--exclude", "/.mailsync",
-                     "--itemize-changes"] + ([] if a.quick_check else ["--checksum"]) +
+                     "--exclude", "tmp/*", "--itemize-changes"] + ([] if a.quick_check else ["--checksum"]) +
                     [src + "/", dst + "/"], capture_output=True, text=True).stdout
                 changed = [l for l in diff.splitlines() if l and not l.startswith(".d")]
                 if changed:

@@ -757,16 +757,43 @@ fn list_dir(
     // mean a name not found, so stat'ed).
     let cut = if rel.is_empty() { 0 } else { rel.len() + 1 };
     let name_of = |p: &Entry| -> usize { cut.min(p.path.len()) };
+    // Files listed before under another name: a message renamed in place (a flag change
+    // only rewrites the info after `:`), by base name; found names not listed before.
+    let mut renamed: HashMap<String, Entry> = HashMap::new();
+    let mut unmatched: Vec<(String, bool)> = Vec::new();
     for (name, is_file) in found {
         let before = |p: &Entry| &p.path[name_of(p)..] < name.as_str();
-        while prev.next_if(before).is_some() {}
+        while let Some(p) = prev.next_if(before) {
+            let base = super::entry::base_name(&p.path[name_of(&p)..]);
+            if base.len() < p.path.len() - name_of(&p) {
+                renamed.insert(base.to_string(), p);
+            }
+        }
         if is_file {
             if let Some(p) = prev.next_if(|p| p.path[name_of(p)..] == *name) {
                 files.push(p);
                 continue;
             }
         }
+        unmatched.push((name, is_file));
+    }
+    for p in prev {
+        let base = super::entry::base_name(&p.path[name_of(&p)..]);
+        if base.len() < p.path.len() - name_of(&p) {
+            renamed.insert(base.to_string(), p);
+        }
+    }
+    for (name, is_file) in unmatched {
         let path = join(&name);
+        // Renaming keeps a file's size, times, mode, owner and inode: no stat needed.
+        let base = super::entry::base_name(&name);
+        if is_file && base.len() < name.len() {
+            if let Some(mut p) = renamed.remove(base).filter(|p| p.kind == Kind::File) {
+                p.path = path;
+                files.push(p);
+                continue;
+            }
+        }
         if let Some(e) = stat_entry(fd, domain_dir, &path, out) {
             if e.kind == Kind::Dir {
                 subdirs.push(name);
@@ -809,17 +836,44 @@ mod tests {
             .entries
             .iter()
             .any(|e| e.path.contains("tmp/") || e.path.ends_with(".lock")));
-        // A flag change: the directory is listed again, only the new name is stat'ed (plus
-        // the control file, which may change in place).
+        // A flag change: the directory is listed again, and the renamed message is not
+        // stat'ed (its base name says it is the file listed before); only the control
+        // file is, which may change in place.
+        let old = s1
+            .entries
+            .iter()
+            .find(|e| e.path.ends_with("0.M1P1.h:2,S"))
+            .unwrap()
+            .clone();
         fs::rename(
             d.join("u/Maildir/cur/0.M1P1.h:2,S"),
             d.join("u/Maildir/cur/0.M1P1.h:2,RS"),
         )
         .unwrap();
-        let (s2, _) = scan(d, &f, c1);
-        assert_eq!(s2.stats, 2);
+        let (s2, c2) = scan(d, &f, c1);
+        assert_eq!(s2.stats, 1);
         assert_eq!(s2.messages(), 5);
-        assert!(s2.entries.iter().any(|e| e.path.ends_with("0.M1P1.h:2,RS")));
+        let renamed = s2
+            .entries
+            .iter()
+            .find(|e| e.path.ends_with("0.M1P1.h:2,RS"))
+            .unwrap();
+        assert_eq!(
+            (
+                renamed.size,
+                renamed.mtime,
+                renamed.mtime_ns,
+                renamed.ino,
+                renamed.mode
+            ),
+            (old.size, old.mtime, old.mtime_ns, old.ino, old.mode)
+        );
+        // A new message: stat'ed (and the control file).
+        fs::write(d.join("u/Maildir/cur/9.M1P1.h:2,"), "y").unwrap();
+        c2.save(&state.path().join("cache"), &s2.entries).unwrap();
+        let (s3, _) = scan(d, &f, Cache::load(&state.path().join("cache")));
+        assert_eq!(s3.stats, 2);
+        assert_eq!(s3.messages(), 6);
     }
 
     #[test]
