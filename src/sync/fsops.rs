@@ -240,6 +240,21 @@ pub fn exchange(from: &Path, to: &Path) -> std::io::Result<()> {
             )
         };
         if r == 0 {
+            // A directory made at `to` since the scan: put back where it was (a rename
+            // would have refused it).
+            if fs::symlink_metadata(from).is_ok_and(|m| m.is_dir()) {
+                // SAFETY: as above.
+                unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        f.as_ptr(),
+                        libc::AT_FDCWD,
+                        t.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    );
+                }
+                return Err(std::io::Error::from_raw_os_error(libc::EISDIR));
+            }
             return Ok(());
         }
         let e = std::io::Error::last_os_error();
@@ -644,6 +659,31 @@ mod tests {
     /// A held file whose name is removed stays open (not freed) until the closing thread
     /// drops it; that thread does so promptly.
     #[cfg(target_os = "linux")]
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn exchange_swaps_files_and_leaves_a_directory_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        fs::write(&a, "new").unwrap();
+        fs::write(&b, "old").unwrap();
+        exchange(&a, &b).unwrap();
+        assert_eq!(fs::read_to_string(&b).unwrap(), "new");
+        assert_eq!(fs::read_to_string(&a).unwrap(), "old");
+        // Nothing at the destination: a rename.
+        let c = t.path().join("c");
+        exchange(&a, &c).unwrap();
+        assert!(!a.exists());
+        assert_eq!(fs::read_to_string(&c).unwrap(), "old");
+        // A directory at the destination stays there, and the file where it was.
+        let d = t.path().join("d");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("inside"), "x").unwrap();
+        let e = exchange(&c, &d).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EISDIR));
+        assert!(d.join("inside").exists());
+        assert_eq!(fs::read_to_string(&c).unwrap(), "old");
+    }
+
     #[test]
     fn a_held_file_is_freed_by_the_closing_thread() {
         let tmp = tempfile::tempdir().unwrap();
