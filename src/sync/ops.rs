@@ -493,7 +493,6 @@ impl Applier {
         Ok(())
     }
 
-    /// A Maildir's `tmp/` (created when missing; never a symlink).
     /// Where the spare of the control file `rel` is kept: the `tmp/` of its directory (a
     /// Maildir folder), when there is one.
     fn spare_for(&mut self, rel: &str) -> Option<PathBuf> {
@@ -523,6 +522,7 @@ impl Applier {
         )
     }
 
+    /// A Maildir's `tmp/` (created when missing; never a symlink).
     fn tmp_dir(&self, td: PathBuf) -> Result<PathBuf> {
         match fs::symlink_metadata(&td) {
             Ok(m) if m.file_type().is_dir() => Ok(td),
