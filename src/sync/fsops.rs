@@ -229,30 +229,24 @@ pub fn exchange(from: &Path, to: &Path) -> std::io::Result<()> {
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))
         };
         let (f, t) = (c(from)?, c(to)?);
-        // SAFETY: two NUL-terminated paths, relative to the working directory.
-        let r = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                f.as_ptr(),
-                libc::AT_FDCWD,
-                t.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
+        let swap = || {
+            // SAFETY: two NUL-terminated paths, relative to the working directory.
+            let r = unsafe {
+                libc::renameat2(
+                    libc::AT_FDCWD,
+                    f.as_ptr(),
+                    libc::AT_FDCWD,
+                    t.as_ptr(),
+                    libc::RENAME_EXCHANGE,
+                )
+            };
+            r == 0
         };
-        if r == 0 {
+        if swap() {
             // A directory made at `to` since the scan: put back where it was (a rename
             // would have refused it).
             if fs::symlink_metadata(from).is_ok_and(|m| m.is_dir()) {
-                // SAFETY: as above.
-                unsafe {
-                    libc::renameat2(
-                        libc::AT_FDCWD,
-                        f.as_ptr(),
-                        libc::AT_FDCWD,
-                        t.as_ptr(),
-                        libc::RENAME_EXCHANGE,
-                    );
-                }
+                swap();
                 return Err(std::io::Error::from_raw_os_error(libc::EISDIR));
             }
             return Ok(());
