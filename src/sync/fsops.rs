@@ -650,9 +650,6 @@ mod tests {
         assert!(dom.join(&live).exists());
     }
 
-    /// A held file whose name is removed stays open (not freed) until the closing thread
-    /// drops it; that thread does so promptly.
-    #[cfg(target_os = "linux")]
     #[cfg(target_os = "linux")]
     #[test]
     fn exchange_swaps_files_and_leaves_a_directory_alone() {
@@ -678,6 +675,9 @@ mod tests {
         assert_eq!(fs::read_to_string(&c).unwrap(), "old");
     }
 
+    /// A held file whose name is removed stays open (not freed) until the closing thread
+    /// drops it; that thread does so promptly.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_held_file_is_freed_by_the_closing_thread() {
         let tmp = tempfile::tempdir().unwrap();

@@ -242,6 +242,15 @@ impl Tree {
     }
 }
 
+/// The `tmp/` of the Maildir folder `folder` (a path relative to the domain).
+fn tmp_of(folder: &str) -> String {
+    if folder.is_empty() {
+        "tmp".to_string()
+    } else {
+        format!("{folder}/tmp")
+    }
+}
+
 /// Applies operations inside one domain directory and tracks the resulting tree.
 pub struct Applier {
     pub base: PathBuf,
@@ -499,12 +508,7 @@ impl Applier {
         if !fsops::SPARES {
             return None;
         }
-        let dir = parent(rel);
-        let tmp_rel = if dir.is_empty() {
-            "tmp".to_string()
-        } else {
-            format!("{dir}/tmp")
-        };
+        let tmp_rel = tmp_of(parent(rel));
         if !self.known_dirs.contains(&tmp_rel) {
             if !self.tree.get(&tmp_rel).is_some_and(|x| x.kind == Kind::Dir) {
                 return None;
@@ -580,12 +584,7 @@ impl Applier {
         }
         // Where the temporary file goes.
         let tmp_dir = if is_message {
-            let folder = parent(parent(&e.path));
-            let rel = if folder.is_empty() {
-                "tmp".to_string()
-            } else {
-                format!("{folder}/tmp")
-            };
+            let rel = tmp_of(parent(parent(&e.path)));
             let td = self.base.join(&rel);
             if self.known_dirs.contains(&rel) {
                 td

@@ -760,14 +760,18 @@ fn list_dir(
     // Files listed before under another name: a message renamed in place (a flag change
     // only rewrites the info after `:`), by base name; found names not listed before.
     let mut renamed: HashMap<String, Entry> = HashMap::new();
+    let mut not_found = |p: Entry| {
+        let name = &p.path[name_of(&p)..];
+        let base = super::entry::base_name(name);
+        if base.len() < name.len() {
+            renamed.insert(base.to_string(), p);
+        }
+    };
     let mut unmatched: Vec<(String, bool)> = Vec::new();
     for (name, is_file) in found {
         let before = |p: &Entry| &p.path[name_of(p)..] < name.as_str();
         while let Some(p) = prev.next_if(before) {
-            let base = super::entry::base_name(&p.path[name_of(&p)..]);
-            if base.len() < p.path.len() - name_of(&p) {
-                renamed.insert(base.to_string(), p);
-            }
+            not_found(p);
         }
         if is_file {
             if let Some(p) = prev.next_if(|p| p.path[name_of(p)..] == *name) {
@@ -777,12 +781,7 @@ fn list_dir(
         }
         unmatched.push((name, is_file));
     }
-    for p in prev {
-        let base = super::entry::base_name(&p.path[name_of(&p)..]);
-        if base.len() < p.path.len() - name_of(&p) {
-            renamed.insert(base.to_string(), p);
-        }
-    }
+    prev.for_each(&mut not_found);
     for (name, is_file) in unmatched {
         let path = join(&name);
         // Renaming keeps a file's size, times, mode, owner and inode: no stat needed.
