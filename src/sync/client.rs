@@ -1,6 +1,8 @@
 //! The sending end: one domain at a time over an open session.
 
-use super::entry::{needs_uidlist_lock, Entry, Kind};
+use super::dirat::DirAt;
+use super::entry::{needs_uidlist_lock, parent, Entry, Kind};
+use super::fsops::UidlistLock;
 use super::manifest::{self, Manifest, Record};
 use super::ops::{encode_op, tag, Applier, Chunks, DataFrames};
 use super::plan::{plan, Op, Rules};
@@ -497,6 +499,12 @@ fn sync_domain_inner(
     } else {
         None
     };
+    // Files are opened relative to the domain directory (see dirat).
+    let at = if p.ops.iter().any(|op| matches!(op, Op::Put(_))) {
+        DirAt::open(&base).ok()
+    } else {
+        None
+    };
     for op in &p.ops {
         match op {
             Op::Put(entry) => {
@@ -507,6 +515,7 @@ fn sync_domain_inner(
                     &mut sess.conn,
                     &mut frame,
                     &base,
+                    at.as_ref(),
                     entry,
                     lock_source.as_ref(),
                 )? {
@@ -780,10 +789,15 @@ fn send_put(
     conn: &mut Conn,
     frame: &mut Enc,
     base: &Path,
+    at: Option<&DirAt>,
     entry: &Entry,
     lock_source: Option<&super::fsops::LockSource>,
 ) -> Result<Option<Entry>> {
     let abs = base.join(&entry.path);
+    let open = || match at {
+        Some(at) => at.open_read(&entry.path),
+        None => super::fsops::open_read(&abs),
+    };
     if entry.kind == Kind::Symlink {
         frame.u8(tag::PUT_INLINE);
         entry.encode(frame);
@@ -792,10 +806,12 @@ fn send_put(
     }
     if needs_uidlist_lock(&entry.path) {
         // Read consistently: Dovecot's own lock, held briefly.
-        let dir = abs.parent().unwrap_or(Path::new("."));
         let read = {
-            let _lock = super::fsops::UidlistLock::acquire_via(dir, lock_source)?;
-            super::fsops::read_bounded(&abs, CONTROL_MAX)
+            let _lock = match at {
+                Some(at) => UidlistLock::acquire_at(at, parent(&entry.path), lock_source)?,
+                None => UidlistLock::acquire(abs.parent().unwrap_or(Path::new(".")))?,
+            };
+            open().and_then(|f| super::fsops::read_bounded_from(f, CONTROL_MAX))
         };
         return match read {
             Ok((data, meta)) => {
@@ -809,7 +825,7 @@ fn send_put(
             Err(e) => Err(Error::io(format!("cannot read {}", abs.display()), e)),
         };
     }
-    let mut f = match super::fsops::open_read(&abs) {
+    let mut f = match open() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("cannot open {}", abs.display()), e)),

@@ -1,6 +1,7 @@
 //! File-system operations shared by both ends: path validation (never leave the root,
 //! never follow a symlink), atomic durable writes, Dovecot's uidlist dotlock, attributes.
 
+use super::dirat::DirAt;
 use super::entry::Entry;
 use super::scan::TMP_PREFIX;
 use crate::error::{Error, Result};
@@ -152,7 +153,7 @@ fn hold(path: &Path) -> Option<File> {
 const RELEASE_QUEUE: usize = 256;
 
 /// Close `held` (see [`hold`]) in a background thread, started at the first call.
-fn release_later(held: Option<File>) {
+pub(super) fn release_later(held: Option<File>) {
     static CLOSER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<File>>> =
         std::sync::OnceLock::new();
     let Some(file) = held else {
@@ -198,73 +199,52 @@ pub fn spare_name(name: &str) -> String {
 /// with thousands of control files replaced per run, every file created later scanned past
 /// them (BENCHMARKS.md, round 14). A spare linked elsewhere too, or not a regular file, is
 /// removed and a new one made; `None` when that fails (the caller makes a temporary file).
-pub fn open_spare(path: &Path) -> Option<File> {
+pub fn open_spare(at: &DirAt, rel: &str) -> Option<File> {
     use std::os::unix::fs::MetadataExt;
-    let existing = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
-    match existing {
+    match at.open_write(rel) {
         Ok(f) => match f.metadata() {
             Ok(m) if m.is_file() && m.nlink() == 1 => return Some(f),
             _ => {
                 drop(f);
-                fs::remove_file(path).ok()?;
+                at.unlink(rel).ok()?;
             }
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(_) => fs::remove_file(path).ok()?,
+        Err(_) => at.unlink(rel).ok()?,
     }
-    create_new(path).ok()
+    at.create_new(rel).ok()
 }
 
 /// Put `from` in place at `to`, and the file `to` named (if any) at `from`, in one atomic
 /// step (`renameat2(RENAME_EXCHANGE)`). When `to` does not exist, `from` is renamed there.
-pub fn exchange(from: &Path, to: &Path) -> std::io::Result<()> {
+pub fn exchange(at: &DirAt, from: &str, to: &str) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| {
-            std::ffi::CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))
-        };
-        let (f, t) = (c(from)?, c(to)?);
-        let swap = || {
-            // SAFETY: two NUL-terminated paths, relative to the working directory.
-            let r = unsafe {
-                libc::renameat2(
-                    libc::AT_FDCWD,
-                    f.as_ptr(),
-                    libc::AT_FDCWD,
-                    t.as_ptr(),
-                    libc::RENAME_EXCHANGE,
-                )
-            };
-            r == 0
-        };
-        if swap() {
-            // A directory made at `to` since the scan: put back where it was (a rename
-            // would have refused it).
-            if fs::symlink_metadata(from).is_ok_and(|m| m.is_dir()) {
-                swap();
-                return Err(std::io::Error::from_raw_os_error(libc::EISDIR));
+        let swap = || at.rename2(from, to, libc::RENAME_EXCHANGE);
+        match swap() {
+            Ok(()) => {
+                // A directory made at `to` since the scan: put back where it was (a rename
+                // would have refused it).
+                if at.is_dir(from).unwrap_or(false) {
+                    let _ = swap();
+                    return Err(std::io::Error::from_raw_os_error(libc::EISDIR));
+                }
+                Ok(())
             }
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            // `to` does not exist (or `from` does not: the rename says so).
-            Some(libc::ENOENT) => fs::rename(from, to),
-            // A file system without exchange: a rename, the file replaced freed.
-            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
-                rename_freeing_later(from, to)
-            }
-            _ => Err(e),
+            Err(e) => match e.raw_os_error() {
+                // `to` does not exist (or `from` does not: the rename says so).
+                Some(libc::ENOENT) => at.rename(from, to),
+                // A file system without exchange: a rename, the file replaced freed.
+                Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+                    at.rename_freeing_later(from, to)
+                }
+                _ => Err(e),
+            },
         }
     }
     #[cfg(not(target_os = "linux"))]
     {
-        rename_freeing_later(from, to)
+        at.rename_freeing_later(from, to)
     }
 }
 
@@ -388,9 +368,64 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Where a dotlock is: an absolute path, or a path inside a held directory.
+enum Loc<'a> {
+    Abs(PathBuf),
+    At(&'a DirAt, String),
+}
+
+impl Loc<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Loc::Abs(p) => p.display().to_string(),
+            Loc::At(at, rel) => at.join(rel).display().to_string(),
+        }
+    }
+
+    fn create_new(&self) -> std::io::Result<File> {
+        match self {
+            Loc::Abs(p) => OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(p),
+            Loc::At(at, rel) => at.create_new(rel),
+        }
+    }
+
+    fn remove(&self) {
+        let _ = match self {
+            Loc::Abs(p) => fs::remove_file(p),
+            Loc::At(at, rel) => at.unlink(rel),
+        };
+    }
+
+    fn open_read(&self) -> std::io::Result<File> {
+        match self {
+            Loc::Abs(p) => open_read(p),
+            Loc::At(at, rel) => at.open_read(rel),
+        }
+    }
+
+    /// How long ago the file was last modified.
+    fn age(&self) -> Option<Duration> {
+        let modified = match self {
+            Loc::Abs(p) => fs::symlink_metadata(p).and_then(|m| m.modified()).ok()?,
+            Loc::At(at, rel) => {
+                let st = at.lstat(rel).ok()?;
+                #[allow(clippy::unnecessary_cast)]
+                let secs = u64::try_from(st.st_mtime as i64).ok()?;
+                UNIX_EPOCH + Duration::from_secs(secs)
+            }
+        };
+        modified.elapsed().ok()
+    }
+}
+
 /// Dovecot's `dovecot-uidlist.lock` dotlock in a Maildir directory, held while alive.
-pub struct UidlistLock {
-    path: PathBuf,
+pub struct UidlistLock<'a> {
+    loc: Loc<'a>,
 }
 
 /// Give up waiting for a held uidlist lock after this long.
@@ -411,7 +446,8 @@ pub const LOCK_SOURCE_PREFIX: &str = ".mailsync-tmp.lock.";
 /// removed when dropped; a leftover (kill -9) carries a dead pid and is removed by
 /// [`remove_stale_lock_sources`].
 pub struct LockSource {
-    path: PathBuf,
+    dir: PathBuf,
+    name: String,
     file: File,
     /// When the file's mtime was last set (a lock's age is its mtime: kept fresh).
     touched: std::sync::Mutex<Instant>,
@@ -420,18 +456,20 @@ pub struct LockSource {
 impl LockSource {
     /// Create one in `dir` (a domain directory: the same file system as its Maildirs).
     pub fn create(dir: &Path) -> Result<LockSource> {
-        let path = dir.join(format!(
+        let name = format!(
             "{LOCK_SOURCE_PREFIX}{}.{:016x}",
             std::process::id(),
             rand::random::<u64>()
-        ));
+        );
+        let path = dir.join(&name);
         let mut file = create_new(&path)?;
         if let Err(e) = file.write_all(lock_content().as_bytes()) {
             let _ = fs::remove_file(&path);
             return Err(Error::io(format!("writing {}", path.display()), e));
         }
         Ok(LockSource {
-            path,
+            dir: dir.to_path_buf(),
+            name,
             file,
             touched: std::sync::Mutex::new(Instant::now()),
         })
@@ -439,7 +477,7 @@ impl LockSource {
 
     /// Link it as `lock`. Keeps its mtime recent first (a dotlock older than
     /// [`LOCK_STALE`] may be taken over).
-    fn link_as(&self, lock: &Path) -> std::io::Result<()> {
+    fn link_as(&self, lock: &Loc) -> std::io::Result<()> {
         if let Ok(mut t) = self.touched.lock() {
             if t.elapsed() > Duration::from_secs(20) {
                 let now = SystemTime::now();
@@ -448,13 +486,17 @@ impl LockSource {
                 *t = Instant::now();
             }
         }
-        fs::hard_link(&self.path, lock)
+        match lock {
+            Loc::At(at, rel) if at.path() == self.dir => at.hard_link(&self.name, rel),
+            Loc::At(at, rel) => fs::hard_link(self.dir.join(&self.name), at.join(rel)),
+            Loc::Abs(p) => fs::hard_link(self.dir.join(&self.name), p),
+        }
     }
 }
 
 impl Drop for LockSource {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        let _ = fs::remove_file(self.dir.join(&self.name));
     }
 }
 
@@ -477,70 +519,72 @@ fn lock_content() -> String {
     format!("{}:{}", std::process::id(), this_host())
 }
 
-impl UidlistLock {
-    pub fn acquire(maildir: &Path) -> Result<UidlistLock> {
-        Self::acquire_via(maildir, None)
+impl UidlistLock<'static> {
+    pub fn acquire(maildir: &Path) -> Result<UidlistLock<'static>> {
+        Self::take(Loc::Abs(maildir.join("dovecot-uidlist.lock")), None)
+    }
+}
+
+impl<'a> UidlistLock<'a> {
+    /// The lock of the Maildir `maildir` (a path inside `at`; "" is `at` itself), taken
+    /// by linking `source` (no inode allocated) when given; by creating the lock file
+    /// otherwise, or when the link is not possible (another file system, no hard links).
+    pub fn acquire_at(
+        at: &'a DirAt,
+        maildir: &str,
+        source: Option<&LockSource>,
+    ) -> Result<UidlistLock<'a>> {
+        let rel = if maildir.is_empty() {
+            "dovecot-uidlist.lock".to_string()
+        } else {
+            format!("{maildir}/dovecot-uidlist.lock")
+        };
+        Self::take(Loc::At(at, rel), source)
     }
 
-    /// Take the lock by linking `source` (no inode allocated) when given; by creating the
-    /// lock file otherwise, or when the link is not possible (another file system, no
-    /// hard links).
-    pub fn acquire_via(maildir: &Path, source: Option<&LockSource>) -> Result<UidlistLock> {
-        let path = maildir.join("dovecot-uidlist.lock");
+    fn take(loc: Loc<'a>, source: Option<&LockSource>) -> Result<UidlistLock<'a>> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(5);
         let mut source = source;
         loop {
             let r = match source {
-                Some(s) => match s.link_as(&path) {
-                    Ok(()) => return Ok(UidlistLock { path }),
+                Some(s) => match s.link_as(&loc) {
+                    Ok(()) => return Ok(UidlistLock { loc }),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
                     Err(_) => {
                         source = None;
                         continue;
                     }
                 },
-                None => OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path),
+                None => loc.create_new(),
             };
             match r {
                 Ok(mut f) => {
                     let _ = f.write_all(lock_content().as_bytes());
-                    return Ok(UidlistLock { path });
+                    return Ok(UidlistLock { loc });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    if holder_is_dead(&path) {
-                        let _ = fs::remove_file(&path);
+                    if holder_is_dead(&loc) {
+                        loc.remove();
                         continue;
                     }
                     // A lock left by a dead process: Dovecot's rule, older than the stale
                     // timeout and not touched.
-                    if let Ok(m) = fs::symlink_metadata(&path) {
-                        if let Ok(age) = m
-                            .modified()
-                            .and_then(|t| t.elapsed().map_err(|_| std::io::ErrorKind::Other.into()))
-                        {
-                            if age > LOCK_STALE {
-                                let _ = fs::remove_file(&path);
-                                continue;
-                            }
-                        }
+                    if loc.age().is_some_and(|age| age > LOCK_STALE) {
+                        loc.remove();
+                        continue;
                     }
                     if start.elapsed() > LOCK_WAIT {
                         return Err(Error::temporary(format!(
                             "{} is held by another process; try again later",
-                            path.display()
+                            loc.describe()
                         )));
                     }
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(200));
                 }
                 Err(e) => {
-                    return Err(Error::io(format!("cannot create {}", path.display()), e));
+                    return Err(Error::io(format!("cannot create {}", loc.describe()), e));
                 }
             }
         }
@@ -559,8 +603,8 @@ fn this_host() -> &'static str {
 
 /// A dotlock whose content names a process on this host that no longer exists is stale
 /// (Dovecot's rule too): e.g. left by a `kill -9`.
-fn holder_is_dead(path: &Path) -> bool {
-    let Ok((data, _)) = read_bounded(path, 256) else {
+fn holder_is_dead(lock: &Loc) -> bool {
+    let Ok((data, _)) = lock.open_read().and_then(|f| read_bounded_from(f, 256)) else {
         return false;
     };
     let text = String::from_utf8_lossy(&data);
@@ -587,22 +631,32 @@ fn pid_is_dead(pid: i32) -> bool {
     r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
-impl Drop for UidlistLock {
+impl Drop for UidlistLock<'_> {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        self.loc.remove();
     }
 }
 
 /// Read a small file whole (bounded), without following symlinks.
 pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, fs::Metadata)> {
+    read_bounded_from(open_read(path)?, max).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => {
+            std::io::Error::other(format!("{} is larger than {max} bytes", path.display()))
+        }
+        _ => e,
+    })
+}
+
+/// [`read_bounded`] of a file open for reading; a file larger than `max` is an error of
+/// kind [`std::io::ErrorKind::InvalidData`].
+pub fn read_bounded_from(f: File, max: u64) -> std::io::Result<(Vec<u8>, fs::Metadata)> {
     use std::io::Read;
-    let f = open_read(path)?;
     let meta = f.metadata()?;
     if meta.len() > max {
-        return Err(std::io::Error::other(format!(
-            "{} is larger than {max} bytes",
-            path.display()
-        )));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
     }
     let mut data = Vec::with_capacity(meta.len() as usize);
     f.take(max).read_to_end(&mut data)?;
@@ -622,23 +676,35 @@ mod tests {
         fs::create_dir_all(&md).unwrap();
         let src = LockSource::create(dom).unwrap();
         let lock_path = md.join("dovecot-uidlist.lock");
+        let src_path = dom.join(&src.name);
+        let at = DirAt::open(dom).unwrap();
         {
-            let _l = UidlistLock::acquire_via(&md, Some(&src)).unwrap();
+            let _l = UidlistLock::acquire_at(&at, "u/Maildir", Some(&src)).unwrap();
             let m = fs::metadata(&lock_path).unwrap();
             // The same inode as the source: nothing allocated.
-            assert_eq!(m.ino(), fs::metadata(&src.path).unwrap().ino());
+            assert_eq!(m.ino(), fs::metadata(&src_path).unwrap().ino());
             assert_eq!(m.nlink(), 2);
             let content = fs::read_to_string(&lock_path).unwrap();
             assert_eq!(content, lock_content());
             // Held: a second taker waits, then gives up (not waited for here: a live pid
             // and a fresh mtime are never stale).
-            assert!(!holder_is_dead(&lock_path));
+            assert!(!holder_is_dead(&Loc::Abs(lock_path.clone())));
+            assert!(!holder_is_dead(&Loc::At(
+                &at,
+                "u/Maildir/dovecot-uidlist.lock".into()
+            )));
         }
         assert!(!lock_path.exists());
-        assert!(src.path.exists());
-        let path = src.path.clone();
+        // Without a source, and by absolute path: a lock file of its own.
+        {
+            let _l = UidlistLock::acquire(&md).unwrap();
+            assert_eq!(fs::metadata(&lock_path).unwrap().nlink(), 1);
+            assert_eq!(fs::read_to_string(&lock_path).unwrap(), lock_content());
+        }
+        assert!(!lock_path.exists());
+        assert!(src_path.exists());
         drop(src);
-        assert!(!path.exists());
+        assert!(!src_path.exists());
 
         // Leftovers: a dead pid's source is removed, a live one's is kept.
         let dead = format!("{LOCK_SOURCE_PREFIX}{}.0", i32::MAX - 1);
@@ -654,22 +720,23 @@ mod tests {
     #[test]
     fn exchange_swaps_files_and_leaves_a_directory_alone() {
         let t = tempfile::tempdir().unwrap();
+        let at = DirAt::open(t.path()).unwrap();
         let (a, b) = (t.path().join("a"), t.path().join("b"));
         fs::write(&a, "new").unwrap();
         fs::write(&b, "old").unwrap();
-        exchange(&a, &b).unwrap();
+        exchange(&at, "a", "b").unwrap();
         assert_eq!(fs::read_to_string(&b).unwrap(), "new");
         assert_eq!(fs::read_to_string(&a).unwrap(), "old");
         // Nothing at the destination: a rename.
         let c = t.path().join("c");
-        exchange(&a, &c).unwrap();
+        exchange(&at, "a", "c").unwrap();
         assert!(!a.exists());
         assert_eq!(fs::read_to_string(&c).unwrap(), "old");
         // A directory at the destination stays there, and the file where it was.
         let d = t.path().join("d");
         fs::create_dir(&d).unwrap();
         fs::write(d.join("inside"), "x").unwrap();
-        let e = exchange(&c, &d).unwrap_err();
+        let e = exchange(&at, "c", "d").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EISDIR));
         assert!(d.join("inside").exists());
         assert_eq!(fs::read_to_string(&c).unwrap(), "old");

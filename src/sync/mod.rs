@@ -10,6 +10,7 @@
 //! - [`promote`]: raise the next UID after an unplanned failover.
 
 pub mod client;
+pub mod dirat;
 mod durable;
 pub mod entry;
 pub mod fsops;

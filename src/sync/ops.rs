@@ -1,5 +1,6 @@
 //! Encoding of operations on the wire and their application on the receiving side.
 
+use super::dirat::DirAt;
 use super::durable::{Durability, Failure, FsHandle, Job};
 use super::entry::{message_key, parent, Entry, Kind};
 use super::fsops::{self, check_parents, check_rel, LockSource, SyncMode, UidlistLock};
@@ -124,6 +125,8 @@ const MAX_DEFERRED: usize = 4096;
 /// place at the next flush.
 struct Deferred {
     rel: String,
+    /// Where it was written, relative to the domain directory, and absolute.
+    tmp_rel: String,
     tmp: PathBuf,
     dest: PathBuf,
     dir: PathBuf,
@@ -254,6 +257,8 @@ fn tmp_of(folder: &str) -> String {
 /// Applies operations inside one domain directory and tracks the resulting tree.
 pub struct Applier {
     pub base: PathBuf,
+    /// `base`, open: the operations' paths are relative to it (see dirat).
+    at: Option<Arc<DirAt>>,
     /// The domain tree as it is now (scan + applied operations), by path.
     pub tree: Tree,
     known_dirs: HashSet<String>,
@@ -287,6 +292,7 @@ impl Applier {
     pub fn new(base: PathBuf, entries: Vec<Entry>) -> Applier {
         Applier {
             base,
+            at: None,
             tree: Tree::new(entries),
             known_dirs: HashSet::new(),
             durability: None,
@@ -313,7 +319,27 @@ impl Applier {
         }
     }
 
+    /// The domain directory, open (opened at the first use).
+    fn at(&mut self) -> Result<Arc<DirAt>> {
+        if let Some(at) = &self.at {
+            return Ok(at.clone());
+        }
+        let at = Arc::new(
+            DirAt::open(&self.base)
+                .map_err(|e| Error::io(format!("cannot open {}", self.base.display()), e))?,
+        );
+        self.at = Some(at.clone());
+        Ok(at)
+    }
+
+    /// `rel`, checked ([`Applier::check`]), as an absolute path.
     fn path(&mut self, rel: &str) -> Result<PathBuf> {
+        self.check(rel)?;
+        Ok(self.base.join(rel))
+    }
+
+    /// Check a path received: relative, inside the domain, no symlink on the way.
+    fn check(&mut self, rel: &str) -> Result<()> {
         check_rel(rel)?;
         // A parent the scan listed as a directory (lstat: no symlink followed on the way
         // down) needs no second lstat of each of its components.
@@ -324,8 +350,7 @@ impl Applier {
         {
             self.known_dirs.insert(parent.to_string());
         }
-        check_parents(&self.base, rel, &mut self.known_dirs)?;
-        Ok(self.base.join(rel))
+        check_parents(&self.base, rel, &mut self.known_dirs)
     }
 
     /// Apply one decoded non-data operation record.
@@ -423,15 +448,17 @@ impl Applier {
     fn link(&mut self, from: &str, to: &Entry) -> Result<()> {
         let src = self.path(from)?;
         let dst = self.path(&to.path)?;
-        let m = fs::symlink_metadata(&src)
+        let at = self.at()?;
+        let st = at
+            .lstat(from)
             .map_err(|e| Error::io(format!("cannot link from {}", src.display()), e))?;
-        if !m.file_type().is_file() {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Error::bad_input(format!(
                 "{}: not a regular file",
                 src.display()
             )));
         }
-        fs::hard_link(&src, &dst)
+        at.hard_link(from, &to.path)
             .map_err(|e| Error::io(format!("cannot link {}", dst.display()), e))?;
         if let Some(s) = self.tree.get(from).cloned() {
             let mut n = s;
@@ -449,20 +476,21 @@ impl Applier {
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        let src = self.path(from)?;
-        let dst = self.path(to)?;
-        if !self.known_non_dir(from) {
-            let m = fs::symlink_metadata(&src)
-                .map_err(|e| Error::io(format!("cannot rename {}", src.display()), e))?;
-            if m.file_type().is_dir() {
-                return Err(Error::bad_input(format!(
-                    "{}: is a directory",
-                    src.display()
-                )));
-            }
+        self.check(from)?;
+        self.check(to)?;
+        let at = self.at()?;
+        if !self.known_non_dir(from)
+            && at
+                .is_dir(from)
+                .map_err(|e| Error::io(format!("cannot rename {}", at.join(from).display()), e))?
+        {
+            return Err(Error::bad_input(format!(
+                "{}: is a directory",
+                at.join(from).display()
+            )));
         }
-        fs::rename(&src, &dst)
-            .map_err(|e| Error::io(format!("cannot rename to {}", dst.display()), e))?;
+        at.rename(from, to)
+            .map_err(|e| Error::io(format!("cannot rename to {}", at.join(to).display()), e))?;
         if let Some(mut e) = self.tree.remove(from) {
             e.path = to.to_string();
             self.tree.insert(to.to_string(), e);
@@ -471,22 +499,36 @@ impl Applier {
     }
 
     fn delete(&mut self, rel: &str) -> Result<()> {
-        let p = self.path(rel)?;
+        self.check(rel)?;
+        let at = self.at()?;
         if !self.known_non_dir(rel) {
-            match fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_dir() => {
-                    return Err(Error::bad_input(format!("{}: is a directory", p.display())))
+            match at.is_dir(rel) {
+                Ok(true) => {
+                    return Err(Error::bad_input(format!(
+                        "{}: is a directory",
+                        at.join(rel).display()
+                    )))
                 }
-                Ok(_) => {}
+                Ok(false) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("cannot stat {}", p.display()), e)),
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("cannot stat {}", at.join(rel).display()),
+                        e,
+                    ))
+                }
             }
         }
         // The file is freed by another thread (see fsops::hold).
-        match fsops::remove_file_freeing_later(&p) {
+        match at.remove_file_freeing_later(rel) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot delete {}", p.display()), e)),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("cannot delete {}", at.join(rel).display()),
+                    e,
+                ))
+            }
         }
         self.tree.remove(rel);
         Ok(())
@@ -504,7 +546,7 @@ impl Applier {
 
     /// Where the spare of the control file `rel` is kept: the `tmp/` of its directory (a
     /// Maildir folder), when there is one.
-    fn spare_for(&mut self, rel: &str) -> Option<PathBuf> {
+    fn spare_for(&mut self, at: &DirAt, rel: &str) -> Option<String> {
         if !fsops::SPARES {
             return None;
         }
@@ -513,32 +555,27 @@ impl Applier {
             if !self.tree.get(&tmp_rel).is_some_and(|x| x.kind == Kind::Dir) {
                 return None;
             }
-            let td = self.base.join(&tmp_rel);
-            if !fs::symlink_metadata(&td).is_ok_and(|m| m.file_type().is_dir()) {
+            if !at.is_dir(&tmp_rel).unwrap_or(false) {
                 return None;
             }
             self.known_dirs.insert(tmp_rel.clone());
         }
-        Some(
-            self.base
-                .join(tmp_rel)
-                .join(fsops::spare_name(super::entry::file_name(rel))),
-        )
+        Some(format!(
+            "{tmp_rel}/{}",
+            fsops::spare_name(super::entry::file_name(rel))
+        ))
     }
 
     /// A Maildir's `tmp/` (created when missing; never a symlink).
-    fn tmp_dir(&self, td: PathBuf) -> Result<PathBuf> {
+    fn tmp_dir(&self, td: PathBuf) -> Result<()> {
         match fs::symlink_metadata(&td) {
-            Ok(m) if m.file_type().is_dir() => Ok(td),
+            Ok(m) if m.file_type().is_dir() => Ok(()),
             Ok(_) => Err(Error::bad_input(format!(
                 "{}: not a directory",
                 td.display()
             ))),
-            Err(_) => {
-                fs::create_dir(&td)
-                    .map_err(|err| Error::io(format!("cannot create {}", td.display()), err))?;
-                Ok(td)
-            }
+            Err(_) => fs::create_dir(&td)
+                .map_err(|err| Error::io(format!("cannot create {}", td.display()), err)),
         }
     }
 
@@ -582,36 +619,45 @@ impl Applier {
             self.tree.insert(e.path.clone(), e);
             return Ok(());
         }
-        // Where the temporary file goes.
-        let tmp_dir = if is_message {
+        let at = self.at()?;
+        // Where the temporary file goes (relative to the domain directory).
+        let tmp_dir_rel = if is_message {
             let rel = tmp_of(parent(parent(&e.path)));
-            let td = self.base.join(&rel);
-            if self.known_dirs.contains(&rel) {
-                td
-            } else {
-                let td = self.tmp_dir(td)?;
-                self.known_dirs.insert(rel);
-                td
+            if !self.known_dirs.contains(&rel) {
+                self.tmp_dir(self.base.join(&rel))?;
+                self.known_dirs.insert(rel.clone());
             }
+            rel
         } else {
-            dest.parent().unwrap_or(Path::new(".")).to_path_buf()
+            parent(&e.path).to_string()
         };
+        let tmp_dir = self.base.join(&tmp_dir_rel);
         // A control file is written into its spare when it has one (see fsops::open_spare).
         let spare = if is_message {
             None
         } else {
-            self.spare_for(&e.path)
-                .and_then(|p| fsops::open_spare(&p).map(|f| (p, f)))
+            self.spare_for(&at, &e.path)
+                .and_then(|p| fsops::open_spare(&at, &p).map(|f| (p, f)))
         };
         let is_spare = spare.is_some();
-        let (tmp, mut file) = match spare {
+        let (tmp_rel, mut file) = match spare {
             Some(s) => s,
             None => {
-                let tmp = tmp_dir.join(fsops::tmp_name());
-                let file = fsops::create_new(&tmp)?;
-                (tmp, file)
+                let tmp_rel = if tmp_dir_rel.is_empty() {
+                    fsops::tmp_name()
+                } else {
+                    format!("{tmp_dir_rel}/{}", fsops::tmp_name())
+                };
+                let file = at.create_new(&tmp_rel).map_err(|err| {
+                    Error::io(
+                        format!("cannot create {}", at.join(&tmp_rel).display()),
+                        err,
+                    )
+                })?;
+                (tmp_rel, file)
             }
         };
+        let tmp = self.base.join(&tmp_rel);
         let mut size = 0u64;
         let result = (|| {
             while let Some(c) = chunks.next_chunk() {
@@ -684,6 +730,7 @@ impl Applier {
         self.deferred.push(Deferred {
             lock: super::entry::needs_uidlist_lock(&e.path),
             rel: e.path.clone(),
+            tmp_rel,
             tmp,
             dest,
             dir: tmp_dir,
@@ -835,23 +882,26 @@ impl Applier {
         }
         let holder = self.lock_source.take();
         let source = holder.as_ref().and_then(Option::as_ref);
+        // Unusable: every replacement fails with this error.
+        let at = self.at().map_err(|e| e.message().to_string());
         let mut late = Late::default();
         for c in deferred {
             let r = if failed_tmp.contains(&c.tmp) || (c.on_fs && fs_failed) {
                 Err(None)
             } else {
                 (|| {
+                    let at = at.as_ref().map_err(|m| Error::temporary(m.clone()))?;
                     let _lock = if c.lock {
-                        Some(UidlistLock::acquire_via(&c.dir, source)?)
+                        Some(UidlistLock::acquire_at(at, parent(&c.rel), source)?)
                     } else {
                         None
                     };
                     // The file replaced becomes the spare, or is freed by another thread
                     // (see fsops::hold).
                     if c.spare {
-                        fsops::exchange(&c.tmp, &c.dest)
+                        fsops::exchange(at, &c.tmp_rel, &c.rel)
                     } else {
-                        fsops::rename_freeing_later(&c.tmp, &c.dest)
+                        at.rename_freeing_later(&c.tmp_rel, &c.rel)
                     }
                     .map_err(|err| Error::io(format!("cannot rename to {}", c.dest.display()), err))
                 })()

@@ -386,71 +386,9 @@ pub fn entry_from_meta(path: String, meta: &fs::Metadata, target: Option<String>
     }
 }
 
-/// The domain directory, open: entries are stat'ed relative to it (`fstatat`), so each
-/// stat walks the few components inside the domain, not the whole root again.
-struct DirFd(std::os::fd::OwnedFd);
-
-impl DirFd {
-    fn open(path: &Path) -> std::io::Result<DirFd> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(path)?;
-        Ok(DirFd(f.into()))
-    }
-
-    fn c_rel(rel: &str) -> std::io::Result<std::ffi::CString> {
-        std::ffi::CString::new(if rel.is_empty() { "." } else { rel })
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))
-    }
-
-    /// `lstat` of `rel` (relative to the domain directory; "" is the directory itself).
-    fn lstat(&self, rel: &str) -> std::io::Result<libc::stat> {
-        use std::os::fd::AsRawFd;
-        let c = Self::c_rel(rel)?;
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: a valid descriptor, a NUL-terminated path and a buffer of the right type.
-        let r = unsafe {
-            libc::fstatat(
-                self.0.as_raw_fd(),
-                c.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fstatat succeeded, so it filled the buffer.
-        Ok(unsafe { st.assume_init() })
-    }
-
-    /// The target of the symlink `rel`.
-    fn readlink(&self, rel: &str) -> std::io::Result<Vec<u8>> {
-        use std::os::fd::AsRawFd;
-        let c = Self::c_rel(rel)?;
-        let mut buf = vec![0u8; 4096];
-        // SAFETY: a valid descriptor, a NUL-terminated path, a buffer of buf.len() bytes.
-        let n = unsafe {
-            libc::readlinkat(
-                self.0.as_raw_fd(),
-                c.as_ptr(),
-                buf.as_mut_ptr().cast::<libc::c_char>(),
-                buf.len(),
-            )
-        };
-        let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
-        if n >= buf.len() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "symlink target too long",
-            ));
-        }
-        buf.truncate(n);
-        Ok(buf)
-    }
-}
+/// The domain directory, open: entries are listed and stat'ed relative to it, so each
+/// walks the few components inside the domain, not the whole root again.
+use super::dirat::{DirAt as DirFd, Type};
 
 /// Build an entry from `fstatat` results (as [`entry_from_meta`] does from `lstat`).
 #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
@@ -696,52 +634,38 @@ fn list_dir(
             p
         }
     };
-    let rd = match fs::read_dir(abs) {
-        Ok(rd) => rd,
-        Err(e) => {
-            out.errors
-                .push(format!("cannot list {}: {e}", abs.display()));
-            return (files, subdirs);
-        }
-    };
     // Files to take from `prev` or stat: (name, is a regular file).
     let mut found: Vec<(String, bool)> = Vec::new();
-    for item in rd {
-        let item = match item {
-            Ok(i) => i,
-            Err(e) => {
-                out.errors
-                    .push(format!("cannot list {}: {e}", abs.display()));
-                continue;
-            }
-        };
-        let Ok(name) = item.file_name().into_string() else {
+    let listed = fd.list(rel, |name, ty| {
+        let Ok(name) = std::str::from_utf8(name) else {
             out.errors.push(format!(
                 "{}: a file name is not UTF-8 ({:?}); not replicated",
                 abs.display(),
-                item.file_name()
+                String::from_utf8_lossy(name)
             ));
-            continue;
+            return;
         };
-        let ft = match item.file_type() {
-            Ok(ft) => ft,
-            Err(e) => {
-                out.errors.push(format!("cannot stat {}: {e}", join(&name)));
-                continue;
-            }
+        let Some(ty) = ty else {
+            // Gone between the listing and its stat.
+            return;
         };
         if name.starts_with(super::scan::TMP_PREFIX) {
-            out.leftovers.push(join(&name));
-            continue;
+            out.leftovers.push(join(name));
+            return;
         }
-        if filter.skip_in(rel, &name, ft.is_dir()) {
-            continue;
+        if filter.skip_in(rel, name, ty == Type::Dir) {
+            return;
         }
-        if ft.is_dir() {
-            subdirs.push(name);
-        } else if ft.is_file() || ft.is_symlink() {
-            found.push((name, ft.is_file()));
+        match ty {
+            Type::Dir => subdirs.push(name.to_string()),
+            Type::File | Type::Symlink => found.push((name.to_string(), ty == Type::File)),
+            Type::Other => {}
         }
+    });
+    if let Err(e) = listed {
+        out.errors
+            .push(format!("cannot list {}: {e}", abs.display()));
+        return (files, subdirs);
     }
     // A merge of the names found with the previous listing, both sorted by name (the
     // previous listing is sorted by path: one directory, so by name too).
