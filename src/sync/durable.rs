@@ -3,6 +3,7 @@
 //! reads the stream; directories are fsynced in parallel. [`Durability::barrier`] waits for
 //! all of it.
 
+use super::dirat::DirAt;
 use super::fsops;
 use crate::error::{Error, Result};
 use std::collections::BTreeSet;
@@ -132,6 +133,8 @@ fn run_job(job: Job, st: &std::sync::Mutex<DurState>) {
 pub(super) struct FsHandle {
     dir: File,
     path: PathBuf,
+    /// The same directory, for renames relative to it (see dirat).
+    at: Option<DirAt>,
     pub(super) dev: u64,
 }
 
@@ -144,7 +147,20 @@ impl FsHandle {
             dev: m.dev(),
             dir,
             path: path.to_path_buf(),
+            at: DirAt::open(path).ok(),
         })
+    }
+
+    /// Rename `from` to `to` (absolute paths), relative to the directory when both are
+    /// inside it.
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        fn inside<'a>(p: &'a Path, dir: &Path) -> Option<&'a str> {
+            p.strip_prefix(dir).ok().and_then(Path::to_str)
+        }
+        match (&self.at, inside(from, &self.path), inside(to, &self.path)) {
+            (Some(at), Some(f), Some(t)) => at.rename(f, t),
+            _ => fs::rename(from, to),
+        }
     }
 
     pub(super) fn sync(&self) -> Result<()> {
@@ -169,7 +185,7 @@ fn run_batch(fs: &FsHandle, moves: Vec<(PathBuf, PathBuf)>) -> (bool, Vec<Failur
     let mut renamed = false;
     let mut failures = Vec::new();
     for (tmp, dest) in moves {
-        match fs::rename(&tmp, &dest) {
+        match fs.rename(&tmp, &dest) {
             Ok(()) => renamed = true,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
