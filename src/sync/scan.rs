@@ -2,6 +2,7 @@
 //! lock files and excludes, and reuses the previous listing of directories whose mtime did
 //! not change (message files are immutable: a name seen before is not stat'ed again).
 
+use super::dirat::{DirAt, Type};
 use super::entry::{Entry, Kind};
 use super::wire::{Dec, Enc};
 use crate::error::{Error, Result};
@@ -386,10 +387,6 @@ pub fn entry_from_meta(path: String, meta: &fs::Metadata, target: Option<String>
     }
 }
 
-/// The domain directory, open: entries are listed and stat'ed relative to it, so each
-/// walks the few components inside the domain, not the whole root again.
-use super::dirat::{DirAt as DirFd, Type};
-
 /// Build an entry from `fstatat` results (as [`entry_from_meta`] does from `lstat`).
 #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
 fn entry_from_stat(path: String, st: &libc::stat, target: Option<String>) -> Entry {
@@ -448,7 +445,9 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
             return (out, new);
         }
     }
-    let fd = match DirFd::open(domain_dir) {
+    // The domain directory, open: entries are listed and stat'ed relative to it, so each
+    // walks the few components inside the domain, not the whole root again.
+    let fd = match DirAt::open(domain_dir) {
         Ok(fd) => fd,
         Err(e) => {
             out.errors
@@ -572,7 +571,7 @@ pub fn scan(domain_dir: &Path, filter: &Filter, mut old: Cache) -> (Scan, Cache)
 }
 
 /// Stat `rel` (relative to the domain directory `fd`, which is `domain_dir`).
-fn stat_entry(fd: &DirFd, domain_dir: &Path, rel: &str, out: &mut Scan) -> Option<Entry> {
+fn stat_entry(fd: &DirAt, domain_dir: &Path, rel: &str, out: &mut Scan) -> Option<Entry> {
     out.stats += 1;
     let abs = || domain_dir.join(rel);
     match fd.lstat(rel) {
@@ -613,7 +612,7 @@ fn stat_entry(fd: &DirFd, domain_dir: &Path, rel: &str, out: &mut Scan) -> Optio
 /// path (message files are immutable: a name listed before is taken from it, moved, with
 /// no stat and no copy); empty otherwise.
 fn list_dir(
-    fd: &DirFd,
+    fd: &DirAt,
     domain_dir: &Path,
     abs: &Path,
     rel: &str,
