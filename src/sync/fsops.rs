@@ -108,13 +108,17 @@ pub fn tmp_name() -> String {
 
 /// Create a new file for writing (never follows or replaces anything).
 pub fn create_new(path: &Path) -> Result<File> {
+    create_new_io(path).map_err(|e| Error::io(format!("cannot create {}", path.display()), e))
+}
+
+/// [`create_new`] with the system's error.
+fn create_new_io(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))
 }
 
 /// Open an existing regular file for reading without following a symlink.
@@ -248,14 +252,6 @@ pub fn exchange(at: &DirAt, from: &str, to: &str) -> std::io::Result<()> {
     }
 }
 
-/// `unlink(path)`, the file freed by the closing thread.
-pub fn remove_file_freeing_later(path: &Path) -> std::io::Result<()> {
-    let held = hold(path);
-    fs::remove_file(path)?;
-    release_later(held);
-    Ok(())
-}
-
 /// Write `data` to `path` atomically (temp file in the same directory, rename); with
 /// `durable`, fsync the file and the directory.
 pub fn write_file_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
@@ -384,12 +380,7 @@ impl Loc<'_> {
 
     fn create_new(&self) -> std::io::Result<File> {
         match self {
-            Loc::Abs(p) => OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(p),
+            Loc::Abs(p) => create_new_io(p),
             Loc::At(at, rel) => at.create_new(rel),
         }
     }
